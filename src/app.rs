@@ -1,0 +1,208 @@
+//! Wires the pipeline together and runs it until shutdown.
+//!
+//! Source → writer → sinks, with one cancellation token. Shutdown order is
+//! the data-flow order: the source stops reading and closes the ingest
+//! channel, the writer commits what is queued (then the last acks go), the
+//! sinks deliver up to the final head, and the writer exits once the last
+//! sink's cursor is committed. Any task failing cancels the rest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::event::now_us;
+use crate::metrics::{Counters, Snapshot};
+use crate::sink::SinkTask;
+use crate::source::Parser;
+use crate::source::mqtt::{Credentials, MqttAuth, MqttSource};
+use crate::store::{Store, StoreError, Writer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Knobs of a run that are not configuration.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Stop once no message has arrived for this long after the first one
+    /// (drain a backlog and exit).
+    pub exit_idle: Option<Duration>,
+}
+
+/// What a run did, for the summary line and `--summary`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunReport {
+    pub counters: Snapshot,
+    /// The last released `seq`.
+    pub head: i64,
+    pub events_in_store: i64,
+    pub rejected_in_store: i64,
+    /// Peak resident memory of the process, in KiB (Linux only).
+    pub peak_rss_kib: Option<u64>,
+    /// Why the run ended abnormally, if it did.
+    pub failure: Option<String>,
+}
+
+/// Peak resident set size (VmHWM) of this process, in KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+type TaskResult = (String, Result<(), String>);
+
+/// Runs the pipeline until `shutdown` is cancelled (or a task fails), then
+/// drains it within `shutdown_timeout`.
+pub async fn run(
+    config: Config,
+    options: RunOptions,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) -> Result<RunReport, AppError> {
+    let store = Store::open(&config.store).await?;
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    let (writer, channels) = Writer::new(
+        &store,
+        &config.store,
+        config.source.uri(),
+        config.mqtt.queue,
+        counters.clone(),
+        Some(acks_tx),
+    )
+    .await?;
+    tracing::info!(store = %config.store.path.display(), head = channels.head.borrow().seq, "store open");
+
+    let mut tasks: JoinSet<TaskResult> = JoinSet::new();
+    tasks.spawn(async move {
+        (
+            "writer".into(),
+            writer.run().await.map_err(|e| e.to_string()),
+        )
+    });
+    for sink in &config.sinks {
+        let task = SinkTask {
+            config: sink.clone(),
+            store: store.clone(),
+            writer: channels.handle.clone(),
+            head: channels.head.clone(),
+            source_uri: config.source.uri().to_string(),
+            counters: counters.clone(),
+        };
+        let name = format!("sink {}", sink.name);
+        tasks.spawn(async move { (name, task.run().await.map(drop).map_err(|e| e.to_string())) });
+    }
+    let head = channels.head.clone();
+    drop(channels.handle);
+
+    let credentials = Credentials::fixed(MqttAuth {
+        username: config.mqtt.username.clone(),
+        password: config.mqtt.password()?,
+        bearer: None,
+    });
+    let source = MqttSource {
+        config: config.mqtt.clone(),
+        parser: Parser::from_config(&config.source),
+        credentials,
+        counters: counters.clone(),
+        ingest: channels.ingest,
+    };
+    let source_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let r = source.run(acks_rx, source_shutdown).await;
+        ("mqtt source".into(), r.map_err(|e| e.to_string()))
+    });
+    if let Some(idle) = options.exit_idle {
+        let counters = counters.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let idle_us = idle.as_micros() as i64;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let last = counters.snapshot().last_received_us;
+                if last > 0 && now_us() - last > idle_us {
+                    tracing::info!(idle = ?idle, "no message for the idle period; stopping");
+                    shutdown.cancel();
+                    return;
+                }
+            }
+        });
+    }
+
+    let failure = supervise(&mut tasks, &shutdown, config.shutdown_timeout.0).await;
+    let (events_in_store, rejected_in_store) = store.counts().await?;
+    store.close().await;
+    Ok(RunReport {
+        counters: counters.snapshot(),
+        head: head.borrow().seq,
+        events_in_store,
+        rejected_in_store,
+        peak_rss_kib: peak_rss_kib(),
+        failure,
+    })
+}
+
+/// Waits for every task; the first failure cancels the others. After
+/// cancellation the remaining tasks get `timeout` to drain, then are aborted.
+async fn supervise(
+    tasks: &mut JoinSet<TaskResult>,
+    shutdown: &CancellationToken,
+    timeout: Duration,
+) -> Option<String> {
+    let mut failure: Option<String> = None;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match deadline {
+            None => tokio::select! {
+                n = tasks.join_next() => n,
+                _ = shutdown.cancelled() => {
+                    tracing::info!("shutting down: draining the pipeline");
+                    deadline = Some(tokio::time::Instant::now() + timeout);
+                    continue;
+                }
+            },
+            Some(d) => match tokio::time::timeout_at(d, tasks.join_next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    tracing::error!(timeout = ?timeout, remaining = tasks.len(),
+                        "shutdown timed out; aborting the remaining tasks");
+                    tasks.abort_all();
+                    failure.get_or_insert_with(|| "shutdown timed out".into());
+                    break;
+                }
+            },
+        };
+        let Some(joined) = next else { break };
+        let (name, result) = match joined {
+            Ok(r) => r,
+            Err(e) => ("task".into(), Err(format!("panicked: {e}"))),
+        };
+        match result {
+            Ok(()) if shutdown.is_cancelled() => tracing::debug!(task = %name, "stopped"),
+            Ok(()) => {
+                tracing::error!(task = %name, "stopped unexpectedly");
+                failure.get_or_insert_with(|| format!("{name} stopped unexpectedly"));
+                shutdown.cancel();
+            }
+            Err(e) => {
+                tracing::error!(task = %name, error = %e, "task failed; shutting down");
+                failure.get_or_insert_with(|| format!("{name}: {e}"));
+                shutdown.cancel();
+            }
+        }
+    }
+    failure
+}

@@ -1,0 +1,684 @@
+//! Typed configuration, loaded from one TOML file.
+//!
+//! Exists so that every mistake in the file is caught before anything
+//! connects: unknown keys are errors, and every error names the offending key
+//! and a fix. Secrets are never in the file itself, only references to
+//! environment variables or files, resolved here into [`Secret`]s that do not
+//! print.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A configuration error that names the key at fault and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid `{key}`: {message}\n  hint: {hint}")]
+    Invalid {
+        key: String,
+        message: String,
+        hint: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+/// A secret value (password, token). Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The only way to read the secret: grep-able on purpose.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A duration written in human form (`"30s"`, `"5m"`, `"250ms"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not a duration ({e}); write it like \"30s\", \"5m\" or \"250ms\""
+                ))
+            })
+    }
+}
+
+/// A size in bytes, written as an integer or with a unit (`"1MiB"`, `"512KiB"`, `"2MB"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: usize = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size; write it like \"1MiB\" or \"65536\""))?;
+        let mult = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            other => {
+                return Err(format!(
+                    "unknown unit `{other}` in `{s}`; use B, KiB, MiB, GiB, kB, MB or GB"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n as usize)),
+            Raw::Str(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Which wire format the source speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// VMware Cloud Director: envelope + audit event (reference/vcd.md).
+    Vcd,
+    /// Any JSON over MQTT; identity and time found by JSON pointers.
+    Mqtt,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    pub name: String,
+    /// The CloudEvent `source` attribute; defaults to `name`.
+    pub uri: Option<String>,
+    /// VCD only: envelope types that carry events (others are skipped and counted).
+    #[serde(default = "default_event_types")]
+    pub event_types: Vec<String>,
+    /// Generic MQTT only: JSON pointer to the event id (absent → SHA-256 of topic + body).
+    pub id_pointer: Option<String>,
+    /// Generic MQTT only: JSON pointer to the event time (absent → receive time).
+    pub time_pointer: Option<String>,
+    /// Generic MQTT only: JSON pointer to the event type (absent → the topic).
+    pub type_pointer: Option<String>,
+}
+
+fn default_event_types() -> Vec<String> {
+    vec!["EVENT".into(), "EXTERNAL_EVENT".into()]
+}
+
+impl SourceConfig {
+    /// The CloudEvent `source` attribute.
+    pub fn uri(&self) -> &str {
+        self.uri.as_deref().unwrap_or(&self.name)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub url: String,
+    #[serde(default = "default_topics")]
+    pub topics: Vec<String>,
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    #[serde(default = "default_true")]
+    pub clean_session: bool,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: HumanDuration,
+    #[serde(default = "default_max_packet_size")]
+    pub max_packet_size: ByteSize,
+    /// Extra PEM CA certificates trusted in addition to the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Extra headers on the WebSocket upgrade request (ws:// and wss:// only).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// How many received messages may wait for the writer before reading stops.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Upper bound of the reconnect backoff.
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max: HumanDuration,
+}
+
+fn default_topics() -> Vec<String> {
+    vec!["publish/#".into()]
+}
+fn default_client_id() -> String {
+    format!("gapless-{}", std::process::id())
+}
+fn default_true() -> bool {
+    true
+}
+fn default_keep_alive() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_max_packet_size() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_queue() -> usize {
+    1024
+}
+fn default_reconnect_max() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+/// How hard SQLite pushes a commit to disk before it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit: survives power loss (default).
+    Full,
+    /// fsync at checkpoints only: survives a crash of gapless, not of the OS.
+    Normal,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    /// Flush a batch at this many messages.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+    /// Wait at most this long for a batch to fill; 0 commits whatever is queued.
+    #[serde(default = "default_batch_delay")]
+    pub batch_delay: HumanDuration,
+    #[serde(default = "default_synchronous")]
+    pub synchronous: Synchronous,
+    /// How many rejected messages are kept for inspection (oldest dropped).
+    #[serde(default = "default_rejected_max")]
+    pub rejected_max: u32,
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("gapless.db")
+}
+fn default_batch_max() -> usize {
+    1000
+}
+fn default_batch_delay() -> HumanDuration {
+    HumanDuration(Duration::ZERO)
+}
+fn default_synchronous() -> Synchronous {
+    Synchronous::Full
+}
+fn default_rejected_max() -> u32 {
+    10_000
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: default_store_path(),
+            batch_max: default_batch_max(),
+            batch_delay: default_batch_delay(),
+            synchronous: default_synchronous(),
+            rejected_max: default_rejected_max(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    File,
+    Stdout,
+}
+
+/// How the stdout sink prints an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LineFormat {
+    /// One CloudEvent JSON object per line.
+    #[default]
+    Json,
+    /// One short human line per event (seq, time, type, id).
+    Compact,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    pub name: String,
+    pub kind: SinkKind,
+    /// File sink: the JSON Lines file.
+    pub path: Option<PathBuf>,
+    /// Stdout sink: `json` (default) or `compact`.
+    #[serde(default)]
+    pub format: LineFormat,
+    /// Events read from the store and written per batch.
+    #[serde(default = "default_sink_batch")]
+    pub batch: u32,
+}
+
+fn default_sink_batch() -> u32 {
+    512
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<SinkConfig>,
+    /// How long shutdown may take to drain before gapless gives up.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: HumanDuration,
+}
+
+fn default_shutdown_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15))
+}
+
+/// The MQTT URL schemes gapless understands, with what they imply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Mqtt,
+    Mqtts,
+    Ws,
+    Wss,
+}
+
+/// A broker URL split into what rumqttc needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub scheme: Scheme,
+    pub host: String,
+    pub port: u16,
+    /// The full URL (WebSocket transports take it whole, path included).
+    pub url: String,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("`{url}` has no scheme"))?;
+        let (scheme, default_port) = match scheme {
+            "mqtt" | "tcp" => (Scheme::Mqtt, 1883),
+            "mqtts" | "ssl" => (Scheme::Mqtts, 8883),
+            "ws" => (Scheme::Ws, 80),
+            "wss" => (Scheme::Wss, 443),
+            other => return Err(format!("unsupported scheme `{other}`")),
+        };
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        if authority.contains('@') {
+            return Err("credentials do not belong in the URL".into());
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse::<u16>() {
+                Ok(port) => (h.to_string(), port),
+                Err(_) if authority.starts_with('[') && authority.ends_with(']') => {
+                    (authority.to_string(), default_port)
+                }
+                Err(_) => return Err(format!("port `{p}` is not a number")),
+            },
+            _ => (authority.to_string(), default_port),
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if host.is_empty() {
+            return Err(format!("`{url}` has no host"));
+        }
+        Ok(BrokerUrl {
+            scheme,
+            host,
+            port,
+            url: url.to_string(),
+        })
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.source.name.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "source.name",
+                "is empty",
+                "name the source, e.g. name = \"vcd-lab\"",
+            ));
+        }
+        let generic_only = [
+            ("source.id_pointer", &self.source.id_pointer),
+            ("source.time_pointer", &self.source.time_pointer),
+            ("source.type_pointer", &self.source.type_pointer),
+        ];
+        for (key, value) in generic_only {
+            match (self.source.kind, value) {
+                (SourceKind::Vcd, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "only applies to kind = \"mqtt\"",
+                        "remove it, or set source.kind = \"mqtt\"",
+                    ));
+                }
+                (SourceKind::Mqtt, Some(p)) if !p.is_empty() && !p.starts_with('/') => {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("`{p}` is not a JSON pointer"),
+                        "a JSON pointer starts with '/', e.g. \"/id\" or \"/data/id\"",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let url = BrokerUrl::parse(&self.mqtt.url).map_err(|m| {
+            ConfigError::invalid(
+                "mqtt.url",
+                m,
+                "use mqtt://host:1883, mqtts://host:8883, ws://host/path or wss://host/messaging/mqtt",
+            )
+        })?;
+        if !self.mqtt.headers.is_empty() && !matches!(url.scheme, Scheme::Ws | Scheme::Wss) {
+            return Err(ConfigError::invalid(
+                "mqtt.headers",
+                "upgrade headers need a WebSocket URL",
+                "use a ws:// or wss:// mqtt.url, or remove mqtt.headers",
+            ));
+        }
+        if self.mqtt.topics.is_empty() {
+            return Err(ConfigError::invalid(
+                "mqtt.topics",
+                "is empty",
+                "subscribe to at least one filter, e.g. topics = [\"publish/#\"]",
+            ));
+        }
+        if self.mqtt.client_id.is_empty() && !self.mqtt.clean_session {
+            return Err(ConfigError::invalid(
+                "mqtt.client_id",
+                "is empty but clean_session = false",
+                "a persistent session needs a stable client_id",
+            ));
+        }
+        if self.mqtt.password_env.is_some() && self.mqtt.password_file.is_some() {
+            return Err(ConfigError::invalid(
+                "mqtt.password_env",
+                "both password_env and password_file are set",
+                "keep one of them",
+            ));
+        }
+        if self.mqtt.max_packet_size.0 < 1024 || self.mqtt.max_packet_size.0 > MQTT_MAX_PACKET {
+            return Err(ConfigError::invalid(
+                "mqtt.max_packet_size",
+                format!("{} bytes is out of range", self.mqtt.max_packet_size.0),
+                "pick a size between \"1KiB\" and \"256MiB\", e.g. \"1MiB\"",
+            ));
+        }
+        if self.mqtt.queue == 0 {
+            return Err(ConfigError::invalid(
+                "mqtt.queue",
+                "must be at least 1",
+                "the default, 1024, suits most deployments",
+            ));
+        }
+        if self.store.batch_max == 0 {
+            return Err(ConfigError::invalid(
+                "store.batch_max",
+                "must be at least 1",
+                "the default, 1000, suits most deployments",
+            ));
+        }
+        if self.sinks.is_empty() {
+            return Err(ConfigError::invalid(
+                "sink",
+                "no sink is configured",
+                "add a [[sink]] table, e.g. name = \"out\", kind = \"file\", path = \"events.jsonl\"",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            let key = |k: &str| format!("sink[{i}].{k}");
+            if sink.name.is_empty() || !names.insert(sink.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    &key("name"),
+                    format!("`{}` is empty or used twice", sink.name),
+                    "give every sink a unique name: it keys the sink's cursor in the store",
+                ));
+            }
+            if sink.batch == 0 {
+                return Err(ConfigError::invalid(
+                    &key("batch"),
+                    "must be at least 1",
+                    "the default is 512",
+                ));
+            }
+            match (sink.kind, &sink.path) {
+                (SinkKind::File, None) => {
+                    return Err(ConfigError::invalid(
+                        &key("path"),
+                        "a file sink needs a path",
+                        "add path = \"events.jsonl\"",
+                    ));
+                }
+                (SinkKind::Stdout, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        &key("path"),
+                        "a stdout sink takes no path",
+                        "remove path, or set kind = \"file\"",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        // Resolve secrets now so a missing variable fails at start, not at first connect.
+        self.mqtt.password()?;
+        Ok(())
+    }
+}
+
+/// The largest packet the MQTT protocol can express (remaining length limit).
+pub const MQTT_MAX_PACKET: usize = 268_435_455;
+
+impl MqttConfig {
+    pub fn broker(&self) -> BrokerUrl {
+        BrokerUrl::parse(&self.url).expect("validated at load")
+    }
+
+    /// The MQTT password, from its environment variable or file.
+    pub fn password(&self) -> Result<Option<Secret>, ConfigError> {
+        if let Some(var) = &self.password_env {
+            return std::env::var(var).map(|v| Some(Secret(v))).map_err(|_| {
+                ConfigError::invalid(
+                    "mqtt.password_env",
+                    format!("environment variable `{var}` is not set"),
+                    format!("export {var}=... before starting gapless, or remove the key"),
+                )
+            });
+        }
+        if let Some(path) = &self.password_file {
+            return std::fs::read_to_string(path)
+                .map(|v| Some(Secret(v.trim_end_matches(['\n', '\r']).to_string())))
+                .map_err(|e| {
+                    ConfigError::invalid(
+                        "mqtt.password_file",
+                        format!("cannot read {}: {e}", path.display()),
+                        "point it at a readable file holding only the password",
+                    )
+                });
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [source]
+        kind = "vcd"
+        name = "vcd-lab"
+        [mqtt]
+        url = "mqtt://127.0.0.1:1883"
+        [[sink]]
+        name = "out"
+        kind = "file"
+        path = "events.jsonl"
+    "#;
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.mqtt.topics, vec!["publish/#"]);
+        assert_eq!(c.mqtt.keep_alive.0, Duration::from_secs(30));
+        assert_eq!(c.mqtt.max_packet_size.0, 1 << 20);
+        assert!(c.mqtt.clean_session);
+        assert_eq!(c.store.path, PathBuf::from("gapless.db"));
+        assert_eq!(c.source.uri(), "vcd-lab");
+        assert_eq!(c.source.event_types, vec!["EVENT", "EXTERNAL_EVENT"]);
+    }
+
+    fn err_of(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err_of(&MINIMAL.replace("[mqtt]", "[mqtt]\nbogus_key = 1"));
+        assert!(e.contains("bogus_key"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key_and_hint() {
+        let e = err_of(&MINIMAL.replace("mqtt://127.0.0.1:1883", "http://x"));
+        assert!(e.contains("mqtt.url") && e.contains("hint"), "{e}");
+        let e = err_of(&MINIMAL.replace("[mqtt]", "[mqtt]\nkeep_alive = \"soon\""));
+        assert!(e.contains("keep_alive") && e.contains("30s"), "{e}");
+        let e = err_of(&MINIMAL.replace("path = \"events.jsonl\"", ""));
+        assert!(e.contains("sink[0].path"), "{e}");
+        let e = err_of(&MINIMAL.replace(
+            "[mqtt]",
+            "[mqtt]\npassword_env = \"GAPLESS_TEST_UNSET_VAR\"",
+        ));
+        assert!(
+            e.contains("GAPLESS_TEST_UNSET_VAR") && e.contains("mqtt.password_env"),
+            "{e}"
+        );
+        let e = err_of(&MINIMAL.replace("[mqtt]", "[source2]\n[mqtt]"));
+        assert!(e.contains("source2"), "{e}");
+        let e =
+            err_of(&MINIMAL.replace("name = \"vcd-lab\"", "name = \"x\"\nid_pointer = \"/id\""));
+        assert!(e.contains("source.id_pointer"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(ByteSize::parse("1MiB").unwrap().0, 1 << 20);
+        assert_eq!(ByteSize::parse("512 KiB").unwrap().0, 512 << 10);
+        assert_eq!(ByteSize::parse("2MB").unwrap().0, 2_000_000);
+        assert_eq!(ByteSize::parse("4096").unwrap().0, 4096);
+        assert!(ByteSize::parse("1 parsec").is_err());
+        assert!(ByteSize::parse("MiB").is_err());
+    }
+
+    #[test]
+    fn broker_urls_split() {
+        let u = BrokerUrl::parse("wss://vcd.example.com/messaging/mqtt").unwrap();
+        assert_eq!(
+            (u.scheme, u.host.as_str(), u.port),
+            (Scheme::Wss, "vcd.example.com", 443)
+        );
+        let u = BrokerUrl::parse("mqtt://127.0.0.1:18830").unwrap();
+        assert_eq!(
+            (u.scheme, u.host.as_str(), u.port),
+            (Scheme::Mqtt, "127.0.0.1", 18830)
+        );
+        let u = BrokerUrl::parse("mqtts://[::1]:8883").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 8883));
+        let u = BrokerUrl::parse("ws://[::1]/mqtt").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 80));
+        assert!(BrokerUrl::parse("mqtt://user:pw@host").is_err());
+        assert!(BrokerUrl::parse("host:1883").is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

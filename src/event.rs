@@ -1,0 +1,217 @@
+//! The event as the pipeline sees it, and its one output rendering.
+//!
+//! Sources produce [`Event`]s; the store keeps them; sinks read
+//! [`StoredEvent`]s back and render them with [`StoredEvent::to_cloudevent`],
+//! the single renderer every sink uses, so no two sinks can disagree on the
+//! output format (DESIGN.md, "Output").
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// Which path brought an event in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Mqtt,
+    Poll,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Mqtt => "mqtt",
+            Origin::Poll => "poll",
+        }
+    }
+}
+
+/// One source event, normalised just enough for the pipeline; the original
+/// payload is kept verbatim.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Normalised identity: the same event seen twice collapses to one row.
+    pub id: String,
+    pub occurred_at_us: i64,
+    pub received_at_us: i64,
+    pub event_type: String,
+    /// The entity the event is about, when known (CloudEvent `subject`).
+    pub subject: Option<String>,
+    pub org: Option<String>,
+    pub origin: Origin,
+    /// The original event object as JSON text.
+    pub payload: String,
+}
+
+/// Turns a source event id into its identity: any `urn:vcloud:<kind>:`
+/// prefix removed, lower-cased, so MQTT's and REST's spellings of one event
+/// are the same key.
+pub fn normalise_id(raw: &str) -> String {
+    let trimmed = raw.trim();
+    let lower = trimmed.to_ascii_lowercase();
+    if let Some(rest) = lower.strip_prefix("urn:vcloud:")
+        && let Some((_kind, id)) = rest.split_once(':')
+        && !id.is_empty()
+    {
+        return id.to_string();
+    }
+    lower
+}
+
+/// Current time in microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+/// Microseconds since the epoch as RFC 3339 UTC (microsecond precision kept
+/// only when needed).
+pub fn rfc3339_us(us: i64) -> String {
+    let dt = DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_default();
+    let format = if us % 1000 != 0 {
+        SecondsFormat::Micros
+    } else {
+        SecondsFormat::Millis
+    };
+    dt.to_rfc3339_opts(format, true)
+}
+
+/// An event as read back from the store, released with its stream `seq`.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub id: String,
+    pub origin: String,
+    pub occurred_at_us: i64,
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    pub subject: Option<String>,
+    pub payload: String,
+    pub late: bool,
+}
+
+#[derive(Serialize)]
+struct CloudEvent<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    event_type: String,
+    time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    datacontenttype: &'static str,
+    data: &'a RawValue,
+    seq: i64,
+    origin: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    late: bool,
+}
+
+/// The payload column holds JSON the source parsed; if it were ever not JSON
+/// (a bug or a hand-edited store) the event is still emitted, as a string.
+fn payload_raw(payload: &str) -> Box<RawValue> {
+    RawValue::from_string(payload.to_string()).unwrap_or_else(|_| {
+        RawValue::from_string(serde_json::to_string(payload).expect("string serialises"))
+            .expect("a JSON string is valid JSON")
+    })
+}
+
+impl StoredEvent {
+    /// The CloudEvents 1.0 JSON rendering (one line, no trailing newline).
+    pub fn to_cloudevent(&self, source: &str) -> String {
+        let data = payload_raw(&self.payload);
+        let ce = CloudEvent {
+            specversion: "1.0",
+            id: &self.id,
+            source,
+            event_type: self.event_type.replace('/', "."),
+            time: rfc3339_us(self.occurred_at_us),
+            subject: self.subject.as_deref(),
+            datacontenttype: "application/json",
+            data: &data,
+            seq: self.seq,
+            origin: &self.origin,
+            late: self.late,
+        };
+        serde_json::to_string(&ce).expect("CloudEvent serialises")
+    }
+
+    /// A short human line: seq, time, type, id (and markers).
+    pub fn to_compact(&self) -> String {
+        format!(
+            "#{:<6} {} {:<5} {} {}{}",
+            self.seq,
+            rfc3339_us(self.occurred_at_us),
+            self.origin,
+            self.event_type.replace('/', "."),
+            self.id,
+            if self.late { " late" } else { "" }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_normalise_across_spellings() {
+        let uuid = "6a0b5b7e-2f5c-4c0e-9d57-0f6f1c3c9a11";
+        assert_eq!(normalise_id(&format!("urn:vcloud:audit:{uuid}")), uuid);
+        assert_eq!(
+            normalise_id(&format!("URN:VCLOUD:AUDIT:{}", uuid.to_uppercase())),
+            uuid
+        );
+        assert_eq!(normalise_id(&uuid.to_uppercase()), uuid);
+        assert_eq!(normalise_id(&format!(" {uuid} ")), uuid);
+        assert_eq!(normalise_id("urn:vcloud:audit:"), "urn:vcloud:audit:");
+        assert_eq!(normalise_id("urn:other:x:y"), "urn:other:x:y");
+    }
+
+    #[test]
+    fn cloudevent_has_the_design_shape() {
+        let e = StoredEvent {
+            seq: 7,
+            id: "abc".into(),
+            origin: "mqtt".into(),
+            occurred_at_us: 1_763_892_000_123_000,
+            event_type: "com/vmware/cloud/event/vapp/create".into(),
+            subject: Some("urn:vcloud:vapp:1".into()),
+            payload: r#"{"eventId":"abc","n":[1,2]}"#.into(),
+            late: false,
+        };
+        let v: serde_json::Value = serde_json::from_str(&e.to_cloudevent("vcd-lab")).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["type"], "com.vmware.cloud.event.vapp.create");
+        assert_eq!(v["time"], "2025-11-23T10:00:00.123Z");
+        assert_eq!(v["source"], "vcd-lab");
+        assert_eq!(v["subject"], "urn:vcloud:vapp:1");
+        assert_eq!(v["data"]["n"][1], 2);
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["origin"], "mqtt");
+        assert!(v.get("late").is_none());
+        let late = StoredEvent {
+            late: true,
+            subject: None,
+            ..e
+        };
+        let v: serde_json::Value = serde_json::from_str(&late.to_cloudevent("s")).unwrap();
+        assert_eq!(v["late"], true);
+        assert!(v.get("subject").is_none());
+    }
+
+    #[test]
+    fn non_json_payload_still_renders() {
+        let e = StoredEvent {
+            seq: 1,
+            id: "x".into(),
+            origin: "mqtt".into(),
+            occurred_at_us: 0,
+            event_type: "t".into(),
+            subject: None,
+            payload: "<xml/>".into(),
+            late: false,
+        };
+        let v: serde_json::Value = serde_json::from_str(&e.to_cloudevent("s")).unwrap();
+        assert_eq!(v["data"], "<xml/>");
+    }
+}

@@ -1,0 +1,221 @@
+//! The `gapless` command line: parse arguments, load the config, call the
+//! library. Exit codes: 0 ok, 1 runtime failure, 2 bad config or usage.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use gapless::app::{self, RunOptions};
+use gapless::config::Config;
+use gapless::demo::{self, DemoOptions};
+use gapless::metrics::Counters;
+
+/// gapless forwards every event of an MQTT source (VMware Cloud Director
+/// first) once and in order: it subscribes at QoS 1, keeps each event once
+/// in SQLite, numbers the stream, and delivers it to sinks that each keep
+/// their own durable cursor.
+#[derive(Parser, Debug)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// Log verbosity (error, warn, info, debug, trace) or a full filter such as
+    /// "gapless=debug,rumqttc=warn". RUST_LOG wins when set.
+    #[arg(long, global = true, default_value = "info,mqtt5=warn")]
+    log_level: String,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon: MQTT → store → sinks, until SIGTERM or Ctrl-C.
+    ///
+    /// Example: gapless run --config /etc/gapless/gapless.toml
+    Run {
+        /// The TOML configuration file (see config/gapless.example.toml).
+        #[arg(long, short, env = "GAPLESS_CONFIG")]
+        config: PathBuf,
+        /// Stop once no message has arrived for this long (e.g. "2s"): drain
+        /// a backlog and exit.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        exit_idle: Option<Duration>,
+        /// Write a JSON summary of the run (counters, peak memory) to this file at exit.
+        #[arg(long)]
+        summary: Option<PathBuf>,
+    },
+    /// Check a configuration file and exit: 0 if valid, 2 with the offending key if not.
+    CheckConfig {
+        #[arg(long, short, env = "GAPLESS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the whole pipeline on embedded parts (an in-process MQTT broker and
+    /// sample VCD events with duplicates and noise), then check the output
+    /// against the ground truth. Needs no config and no external service.
+    Demo {
+        /// Unique events to publish.
+        #[arg(long, default_value_t = 300)]
+        events: u64,
+        /// Share of events published twice.
+        #[arg(long, default_value_t = 0.1)]
+        dup_rate: f64,
+        /// Publish rate, messages per second (0 = as fast as possible).
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Keep the store and the events file in this directory instead of a
+        /// temporary one.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+        /// Do not print the events, only progress and the summary.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+fn on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+        token.cancel();
+    });
+}
+
+fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+async fn run(
+    config: PathBuf,
+    exit_idle: Option<Duration>,
+    summary: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let config = match load(&config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let shutdown = CancellationToken::new();
+    on_signals(shutdown.clone());
+    let counters = Arc::new(Counters::default());
+    let report = app::run(config, RunOptions { exit_idle }, counters, shutdown).await?;
+    let c = &report.counters;
+    tracing::info!(
+        received = c.received,
+        stored = c.stored,
+        duplicates = c.duplicates,
+        rejected = c.rejected,
+        skipped = c.skipped,
+        delivered = c.delivered,
+        head = report.head,
+        peak_rss_kib = report.peak_rss_kib,
+        "stopped"
+    );
+    if let Some(path) = summary {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing summary {}", path.display()))?;
+    }
+    Ok(match report.failure {
+        None => ExitCode::SUCCESS,
+        Some(_) => ExitCode::FAILURE,
+    })
+}
+
+async fn run_demo(opts: DemoOptions) -> anyhow::Result<ExitCode> {
+    let outcome = demo::run(opts).await?;
+    println!("{}", outcome.summary());
+    Ok(if outcome.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level, cli.log_format);
+    gapless::tls::install_crypto_provider();
+    if let Command::CheckConfig { config } = &cli.command {
+        return match load(config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} sink(s), source `{}`)",
+                    config.display(),
+                    c.sinks.len(),
+                    c.source.name
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        };
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run {
+                config,
+                exit_idle,
+                summary,
+            } => run(config, exit_idle, summary).await,
+            Command::Demo {
+                events,
+                dup_rate,
+                rate,
+                keep,
+                quiet,
+            } => {
+                run_demo(DemoOptions {
+                    events,
+                    dup_rate,
+                    rate: (rate > 0.0).then_some(rate),
+                    dir: keep,
+                    show_events: !quiet,
+                })
+                .await
+            }
+            Command::CheckConfig { .. } => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Process-wide counters.
+//!
+//! One shared, lock-free set of numbers that every task bumps and that the
+//! end-of-run summary (and, later, `/metrics`) reads. Counting is cheap
+//! enough for the hot path: relaxed atomics, no allocation.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages taken off the MQTT connection.
+    pub received: AtomicU64,
+    /// Events newly stored (first time their id was seen).
+    pub stored: AtomicU64,
+    /// Events whose id was already stored.
+    pub duplicates: AtomicU64,
+    /// Messages refused (kept in `rejected`).
+    pub rejected: AtomicU64,
+    /// Well-formed messages carrying no event (e.g. VCD `TASK`).
+    pub skipped: AtomicU64,
+    /// Committed write batches.
+    pub batches: AtomicU64,
+    /// Events written by all sinks together.
+    pub delivered: AtomicU64,
+    /// Successful MQTT connections (CONNACK accepted).
+    pub connects: AtomicU64,
+    /// Lost MQTT connections and failed attempts.
+    pub connection_errors: AtomicU64,
+    /// Subscriptions the broker granted (one per SUBACK without failures).
+    pub subscribed: AtomicU64,
+    /// When the first and last message arrived (µs since the epoch, 0 = never).
+    pub first_received_us: AtomicI64,
+    pub last_received_us: AtomicI64,
+    /// When the last batch was committed (µs since the epoch).
+    pub last_commit_us: AtomicI64,
+}
+
+/// A point-in-time copy of the counters, for summaries.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Snapshot {
+    pub received: u64,
+    pub stored: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub skipped: u64,
+    pub batches: u64,
+    pub delivered: u64,
+    pub connects: u64,
+    pub connection_errors: u64,
+    pub subscribed: u64,
+    pub first_received_us: i64,
+    pub last_received_us: i64,
+    pub last_commit_us: i64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// Records a received message at `now_us`.
+    pub fn received_at(&self, now_us: i64) {
+        self.received.fetch_add(1, Relaxed);
+        let _ = self
+            .first_received_us
+            .compare_exchange(0, now_us, Relaxed, Relaxed);
+        self.last_received_us.store(now_us, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            received: self.received.load(Relaxed),
+            stored: self.stored.load(Relaxed),
+            duplicates: self.duplicates.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            skipped: self.skipped.load(Relaxed),
+            batches: self.batches.load(Relaxed),
+            delivered: self.delivered.load(Relaxed),
+            connects: self.connects.load(Relaxed),
+            connection_errors: self.connection_errors.load(Relaxed),
+            subscribed: self.subscribed.load(Relaxed),
+            first_received_us: self.first_received_us.load(Relaxed),
+            last_received_us: self.last_received_us.load(Relaxed),
+            last_commit_us: self.last_commit_us.load(Relaxed),
+        }
+    }
+}

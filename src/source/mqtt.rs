@@ -1,0 +1,463 @@
+//! The MQTT source: the IO shell around the parsers.
+//!
+//! It owns the rumqttc event loop and does only three things there: parse
+//! (cheap, sans-IO), hand the result to the writer through a bounded channel
+//! (when it is full this task stops reading: backpressure reaches the
+//! broker), and keep the session alive (re-subscribe on every clean
+//! CONNACK, reconnect with jittered backoff, fresh credentials per connect).
+//! Acks are sent by a separate task, only for messages the writer has
+//! committed, so the event loop never waits on SQLite.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, Publish, QoS,
+    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{Parsed, Parser, RejectReason, Rejected};
+use crate::config::{MQTT_MAX_PACKET, MqttConfig, Scheme, Secret};
+use crate::event::now_us;
+use crate::metrics::Counters;
+use crate::store::Ingest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("mqtt.headers: `{0}` is not a valid HTTP header")]
+    Header(String),
+}
+
+/// What the writer needs to acknowledge one message once it is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    pub pkid: u16,
+    pub qos: QoS,
+    /// Which connection delivered it (see [`Acker`]).
+    pub generation: u64,
+}
+
+/// The credentials for the next connect.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct MqttAuth {
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Sent as `Authorization: Bearer …` on the WebSocket upgrade (VCD).
+    pub bearer: Option<Secret>,
+}
+
+impl std::fmt::Debug for MqttAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttAuth")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("bearer", &self.bearer.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// Where the source gets credentials from, read afresh before every connect.
+///
+/// A fixed configuration is one case; a token refresher (VCD login, see the
+/// gap poller) is the other: it publishes new credentials on the watch
+/// channel and listens on [`Credentials::refused`] to renew early when the
+/// broker turned the current ones down.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    current: watch::Receiver<MqttAuth>,
+    refused: Arc<Notify>,
+}
+
+impl Credentials {
+    /// Credentials that never change.
+    pub fn fixed(auth: MqttAuth) -> Self {
+        let (_tx, rx) = watch::channel(auth);
+        Credentials {
+            current: rx,
+            refused: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Credentials published by a refresher.
+    pub fn from_watch(current: watch::Receiver<MqttAuth>, refused: Arc<Notify>) -> Self {
+        Credentials { current, refused }
+    }
+
+    pub fn current(&self) -> MqttAuth {
+        self.current.borrow().clone()
+    }
+
+    /// Notified when the broker refused the credentials.
+    pub fn refused(&self) -> Arc<Notify> {
+        self.refused.clone()
+    }
+}
+
+/// Reconnect delay for the `attempt`-th consecutive failure (1-based):
+/// exponential from 100 ms, capped at `max`, scaled by `jitter` ∈ [0, 1)
+/// into its upper half so many clients do not reconnect in lockstep.
+pub fn backoff(attempt: u32, max: Duration, jitter: f64) -> Duration {
+    let base = Duration::from_millis(100)
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(max);
+    base.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+}
+
+/// The total payload bytes that may wait for the writer at once.
+const BYTE_BUDGET: usize = 32 << 20;
+
+/// Everything the source task needs.
+pub struct MqttSource {
+    pub config: MqttConfig,
+    pub parser: Parser,
+    pub credentials: Credentials,
+    pub counters: Arc<Counters>,
+    pub ingest: mpsc::Sender<Ingest>,
+}
+
+/// Builds the rumqttc options for a connect with `auth`.
+fn options(config: &MqttConfig, auth: &MqttAuth) -> Result<MqttOptions, SourceError> {
+    let broker = config.broker();
+    let host = match broker.scheme {
+        Scheme::Ws | Scheme::Wss => broker.url.clone(),
+        Scheme::Mqtt | Scheme::Mqtts => broker.host.clone(),
+    };
+    let mut o = MqttOptions::new(config.client_id.clone(), host, broker.port);
+    let tls = || -> Result<TlsConfiguration, SourceError> {
+        Ok(TlsConfiguration::Rustls(crate::tls::client_config(
+            config.ca_file.as_deref(),
+        )?))
+    };
+    o.set_transport(match broker.scheme {
+        Scheme::Mqtt => Transport::Tcp,
+        Scheme::Mqtts => Transport::Tls(tls()?),
+        Scheme::Ws => Transport::Ws,
+        Scheme::Wss => Transport::Wss(tls()?),
+    });
+    o.set_keep_alive(config.keep_alive.0.max(Duration::from_secs(1)));
+    o.set_clean_session(config.clean_session);
+    o.set_manual_acks(true);
+    // gapless enforces `max_packet_size` itself (reject + ack). The transport
+    // accepts anything the protocol can carry: a packet over the transport
+    // limit would drop the connection, and a persistent session would then
+    // redeliver it forever.
+    o.set_max_packet_size(MQTT_MAX_PACKET, 64 * 1024);
+    o.set_request_channel_capacity(config.queue + 64);
+    if let Some(user) = &auth.username {
+        let password = auth.password.as_ref().map(|p| p.expose().to_string());
+        o.set_credentials(user.clone(), password.unwrap_or_default());
+    }
+    if matches!(broker.scheme, Scheme::Ws | Scheme::Wss) {
+        let mut headers = Vec::new();
+        for (name, value) in &config.headers {
+            let name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| SourceError::Header(name.clone()))?;
+            let value = http::HeaderValue::from_str(value)
+                .map_err(|_| SourceError::Header(name.to_string()))?;
+            headers.push((name, value));
+        }
+        if let Some(token) = &auth.bearer {
+            let mut value = http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .map_err(|_| SourceError::Header("Authorization".into()))?;
+            value.set_sensitive(true);
+            headers.push((http::header::AUTHORIZATION, value));
+        }
+        o.set_request_modifier(move |mut req: http::Request<()>| {
+            for (name, value) in &headers {
+                req.headers_mut().insert(name.clone(), value.clone());
+            }
+            async move { req }
+        });
+    }
+    Ok(o)
+}
+
+/// Sends the acks the writer releases. Runs apart from the event loop so a
+/// full request channel never stalls reading. With a clean session an ack
+/// from an earlier connection is dropped: its packet id may name a
+/// different message on the new one (the broker forgot the old one anyway).
+struct Acker {
+    client: AsyncClient,
+    generation: Arc<AtomicU64>,
+    clean_session: bool,
+}
+
+impl Acker {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Vec<Ack>>) {
+        while let Some(acks) = rx.recv().await {
+            for ack in acks {
+                if self.clean_session && ack.generation != self.generation.load(Ordering::Acquire) {
+                    continue;
+                }
+                let mut p = Publish::new("", ack.qos, Vec::<u8>::new());
+                p.pkid = ack.pkid;
+                if self.client.ack(&p).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What the source does on its connection, fed one event-loop result at a time.
+struct Session<'a> {
+    source: &'a MqttSource,
+    client: AsyncClient,
+    generation: Arc<AtomicU64>,
+    budget: Arc<Semaphore>,
+    max_size: usize,
+}
+
+impl MqttSource {
+    /// Runs until `shutdown`; then stops reading, lets the writer finish,
+    /// sends the last acks and disconnects. Returns once the broker has seen
+    /// the DISCONNECT (or after a short grace period).
+    pub async fn run(
+        self,
+        acks: mpsc::UnboundedReceiver<Vec<Ack>>,
+        shutdown: CancellationToken,
+    ) -> Result<(), SourceError> {
+        let auth = self.credentials.current();
+        let opts = options(&self.config, &auth)?;
+        let (client, mut eventloop) = AsyncClient::new(opts, self.config.queue + 64);
+        let generation = Arc::new(AtomicU64::new(0));
+        let acker = tokio::spawn(
+            Acker {
+                client: client.clone(),
+                generation: generation.clone(),
+                clean_session: self.config.clean_session,
+            }
+            .run(acks),
+        );
+        let session = Session {
+            source: &self,
+            client: client.clone(),
+            generation,
+            budget: Arc::new(Semaphore::new(BYTE_BUDGET)),
+            max_size: self.config.max_packet_size.0,
+        };
+        tracing::info!(url = %self.config.url, client_id = %self.config.client_id,
+            clean_session = self.config.clean_session, "connecting to MQTT broker");
+        let mut attempt = 0u32;
+        let mut auth = auth;
+        loop {
+            let event = tokio::select! {
+                e = eventloop.poll() => e,
+                _ = shutdown.cancelled() => break,
+            };
+            match event {
+                Ok(event) => {
+                    if session.on_event(event).await {
+                        attempt = 0;
+                    }
+                }
+                Err(e) => {
+                    attempt += 1;
+                    Counters::add(&self.counters.connection_errors, 1);
+                    if let ConnectionError::ConnectionRefused(
+                        ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword,
+                    ) = e
+                    {
+                        self.credentials.refused().notify_one();
+                    }
+                    let delay = backoff(attempt, self.config.reconnect_max.0, rand::random());
+                    tracing::warn!(attempt, error = %e, retry_in = ?delay, "MQTT connection failed; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    let fresh = self.credentials.current();
+                    if fresh != auth {
+                        tracing::info!("using renewed MQTT credentials for the next connect");
+                        eventloop.mqtt_options = options(&self.config, &fresh)?;
+                        auth = fresh;
+                    }
+                }
+            }
+        }
+        // Shutdown: stop handing messages to the writer (unacked ones are
+        // redelivered by a persistent session), keep the connection turning
+        // until the writer has committed and the acker has queued the last
+        // acks, then disconnect behind them.
+        let Session { client, .. } = session;
+        drop(self.ingest);
+        let drain = async {
+            let mut acker = acker;
+            loop {
+                tokio::select! {
+                    _ = &mut acker => break,
+                    e = eventloop.poll() => if e.is_err() { tokio::time::sleep(Duration::from_millis(50)).await },
+                }
+            }
+            let _ = client.try_disconnect();
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("MQTT disconnect timed out; closing the connection");
+        }
+        tracing::info!("MQTT source stopped");
+        Ok(())
+    }
+}
+
+impl Session<'_> {
+    /// Handles one event-loop result; returns true when a connection was established.
+    async fn on_event(&self, event: Event) -> bool {
+        match event {
+            Event::Incoming(Packet::ConnAck(ack)) => {
+                let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                Counters::add(&self.source.counters.connects, 1);
+                tracing::info!(
+                    session_present = ack.session_present,
+                    generation,
+                    "MQTT connected"
+                );
+                if !ack.session_present {
+                    self.subscribe();
+                }
+                true
+            }
+            Event::Incoming(Packet::SubAck(ack)) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .filter(|c| matches!(c, SubscribeReasonCode::Failure))
+                    .count();
+                if refused > 0 {
+                    tracing::error!(refused, topics = ?self.source.config.topics,
+                        "broker refused subscriptions; check the topic filters and the user's rights");
+                } else {
+                    Counters::add(&self.source.counters.subscribed, 1);
+                    tracing::info!(topics = ?self.source.config.topics, "subscribed");
+                }
+                false
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                self.on_publish(p).await;
+                false
+            }
+            Event::Incoming(Packet::Disconnect) => {
+                tracing::warn!("broker sent DISCONNECT");
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Subscribes in a separate task: the request channel is drained by the
+    /// event loop this task is polling, so awaiting it here could deadlock.
+    fn subscribe(&self) {
+        let client = self.client.clone();
+        let filters: Vec<SubscribeFilter> = self
+            .source
+            .config
+            .topics
+            .iter()
+            .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
+            .collect();
+        tokio::spawn(async move {
+            if let Err(e) = client.subscribe_many(filters).await {
+                tracing::error!(error = %e, "could not queue the subscription");
+            }
+        });
+    }
+
+    async fn on_publish(&self, p: Publish) {
+        let now = now_us();
+        self.source.counters.received_at(now);
+        let ack = (p.qos != QoS::AtMostOnce).then(|| Ack {
+            pkid: p.pkid,
+            qos: p.qos,
+            generation: self.generation.load(Ordering::Acquire),
+        });
+        let item = if p.payload.len() > self.max_size {
+            Parsed::Rejected(Rejected::new(
+                &p.topic,
+                &p.payload,
+                RejectReason::Oversized,
+                format!(
+                    "{} bytes > max_packet_size {}",
+                    p.payload.len(),
+                    self.max_size
+                ),
+                now,
+            ))
+        } else {
+            self.source.parser.parse(&p.topic, &p.payload, now)
+        };
+        let cost = match &item {
+            Parsed::Rejected(r) => {
+                tracing::warn!(topic = %r.topic, reason = r.reason.as_str(), detail = %r.detail,
+                    size = r.size, "rejected message");
+                r.bytes.len()
+            }
+            Parsed::Skipped(kind) => {
+                tracing::debug!(topic = %p.topic, kind = %kind, "skipped message");
+                0
+            }
+            Parsed::Event(e) => e.payload.len(),
+        };
+        let permit = match self
+            .budget
+            .clone()
+            .acquire_many_owned(cost.clamp(1, BYTE_BUDGET) as u32)
+            .await
+        {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        // Blocks while the writer is behind: this is the backpressure.
+        let _ = self
+            .source
+            .ingest
+            .send(Ingest {
+                item,
+                ack,
+                permit: Some(permit),
+            })
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps_with_jitter_in_the_upper_half() {
+        let max = Duration::from_secs(30);
+        assert_eq!(backoff(1, max, 1.0), Duration::from_millis(100));
+        assert_eq!(backoff(1, max, 0.0), Duration::from_millis(50));
+        assert_eq!(backoff(4, max, 1.0), Duration::from_millis(800));
+        assert_eq!(backoff(30, max, 1.0), max);
+        assert_eq!(backoff(u32::MAX, max, 0.0), max / 2);
+        for attempt in 1..12 {
+            assert!(backoff(attempt, max, 0.3) <= backoff(attempt + 1, max, 0.3));
+        }
+    }
+
+    #[test]
+    fn credentials_never_print() {
+        let auth = MqttAuth {
+            username: Some("admin@System".into()),
+            password: Some(Secret::new("pa55word")),
+            bearer: Some(Secret::new("eyJhbGciOi.jwt")),
+        };
+        let shown = format!("{auth:?}");
+        assert!(shown.contains("admin@System"));
+        assert!(!shown.contains("pa55word") && !shown.contains("eyJ"));
+    }
+}

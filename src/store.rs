@@ -1,0 +1,473 @@
+//! The SQLite store and its single writer.
+//!
+//! One task, the [`Writer`], owns the only write connection: it takes
+//! whatever is queued (opportunistic batching), deduplicates by id, assigns
+//! `seq`s, commits, and only then lets the MQTT acks go. Everything else
+//! (sinks, CLI) reads through the [`Store`]'s small read pool; sinks send
+//! their cursor commits to the writer instead of writing themselves, so
+//! there is never lock contention on the write path.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Connection, Row};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
+
+use crate::config::{StoreConfig, Synchronous};
+use crate::event::{Event, StoredEvent, now_us};
+use crate::metrics::Counters;
+use crate::source::mqtt::Ack;
+use crate::source::{Parsed, Rejected};
+use crate::stream::Sequencer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Open { path: String, source: sqlx::Error },
+    #[error("store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("the store writer has stopped")]
+    WriterGone,
+}
+
+/// Read access to the store (a small pool; WAL lets it read while the writer writes).
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+    options: SqliteConnectOptions,
+}
+
+fn connect_options(path: &Path, sync: Synchronous) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(match sync {
+            Synchronous::Full => SqliteSynchronous::Full,
+            Synchronous::Normal => SqliteSynchronous::Normal,
+        })
+        .busy_timeout(Duration::from_secs(10))
+        .statement_cache_capacity(256)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store and applies pending migrations.
+    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let options = connect_options(&config.path, config.synchronous);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone())
+            .await
+            .map_err(|source| StoreError::Open {
+                path: config.path.display().to_string(),
+                source,
+            })?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool, options })
+    }
+
+    /// The highest released `seq` (0 when nothing is released yet).
+    pub async fn head(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// A sink's cursor: the last `seq` its target accepted (0 = none).
+    pub async fn cursor(&self, sink: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT seq FROM cursors WHERE sink = ?")
+            .bind(sink)
+            .fetch_optional(&self.pool)
+            .await?
+            .unwrap_or(0))
+    }
+
+    /// Released events after `seq`, in stream order.
+    pub async fn released_after(
+        &self,
+        seq: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT seq, id, origin, occurred_at_us, type, subject, payload, late \
+             FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// How many events and rejected messages the store holds.
+    pub async fn counts(&self) -> Result<(i64, i64), StoreError> {
+        let row =
+            sqlx::query("SELECT (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM rejected)")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// Rejected messages per reason, most frequent first.
+    pub async fn rejected_by_reason(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT reason, COUNT(*) AS n FROM rejected GROUP BY reason ORDER BY n DESC, reason",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Opens the dedicated write connection for a [`Writer`].
+    async fn write_connection(&self) -> Result<SqliteConnection, StoreError> {
+        Ok(SqliteConnection::connect_with(&self.options).await?)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// One message for the writer: what it parsed to, the MQTT ack to send once
+/// it is durable, and the share of the byte budget it holds until then.
+#[derive(Debug)]
+pub struct Ingest {
+    pub item: Parsed,
+    pub ack: Option<Ack>,
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Requests from other tasks that must go through the single write connection.
+#[derive(Debug)]
+enum Control {
+    Cursor {
+        sink: String,
+        seq: i64,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// The released head, published after every commit so sinks wake up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    pub seq: i64,
+    /// No more events will come (ingest closed and drained).
+    pub closed: bool,
+}
+
+/// A cheap, cloneable handle to send cursor commits to the writer.
+#[derive(Clone, Debug)]
+pub struct WriterHandle {
+    ctrl: mpsc::Sender<Control>,
+}
+
+impl WriterHandle {
+    /// Durably records that `sink` has delivered everything up to `seq`.
+    pub async fn commit_cursor(&self, sink: &str, seq: i64) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.ctrl
+            .send(Control::Cursor {
+                sink: sink.to_string(),
+                seq,
+                done,
+            })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        wait.await.map_err(|_| StoreError::WriterGone)
+    }
+}
+
+/// The endpoints the rest of the pipeline talks to the writer through.
+pub struct WriterChannels {
+    pub ingest: mpsc::Sender<Ingest>,
+    pub handle: WriterHandle,
+    pub head: watch::Receiver<Head>,
+}
+
+/// The single writer task's state.
+pub struct Writer {
+    conn: SqliteConnection,
+    sequencer: Sequencer,
+    source: String,
+    batch_max: usize,
+    batch_delay: Duration,
+    rejected_max: i64,
+    counters: Arc<Counters>,
+    head: watch::Sender<Head>,
+    acks: Option<mpsc::UnboundedSender<Vec<Ack>>>,
+    ingest_rx: mpsc::Receiver<Ingest>,
+    ctrl_rx: mpsc::Receiver<Control>,
+}
+
+/// What one loop turn collected.
+#[derive(Default)]
+struct Batch {
+    events: Vec<Event>,
+    rejected: Vec<Rejected>,
+    skipped: u64,
+    acks: Vec<Ack>,
+    cursors: Vec<(String, i64, oneshot::Sender<()>)>,
+    permits: Vec<OwnedSemaphorePermit>,
+    messages: usize,
+}
+
+impl Batch {
+    fn push_ingest(&mut self, i: Ingest) {
+        self.messages += 1;
+        match i.item {
+            Parsed::Event(e) => self.events.push(e),
+            Parsed::Rejected(r) => self.rejected.push(r),
+            Parsed::Skipped(_) => self.skipped += 1,
+        }
+        self.acks.extend(i.ack);
+        self.permits.extend(i.permit);
+    }
+
+    fn push_control(&mut self, c: Control) {
+        match c {
+            Control::Cursor { sink, seq, done } => self.cursors.push((sink, seq, done)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.messages == 0 && self.cursors.is_empty()
+    }
+}
+
+/// Rows per multi-row INSERT (11 columns each, well under SQLite's bind limit).
+const INSERT_CHUNK: usize = 64;
+/// Ids per `IN (...)` lookup.
+const LOOKUP_CHUNK: usize = 256;
+
+fn placeholders(rows: usize, cols: usize) -> String {
+    let row = format!("({})", vec!["?"; cols].join(","));
+    vec![row; rows].join(",")
+}
+
+impl Writer {
+    /// Creates the writer for `store` and the channels that feed it.
+    pub async fn new(
+        store: &Store,
+        config: &StoreConfig,
+        source: &str,
+        queue: usize,
+        counters: Arc<Counters>,
+        acks: Option<mpsc::UnboundedSender<Vec<Ack>>>,
+    ) -> Result<(Writer, WriterChannels), StoreError> {
+        let conn = store.write_connection().await?;
+        let head_seq = store.head().await?;
+        let (ingest_tx, ingest_rx) = mpsc::channel(queue);
+        let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
+        let (head_tx, head_rx) = watch::channel(Head {
+            seq: head_seq,
+            closed: false,
+        });
+        let writer = Writer {
+            conn,
+            sequencer: Sequencer::resume_after(head_seq),
+            source: source.to_string(),
+            batch_max: config.batch_max,
+            batch_delay: config.batch_delay.0,
+            rejected_max: i64::from(config.rejected_max),
+            counters,
+            head: head_tx,
+            acks,
+            ingest_rx,
+            ctrl_rx,
+        };
+        let channels = WriterChannels {
+            ingest: ingest_tx,
+            handle: WriterHandle { ctrl: ctrl_tx },
+            head: head_rx,
+        };
+        Ok((writer, channels))
+    }
+
+    /// Runs until ingest is closed and drained and every [`WriterHandle`] is
+    /// dropped. A failed commit is fatal: nothing of that batch was acked,
+    /// so the broker (persistent session) or the poller delivers it again.
+    pub async fn run(mut self) -> Result<(), StoreError> {
+        let mut ingest_open = true;
+        let mut ctrl_open = true;
+        while ingest_open || ctrl_open {
+            let mut batch = Batch::default();
+            tokio::select! {
+                biased;
+                c = self.ctrl_rx.recv(), if ctrl_open => match c {
+                    Some(c) => batch.push_control(c),
+                    None => ctrl_open = false,
+                },
+                i = self.ingest_rx.recv(), if ingest_open => match i {
+                    Some(i) => batch.push_ingest(i),
+                    None => {
+                        ingest_open = false;
+                        self.head.send_modify(|h| h.closed = true);
+                    }
+                },
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            self.fill(&mut batch, ingest_open).await;
+            self.commit(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds whatever else is queued, up to `batch_max` messages; waits up to
+    /// `batch_delay` for more only when configured to (default: never wait,
+    /// because the broker's in-flight window stalls while acks are held).
+    async fn fill(&mut self, batch: &mut Batch, ingest_open: bool) {
+        let deadline = tokio::time::Instant::now() + self.batch_delay;
+        while batch.messages < self.batch_max {
+            while let Ok(c) = self.ctrl_rx.try_recv() {
+                batch.push_control(c);
+            }
+            match self.ingest_rx.try_recv() {
+                Ok(i) => batch.push_ingest(i),
+                Err(_) if self.batch_delay.is_zero() || !ingest_open => break,
+                Err(_) => match tokio::time::timeout_at(deadline, self.ingest_rx.recv()).await {
+                    Ok(Some(i)) => batch.push_ingest(i),
+                    _ => break,
+                },
+            }
+        }
+    }
+
+    async fn commit(&mut self, mut batch: Batch) -> Result<(), StoreError> {
+        let head_before = self.sequencer.head();
+        let offered = batch.events.len() as u64;
+        let result = self.write(&mut batch).await;
+        let inserted = match result {
+            Ok(n) => n,
+            Err(e) => {
+                self.sequencer.rewind_to(head_before);
+                return Err(e);
+            }
+        };
+        let now = now_us();
+        Counters::add(&self.counters.stored, inserted);
+        Counters::add(&self.counters.duplicates, offered - inserted);
+        Counters::add(&self.counters.rejected, batch.rejected.len() as u64);
+        Counters::add(&self.counters.skipped, batch.skipped);
+        Counters::add(&self.counters.batches, 1);
+        self.counters
+            .last_commit_us
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        if !batch.acks.is_empty()
+            && let Some(acks) = &self.acks
+        {
+            // The acker may be gone during shutdown; the broker then
+            // redelivers (persistent session) and dedup absorbs it.
+            let _ = acks.send(std::mem::take(&mut batch.acks));
+        }
+        for (_, _, done) in batch.cursors {
+            let _ = done.send(());
+        }
+        let head = self.sequencer.head();
+        self.head.send_if_modified(|h| {
+            let changed = h.seq != head;
+            h.seq = head;
+            changed
+        });
+        Ok(())
+    }
+
+    /// Writes one batch in one transaction; returns how many events were new.
+    async fn write(&mut self, batch: &mut Batch) -> Result<u64, StoreError> {
+        let mut tx = self.conn.begin().await?;
+
+        // In-batch duplicates first, then ids already stored.
+        let mut seen = HashSet::with_capacity(batch.events.len());
+        batch.events.retain(|e| seen.insert(e.id.clone()));
+        let mut existing = HashSet::new();
+        let ids: Vec<&str> = batch.events.iter().map(|e| e.id.as_str()).collect();
+        for chunk in ids.chunks(LOOKUP_CHUNK) {
+            let sql = format!(
+                "SELECT id FROM events WHERE id IN ({})",
+                vec!["?"; chunk.len()].join(",")
+            );
+            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            existing.extend(q.fetch_all(&mut *tx).await?);
+        }
+        let fresh: Vec<&Event> = batch
+            .events
+            .iter()
+            .filter(|e| !existing.contains(&e.id))
+            .collect();
+
+        for chunk in fresh.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "INSERT INTO events (id, source, origin, occurred_at_us, received_at_us, type, \
+                 subject, org, payload, seq, late) VALUES {} ON CONFLICT(id) DO NOTHING",
+                placeholders(chunk.len(), 11)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for e in chunk {
+                q = q
+                    .bind(e.id.as_str())
+                    .bind(self.source.as_str())
+                    .bind(e.origin.as_str())
+                    .bind(e.occurred_at_us)
+                    .bind(e.received_at_us)
+                    .bind(e.event_type.as_str())
+                    .bind(e.subject.as_deref())
+                    .bind(e.org.as_deref())
+                    .bind(e.payload.as_str())
+                    .bind(self.sequencer.next_seq())
+                    .bind(false);
+            }
+            let done = q.execute(&mut *tx).await?;
+            debug_assert_eq!(done.rows_affected(), chunk.len() as u64);
+        }
+
+        if !batch.rejected.is_empty() {
+            for r in &batch.rejected {
+                sqlx::query(
+                    "INSERT INTO rejected (topic, reason, detail, bytes, size, at_us) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(r.topic.as_str())
+                .bind(r.reason.as_str())
+                .bind(r.detail.as_str())
+                .bind(r.bytes.as_slice())
+                .bind(r.size as i64)
+                .bind(r.at_us)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("DELETE FROM rejected WHERE id <= (SELECT MAX(id) FROM rejected) - ?")
+                .bind(self.rejected_max)
+                .execute(&mut *tx)
+                .await?;
+        }
+
+        let now = now_us();
+        for (sink, seq, _) in &batch.cursors {
+            sqlx::query(
+                "INSERT INTO cursors (sink, seq, updated_at_us) VALUES (?, ?, ?) \
+                 ON CONFLICT(sink) DO UPDATE SET seq = excluded.seq, updated_at_us = excluded.updated_at_us",
+            )
+            .bind(sink.as_str())
+            .bind(*seq)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        tx.commit().await?;
+        Ok(fresh.len() as u64)
+    }
+}
