@@ -1,1 +1,7 @@
-//! Integration tests: one binary, one module per concern.
+//! Integration tests: one binary, one module per concern, real parts only
+//! (mosquitto, the gapless binary, SQLite files on disk).
+
+mod cli;
+mod faults;
+mod ingest;
+mod support;

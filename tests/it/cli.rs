@@ -1,0 +1,71 @@
+//! The command line as a user meets it: config checking and the demo.
+
+use std::process::Command;
+
+fn gapless() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gapless"))
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_bad_keys() {
+    let ok = gapless()
+        .args(["check-config", "--config", "config/gapless.example.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[source]\nkind = \"vcd\"\nname = \"x\"\n[mqtt]\nurl = \"http://nope\"\n\
+         [[sink]]\nname = \"f\"\nkind = \"file\"\npath = \"e.jsonl\"\n",
+    )
+    .unwrap();
+    let out = gapless()
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mqtt.url") && err.contains("hint"), "{err}");
+
+    std::fs::write(&bad, "[source]\nkind = \"vcd\"\nname = \"x\"\ncolour = 1\n").unwrap();
+    let out = gapless()
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("colour"));
+
+    let out = gapless()
+        .args(["check-config", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn demo_passes_its_ground_truth_check() {
+    let out = gapless()
+        .args(["demo", "--events", "150", "--rate", "0", "--quiet"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("result: PASS"), "{stdout}");
+    assert!(
+        stdout.contains("check: missing               0"),
+        "{stdout}"
+    );
+}

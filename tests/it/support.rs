@@ -1,0 +1,333 @@
+//! Real parts for the tests: mosquitto as a child process on ephemeral
+//! loopback ports (TCP and WebSocket listeners), and the real `gapless`
+//! binary run against it with a config file in a temporary directory.
+
+use std::collections::HashSet;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use gapless::sim::events;
+use gapless::sim::publisher::Publisher;
+
+/// Returns a mosquitto binary, or `None` (and prints SKIP) when it is absent
+/// and not required. With `GAPLESS_REQUIRE_MOSQUITTO=1` absence is a failure.
+pub fn mosquitto_bin(test: &str) -> Option<PathBuf> {
+    let found = [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists());
+    if found.is_none() {
+        if std::env::var("GAPLESS_REQUIRE_MOSQUITTO").as_deref() == Ok("1") {
+            panic!("{test}: mosquitto is required (GAPLESS_REQUIRE_MOSQUITTO=1) but not installed");
+        }
+        eprintln!("SKIP {test}: mosquitto is not installed (apt-get install mosquitto)");
+    }
+    found
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A mosquitto broker with a TCP and a WebSocket listener on 127.0.0.1.
+pub struct Mosquitto {
+    bin: PathBuf,
+    conf: PathBuf,
+    pub tcp_port: u16,
+    pub ws_port: u16,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start(bin: PathBuf, dir: &Path) -> Mosquitto {
+        let tcp_port = free_port();
+        let ws_port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        // Unlimited queue: the persistent-session tests park thousands of
+        // messages for an offline client.
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {tcp_port} 127.0.0.1\n\
+                 listener {ws_port} 127.0.0.1\nprotocol websockets\n\
+                 allow_anonymous true\npersistence false\n\
+                 max_queued_messages 0\nmax_inflight_messages 20\n\
+                 log_dest stderr\nlog_type error\nlog_type warning\n"
+            ),
+        )
+        .unwrap();
+        let mut m = Mosquitto {
+            bin,
+            conf,
+            tcp_port,
+            ws_port,
+            child: None,
+        };
+        m.restart();
+        m
+    }
+
+    /// (Re)starts the broker on the same ports and waits until it listens.
+    pub fn restart(&mut self) {
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mosquitto");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in [self.tcp_port, self.ws_port] {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "mosquitto did not start on port {port}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Kills the broker hard (its in-memory state is lost).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn tcp_url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.tcp_port)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/mqtt", self.ws_port)
+    }
+
+    pub async fn publisher(&self, id: &str) -> Publisher {
+        Publisher::connect("127.0.0.1", self.tcp_port, id)
+            .await
+            .expect("publisher connects")
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A gapless config for tests: a VCD source, one file sink.
+pub fn config(dir: &Path, url: &str, clean_session: bool, client_id: &str) -> PathBuf {
+    let path = dir.join("gapless.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[source]
+kind = "vcd"
+name = "test"
+
+[mqtt]
+url = "{url}"
+topics = ["publish/#"]
+client_id = "{client_id}"
+clean_session = {clean_session}
+keep_alive = "5s"
+max_packet_size = "1MiB"
+reconnect_max = "1s"
+
+[store]
+path = "{db}"
+synchronous = "normal"
+
+[[sink]]
+name = "file"
+kind = "file"
+path = "{file}"
+"#,
+            db = dir.join("gapless.db").display(),
+            file = dir.join("events.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The real gapless binary, running.
+pub struct Gapless {
+    child: Child,
+    pub log: PathBuf,
+    pub summary: PathBuf,
+}
+
+impl Gapless {
+    pub fn start(dir: &Path, config: &Path) -> Gapless {
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
+        let log = dir.join(format!(
+            "gapless-{}.log",
+            RUNS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let summary = dir.join("summary.json");
+        let _ = std::fs::remove_file(&summary);
+        let child = Command::new(env!("CARGO_BIN_EXE_gapless"))
+            .args(["--log-level", "info,mqtt5=warn", "run", "--config"])
+            .arg(config)
+            .arg("--summary")
+            .arg(&summary)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn gapless");
+        Gapless {
+            child,
+            log,
+            summary,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log says `needle` at least `n` times.
+    pub fn wait_log(&mut self, needle: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.log_text().matches(needle).count() < n {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "gapless exited ({status}) while waiting for {needle:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {n}× {needle:?} in the log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then waits for the exit; returns the summary JSON.
+    pub fn stop(mut self) -> serde_json::Value {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gapless did not stop:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            status.success(),
+            "gapless exit {status}:\n{}",
+            self.log_text()
+        );
+        let text = std::fs::read_to_string(&self.summary).expect("summary written");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Gapless {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Complete lines in a file (0 if it does not exist yet).
+pub fn count_lines(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
+}
+
+/// Waits until `path` has at least `n` lines.
+pub fn wait_lines(path: &Path, n: usize, timeout: Duration, gapless: &mut Gapless) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let have = count_lines(path);
+        if have >= n {
+            return;
+        }
+        if let Ok(Some(status)) = gapless.child.try_wait() {
+            panic!(
+                "gapless exited ({status}) at {have}/{n} lines:\n{}",
+                gapless.log_text()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {have}/{n} lines:\n{}",
+            gapless.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sample events `range` as `(topic, envelope)` messages.
+pub fn event_messages(salt: u64, range: std::ops::Range<u64>) -> Vec<(String, Vec<u8>)> {
+    let base = gapless::event::now_us();
+    range
+        .map(|i| {
+            let ev = events::audit_event(salt, i, base + i as i64 * 1000);
+            (events::topic(salt, i), events::envelope(&ev))
+        })
+        .collect()
+}
+
+/// Checks a sink file: exactly the events `0..n` of `salt`, each once, with
+/// `seq` 1..=n in order.
+pub fn assert_exactly_once(path: &Path, salt: u64, n: u64) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut ids = HashSet::new();
+    let mut count = 0u64;
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            v["seq"].as_u64(),
+            Some(i as u64 + 1),
+            "seq hole or reorder at line {}",
+            i + 1
+        );
+        assert_eq!(v["specversion"], "1.0");
+        assert!(
+            ids.insert(v["id"].as_str().unwrap().to_string()),
+            "duplicate id {}",
+            v["id"]
+        );
+        count += 1;
+    }
+    assert_eq!(count, n, "line count");
+    for i in 0..n {
+        assert!(
+            ids.contains(&events::event_id(salt, i)),
+            "event {i} missing"
+        );
+    }
+}
