@@ -35,6 +35,8 @@ pub struct Counters {
     pub last_received_us: AtomicI64,
     /// When the last batch was committed (µs since the epoch).
     pub last_commit_us: AtomicI64,
+    /// When a sink last delivered a batch (µs since the epoch).
+    pub last_delivered_us: AtomicI64,
 }
 
 /// A point-in-time copy of the counters, for summaries.
@@ -53,6 +55,7 @@ pub struct Snapshot {
     pub first_received_us: i64,
     pub last_received_us: i64,
     pub last_commit_us: i64,
+    pub last_delivered_us: i64,
 }
 
 impl Counters {
@@ -84,6 +87,7 @@ impl Counters {
             first_received_us: self.first_received_us.load(Relaxed),
             last_received_us: self.last_received_us.load(Relaxed),
             last_commit_us: self.last_commit_us.load(Relaxed),
+            last_delivered_us: self.last_delivered_us.load(Relaxed),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::{SinkConfig, SinkKind};
-use crate::event::StoredEvent;
+use crate::event::{StoredEvent, now_us};
 use crate::metrics::Counters;
 use crate::store::{Head, Store, StoreError, WriterHandle};
 
@@ -128,6 +128,9 @@ impl SinkTask {
                 cursor = last.seq;
                 self.writer.commit_cursor(&name, cursor).await?;
                 Counters::add(&self.counters.delivered, events.len() as u64);
+                self.counters
+                    .last_delivered_us
+                    .store(now_us(), std::sync::atomic::Ordering::Relaxed);
                 continue;
             }
             let head = *self.head.borrow_and_update();

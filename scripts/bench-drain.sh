@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Drain benchmark: a backlog of QoS 1 VCD envelopes parked in mosquitto for a
+# persistent session, drained by the release gapless binary (into SQLite and
+# a file sink) and, in the same run, by `mosquitto_sub -q 1 -c` (which acks
+# at once and writes nowhere). Reports both rates, their ratio and gapless's
+# peak RSS; the median of the runs is the figure.
+#
+# Usage: scripts/bench-drain.sh [EVENTS] [RUNS] [SYNCHRONOUS]
+#   EVENTS       backlog size (default 200000)
+#   RUNS         repetitions (default 3)
+#   SYNCHRONOUS  gapless store.synchronous: full (default) or normal
+# Needs: mosquitto, mosquitto-clients, python3; builds target/release/gapless.
+set -euo pipefail
+
+EVENTS=${1:-200000}
+RUNS=${2:-3}
+SYNC=${3:-full}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+for tool in mosquitto mosquitto_sub mosquitto_pub python3; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || {
+    echo "bench-drain: $tool is missing (apt-get install mosquitto mosquitto-clients python3)" >&2
+    exit 2
+  }
+done
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+
+echo "building the release binary..." >&2
+cargo build --release -q
+GAPLESS="$ROOT/target/release/gapless"
+
+WORK=$(mktemp -d)
+BROKER_PID=
+cleanup() {
+  [ -n "$BROKER_PID" ] && kill "$BROKER_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# The backlog: one envelope per line (mosquitto_pub -l sends one message per line).
+python3 - "$EVENTS" > "$WORK/envelopes.txt" <<'PY'
+import json, sys, uuid, datetime
+n = int(sys.argv[1])
+t0 = datetime.datetime(2026, 11, 23, 10, 0, 0, tzinfo=datetime.timezone.utc)
+for i in range(n):
+    ts = (t0 + datetime.timedelta(milliseconds=i // 3)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ev = {
+        "eventId": f"urn:vcloud:audit:{uuid.uuid4()}",
+        "eventType": "com/vmware/cloud/event/vm/poweron",
+        "eventStatus": "SUCCESS",
+        "timestamp": ts,
+        "operatingOrg": {"name": "acme", "id": "urn:vcloud:org:7f3c2b1a-0000-4000-8000-000000000001"},
+        "user": {"name": "ann", "id": "urn:vcloud:user:7f3c2b1a-0000-4000-8000-000000000002"},
+        "eventEntity": {"name": f"vm-{i}", "id": f"urn:vcloud:vm:{uuid.uuid4()}"},
+        "taskId": None, "cellId": "urn:vcloud:cell:1", "serviceNamespace": "com.vmware.cloud",
+        "description": "Powered on virtual machine", "external": False, "additionalProperties": {},
+    }
+    print(json.dumps({"type": "EVENT", "headers": {"contentType": "application/json"},
+                      "payload": json.dumps(ev)}))
+PY
+echo "backlog: $EVENTS envelopes, $(( $(stat -c %s "$WORK/envelopes.txt") / EVENTS )) bytes each on average" >&2
+
+now_us() { date +%s%6N; }
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+RESULTS="$WORK/results.tsv"
+for run in $(seq 1 "$RUNS"); do
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat > "$WORK/mosquitto.conf" <<EOF
+listener $PORT 127.0.0.1
+allow_anonymous true
+persistence false
+max_queued_messages 0
+max_queued_bytes 0
+EOF
+  "$MOSQUITTO" -c "$WORK/mosquitto.conf" >/dev/null 2>&1 &
+  BROKER_PID=$!
+  for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
+
+  # Persistent sessions for both consumers, then the backlog.
+  mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -c -i bench-gapless -t 'publish/#' -E
+  mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -c -i bench-mosquitto-sub -t 'publish/#' -E
+  mosquitto_pub -h 127.0.0.1 -p "$PORT" -q 1 -t publish/org/user -l < "$WORK/envelopes.txt"
+
+  rm -f "$WORK"/gapless.db* "$WORK/events.jsonl"
+  cat > "$WORK/gapless.toml" <<EOF
+[source]
+kind = "vcd"
+name = "bench"
+[mqtt]
+url = "mqtt://127.0.0.1:$PORT"
+client_id = "bench-gapless"
+clean_session = false
+[store]
+path = "$WORK/gapless.db"
+synchronous = "$SYNC"
+[[sink]]
+name = "file"
+kind = "file"
+path = "$WORK/events.jsonl"
+EOF
+  start=$(now_us)
+  "$GAPLESS" --log-level warn run --config "$WORK/gapless.toml" --exit-idle 1s --summary "$WORK/summary.json"
+  read -r stored last rss < <(python3 -c '
+import json,sys; s=json.load(open(sys.argv[1])); c=s["counters"]
+print(c["stored"], max(c["last_commit_us"], c["last_delivered_us"]), s["peak_rss_kib"])' "$WORK/summary.json")
+  lines=$(wc -l < "$WORK/events.jsonl")
+  if [ "$stored" != "$EVENTS" ] || [ "$lines" != "$EVENTS" ]; then
+    echo "run $run: gapless stored $stored and wrote $lines lines, expected $EVENTS" >&2
+    exit 1
+  fi
+  g_s=$(python3 -c "print(($last - $start) / 1e6)")
+
+  start=$(now_us)
+  mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -c -i bench-mosquitto-sub -t 'publish/#' -C "$EVENTS" > /dev/null
+  m_s=$(python3 -c "print(($(now_us) - $start) / 1e6)")
+
+  kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=
+  python3 - "$run" "$EVENTS" "$g_s" "$m_s" "$rss" <<'PY' | tee -a "$RESULTS"
+import sys
+run, n, g, m, rss = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+print(f"{run}\t{g:.2f}\t{n/g:.0f}\t{m:.2f}\t{n/m:.0f}\t{(n/g)/(n/m):.2f}\t{rss/1024:.1f}")
+PY
+done
+
+echo
+echo "| run | gapless s | gapless ev/s | mosquitto_sub s | mosquitto_sub ev/s | ratio | gapless peak RSS MB |"
+echo "|---|---|---|---|---|---|---|"
+awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s |\n", $1,$2,$3,$4,$5,$6,$7}' "$RESULTS"
+printf "| **median** | %s | %s | %s | %s | %s | %s |\n" \
+  "$(cut -f2 "$RESULTS" | median)" "$(cut -f3 "$RESULTS" | median)" "$(cut -f4 "$RESULTS" | median)" \
+  "$(cut -f5 "$RESULTS" | median)" "$(cut -f6 "$RESULTS" | median)" "$(cut -f7 "$RESULTS" | median)"
+echo "($EVENTS events, store.synchronous = $SYNC, mosquitto max_inflight_messages = 20 (default))"
