@@ -9,7 +9,9 @@
 #   EVENTS       backlog size (default 200000)
 #   RUNS         repetitions (default 3)
 #   SYNCHRONOUS  gapless store.synchronous: full (default) or normal
-# Needs: mosquitto, mosquitto-clients, python3; builds target/release/gapless.
+# Needs: mosquitto, mosquitto-clients, python3; builds the gapless binary and
+# examples/publish_lines (a QoS 1 publisher; `mosquitto_pub -l` drops messages
+# when fed a large file at full speed).
 set -euo pipefail
 
 EVENTS=${1:-200000}
@@ -18,7 +20,7 @@ SYNC=${3:-full}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-for tool in mosquitto mosquitto_sub mosquitto_pub python3; do
+for tool in mosquitto mosquitto_sub python3; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || {
     echo "bench-drain: $tool is missing (apt-get install mosquitto mosquitto-clients python3)" >&2
     exit 2
@@ -27,8 +29,9 @@ done
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
 echo "building the release binary..." >&2
-cargo build --release -q
+cargo build --release -q --bin gapless --example publish_lines
 GAPLESS="$ROOT/target/release/gapless"
+PUBLISH="$ROOT/target/release/examples/publish_lines"
 
 WORK=$(mktemp -d)
 BROKER_PID=
@@ -38,7 +41,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The backlog: one envelope per line (mosquitto_pub -l sends one message per line).
+# The backlog: one envelope per line (publish_lines sends one message per line).
 python3 - "$EVENTS" > "$WORK/envelopes.txt" <<'PY'
 import json, sys, uuid, datetime
 n = int(sys.argv[1])
@@ -81,7 +84,7 @@ EOF
   # Persistent sessions for both consumers, then the backlog.
   mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -c -i bench-gapless -t 'publish/#' -E
   mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -c -i bench-mosquitto-sub -t 'publish/#' -E
-  mosquitto_pub -h 127.0.0.1 -p "$PORT" -q 1 -t publish/org/user -l < "$WORK/envelopes.txt"
+  "$PUBLISH" "$PORT" publish/org/user < "$WORK/envelopes.txt"
 
   rm -f "$WORK"/gapless.db* "$WORK/events.jsonl"
   cat > "$WORK/gapless.toml" <<EOF

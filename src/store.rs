@@ -133,7 +133,11 @@ impl Store {
     /// the writer about a third of its time, so [`Store::checkpoint`] does it
     /// from another connection, off the commit path.
     async fn write_connection(&self) -> Result<SqliteConnection, StoreError> {
-        let options = self.options.clone().pragma("wal_autocheckpoint", "0");
+        let options = self
+            .options
+            .clone()
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("cache_size", "-8192");
         Ok(SqliteConnection::connect_with(&options).await?)
     }
 
