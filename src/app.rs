@@ -18,6 +18,9 @@ use crate::event::now_us;
 use crate::metrics::{Counters, Snapshot};
 use crate::sink::SinkTask;
 use crate::source::Parser;
+use crate::source::api::VcdClient;
+use crate::source::poll::Poller;
+use crate::source::session;
 use crate::source::mqtt::{Credentials, MqttAuth, MqttSource};
 use crate::store::{Store, StoreError, Writer};
 
@@ -27,6 +30,8 @@ pub enum AppError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Api(#[from] crate::source::api::ApiError),
 }
 
 /// Knobs of a run that are not configuration.
@@ -71,6 +76,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<RunReport, AppError> {
     let store = Store::open(&config.store).await?;
+    // With a VCD login, MQTT uses the session's token; log in before anything connects.
+    let vcd = match config.vcd_login()? {
+        Some(login) => {
+            let client = Arc::new(VcdClient::new(login, counters.clone())?);
+            match session::start(client.clone(), config.mqtt.auth, shutdown.clone()).await? {
+                Some((credentials, refresher)) => Some((client, credentials, refresher)),
+                None => return report(&store, &counters, 0, None).await,
+            }
+        }
+        None => None,
+    };
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let (writer, channels) = Writer::new(
         &store,
@@ -105,11 +121,27 @@ pub async fn run(
     let head = channels.head.clone();
     drop(channels.handle);
 
-    let credentials = Credentials::fixed(MqttAuth {
-        username: config.mqtt.username.clone(),
-        password: config.mqtt.password()?,
-        bearer: None,
-    });
+    let credentials = match vcd {
+        Some((client, credentials, refresher)) => {
+            tasks.spawn(async move { ("vcd session".into(), refresher.await.map_err(|e| e.to_string())) });
+            let poller = Poller {
+                client,
+                store: store.clone(),
+                ingest: channels.ingest.clone(),
+                source: config.source.uri().to_string(),
+                config: config.poll.clone(),
+                counters: counters.clone(),
+            };
+            let poll_shutdown = shutdown.clone();
+            tasks.spawn(async move { ("poller".into(), poller.run(poll_shutdown).await.map_err(|e| e.to_string())) });
+            credentials
+        }
+        None => Credentials::fixed(MqttAuth {
+            username: config.mqtt.username.clone(),
+            password: config.mqtt.password()?,
+            bearer: None,
+        }),
+    };
     let source = MqttSource {
         config: config.mqtt.clone(),
         parser: Parser::from_config(&config.source),
@@ -143,11 +175,16 @@ pub async fn run(
     }
 
     let failure = supervise(&mut tasks, &shutdown, config.shutdown_timeout.0).await;
+    let head = head.borrow().seq;
+    report(&store, &counters, head, failure).await
+}
+
+async fn report(store: &Store, counters: &Counters, head: i64, failure: Option<String>) -> Result<RunReport, AppError> {
     let (events_in_store, rejected_in_store) = store.counts().await?;
     store.close().await;
     Ok(RunReport {
         counters: counters.snapshot(),
-        head: head.borrow().seq,
+        head,
         events_in_store,
         rejected_in_store,
         peak_rss_kib: peak_rss_kib(),

@@ -151,6 +151,63 @@ pub struct SourceConfig {
     pub time_pointer: Option<String>,
     /// Generic MQTT only: JSON pointer to the event type (absent → the topic).
     pub type_pointer: Option<String>,
+    /// VCD only: the cell's base URL (`https://vcd.example.com`). With it
+    /// gapless logs in, shares the token with MQTT and polls the audit trail.
+    pub url: Option<String>,
+    /// VCD: the organisation to log in to (`System` for the provider).
+    pub org: Option<String>,
+    /// VCD: the user name (without `@org`).
+    pub user: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// VCD: an API token (a long-lived OAuth refresh token) instead of a password.
+    pub api_token_env: Option<String>,
+    pub api_token_file: Option<PathBuf>,
+    /// VCD: the API version sent in every `Accept` header.
+    #[serde(default = "default_api_version")]
+    pub api_version: String,
+    #[serde(default)]
+    pub tls: SourceTls,
+}
+
+fn default_api_version() -> String {
+    "38.0".into()
+}
+
+/// TLS settings of the REST connection.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceTls {
+    /// Extra PEM CA certificates trusted besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate (labs only; logged as a warning at start).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// How the VCD login is proven: a password or an API token.
+#[derive(Clone, Debug)]
+pub enum VcdSecret {
+    Password(Secret),
+    ApiToken(Secret),
+}
+
+/// Everything needed to log in to VCD's REST API.
+#[derive(Clone, Debug)]
+pub struct VcdLogin {
+    pub url: url::Url,
+    pub org: String,
+    pub user: String,
+    pub secret: VcdSecret,
+    pub api_version: String,
+    pub tls: SourceTls,
+}
+
+impl VcdLogin {
+    /// The provider (`System`) org logs in through the provider endpoints.
+    pub fn is_provider(&self) -> bool {
+        self.org.eq_ignore_ascii_case("system")
+    }
 }
 
 fn default_event_types() -> Vec<String> {
@@ -164,10 +221,26 @@ impl SourceConfig {
     }
 }
 
+/// How the VCD token reaches the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttAuthMode {
+    /// MQTT username `user@org`, password = the JWT.
+    #[default]
+    Password,
+    /// `Authorization: Bearer <JWT>` on the WebSocket upgrade, no MQTT credentials.
+    Bearer,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
+    /// Required unless `[source] url` is set (VCD: `wss://<host>/messaging/mqtt`).
+    #[serde(default)]
     pub url: String,
+    /// With a VCD login: how the token is presented to the broker.
+    #[serde(default)]
+    pub auth: MqttAuthMode,
     #[serde(default = "default_topics")]
     pub topics: Vec<String>,
     #[serde(default = "default_client_id")]
@@ -192,6 +265,12 @@ pub struct MqttConfig {
     /// Upper bound of the reconnect backoff.
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max: HumanDuration,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every [mqtt] key has a default")
+    }
 }
 
 fn default_topics() -> Vec<String> {
@@ -309,12 +388,70 @@ fn default_sink_batch() -> u32 {
     512
 }
 
+/// The gap poller (VCD with `[source] url` only).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollConfig {
+    /// 6-field cron expression (with seconds), UTC. Runs also once at start.
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+    /// How far before the verified watermark each run re-reads.
+    #[serde(default = "default_overlap")]
+    pub overlap: HumanDuration,
+    /// Events younger than this are not queried yet (the audit trail lags).
+    #[serde(default = "default_visibility_lag")]
+    pub visibility_lag: HumanDuration,
+    /// Events per page (VCD allows at most 128).
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// Longer gaps are split into windows of at most this, verified one by one.
+    #[serde(default = "default_max_window")]
+    pub max_window: HumanDuration,
+    /// On first start, read history back this far (0 = from now on).
+    #[serde(default = "default_initial_lookback")]
+    pub initial_lookback: HumanDuration,
+    /// Retries of 429/5xx/network errors per run before the run gives up.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+}
+
+fn default_schedule() -> String {
+    "0 * * * * *".into()
+}
+fn default_overlap() -> HumanDuration {
+    HumanDuration(Duration::from_secs(120))
+}
+fn default_visibility_lag() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_page_size() -> u32 {
+    128
+}
+fn default_max_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+fn default_initial_lookback() -> HumanDuration {
+    HumanDuration(Duration::ZERO)
+}
+fn default_max_retries() -> u32 {
+    6
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every [poll] key has a default")
+    }
+}
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub source: SourceConfig,
+    #[serde(default)]
     pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub poll: PollConfig,
     #[serde(default)]
     pub store: StoreConfig,
     #[serde(default, rename = "sink")]
@@ -407,12 +544,113 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
             message: e.to_string(),
         })?;
+        config.derive_mqtt()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// For a VCD source with a REST URL, the broker is the cell's
+    /// (`wss://<host>/messaging/mqtt`) unless `[mqtt] url` says otherwise.
+    fn derive_mqtt(&mut self) -> Result<(), ConfigError> {
+        if !self.mqtt.url.is_empty() {
+            return Ok(());
+        }
+        match (&self.source.kind, self.vcd_login()?) {
+            (SourceKind::Vcd, Some(login)) => {
+                let host = login.url.host_str().unwrap_or_default();
+                let port = login.url.port().map(|p| format!(":{p}")).unwrap_or_default();
+                let scheme = if login.url.scheme() == "http" { "ws" } else { "wss" };
+                self.mqtt.url = format!("{scheme}://{host}{port}/messaging/mqtt");
+                Ok(())
+            }
+            _ => Err(ConfigError::invalid(
+                "mqtt.url",
+                "is missing",
+                "set [mqtt] url, or (VCD) set [source] url to derive it",
+            )),
+        }
+    }
+
+    /// The VCD login, when `[source] url` is set.
+    pub fn vcd_login(&self) -> Result<Option<VcdLogin>, ConfigError> {
+        let s = &self.source;
+        let Some(raw) = &s.url else {
+            for (key, set) in [
+                ("source.org", s.org.is_some()),
+                ("source.user", s.user.is_some()),
+                ("source.password_env", s.password_env.is_some()),
+                ("source.api_token_env", s.api_token_env.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "has no effect without source.url",
+                        "set source.url = \"https://<vcd-host>\", or remove the key",
+                    ));
+                }
+            }
+            return Ok(None);
+        };
+        if s.kind != SourceKind::Vcd {
+            return Err(ConfigError::invalid(
+                "source.url",
+                "the REST poller exists only for kind = \"vcd\"",
+                "remove source.url, or set source.kind = \"vcd\"",
+            ));
+        }
+        let url = url::Url::parse(raw)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "https" | "http") && u.host_str().is_some())
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "source.url",
+                    format!("`{raw}` is not an http(s) URL"),
+                    "write the cell's base URL, e.g. \"https://vcd.example.com\"",
+                )
+            })?;
+        let need = |key: &str, v: &Option<String>, example: &str| {
+            v.clone().filter(|v| !v.is_empty()).ok_or_else(|| {
+                ConfigError::invalid(key, "is required with source.url", format!("e.g. {example}"))
+            })
+        };
+        let org = need("source.org", &s.org, "org = \"System\" (provider) or your tenant org")?;
+        let secret = match (
+            read_secret("source.password_env", "source.password_file", &s.password_env, &s.password_file)?,
+            read_secret("source.api_token_env", "source.api_token_file", &s.api_token_env, &s.api_token_file)?,
+        ) {
+            (Some(p), None) => VcdSecret::Password(p),
+            (None, Some(t)) => VcdSecret::ApiToken(t),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "source.api_token_env",
+                    "both a password and an API token are configured",
+                    "keep one way to log in",
+                ));
+            }
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    "source.password_env",
+                    "no credentials for the VCD login",
+                    "set password_env (with user) or api_token_env",
+                ));
+            }
+        };
+        let user = match &secret {
+            VcdSecret::Password(_) => need("source.user", &s.user, "user = \"administrator\"")?,
+            VcdSecret::ApiToken(_) => s.user.clone().unwrap_or_default(),
+        };
+        Ok(Some(VcdLogin {
+            url,
+            org,
+            user,
+            secret,
+            api_version: s.api_version.clone(),
+            tls: s.tls.clone(),
+        }))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -473,13 +711,6 @@ impl Config {
                 "mqtt.client_id",
                 "is empty but clean_session = false",
                 "a persistent session needs a stable client_id",
-            ));
-        }
-        if self.mqtt.password_env.is_some() && self.mqtt.password_file.is_some() {
-            return Err(ConfigError::invalid(
-                "mqtt.password_env",
-                "both password_env and password_file are set",
-                "keep one of them",
             ));
         }
         if self.mqtt.max_packet_size.0 < 1024 || self.mqtt.max_packet_size.0 > MQTT_MAX_PACKET {
@@ -545,8 +776,30 @@ impl Config {
                 _ => {}
             }
         }
+        if self.poll.page_size == 0 || self.poll.page_size > 128 {
+            return Err(ConfigError::invalid(
+                "poll.page_size",
+                format!("{} is out of range", self.poll.page_size),
+                "VCD serves 1 to 128 events per page; the default is 128",
+            ));
+        }
+        if self.poll.max_window.0 < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "poll.max_window",
+                "is shorter than a second",
+                "the default, \"1h\", suits most deployments",
+            ));
+        }
+        if let Err(e) = crate::source::poll::parse_schedule(&self.poll.schedule) {
+            return Err(ConfigError::invalid(
+                "poll.schedule",
+                e,
+                "six fields with seconds, UTC: \"0 * * * * *\" is every minute, \"*/10 * * * * *\" every 10 s",
+            ));
+        }
         // Resolve secrets now so a missing variable fails at start, not at first connect.
         self.mqtt.password()?;
+        self.vcd_login()?;
         Ok(())
     }
 }
@@ -561,27 +814,40 @@ impl MqttConfig {
 
     /// The MQTT password, from its environment variable or file.
     pub fn password(&self) -> Result<Option<Secret>, ConfigError> {
-        if let Some(var) = &self.password_env {
-            return std::env::var(var).map(|v| Some(Secret(v))).map_err(|_| {
+        read_secret("mqtt.password_env", "mqtt.password_file", &self.password_env, &self.password_file)
+    }
+}
+
+/// Reads a secret from the environment variable or the file a config names.
+fn read_secret(
+    env_key: &str,
+    file_key: &str,
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<Option<Secret>, ConfigError> {
+    match (env, file) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(
+            env_key,
+            format!("both {env_key} and {file_key} are set"),
+            "keep one of them",
+        )),
+        (Some(var), None) => std::env::var(var).map(|v| Some(Secret(v))).map_err(|_| {
+            ConfigError::invalid(
+                env_key,
+                format!("environment variable `{var}` is not set"),
+                format!("export {var}=... before starting gapless, or remove the key"),
+            )
+        }),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|v| Some(Secret(v.trim_end_matches(['\n', '\r']).to_string())))
+            .map_err(|e| {
                 ConfigError::invalid(
-                    "mqtt.password_env",
-                    format!("environment variable `{var}` is not set"),
-                    format!("export {var}=... before starting gapless, or remove the key"),
+                    file_key,
+                    format!("cannot read {}: {e}", path.display()),
+                    "point it at a readable file holding only the secret",
                 )
-            });
-        }
-        if let Some(path) = &self.password_file {
-            return std::fs::read_to_string(path)
-                .map(|v| Some(Secret(v.trim_end_matches(['\n', '\r']).to_string())))
-                .map_err(|e| {
-                    ConfigError::invalid(
-                        "mqtt.password_file",
-                        format!("cannot read {}: {e}", path.display()),
-                        "point it at a readable file holding only the password",
-                    )
-                });
-        }
-        Ok(None)
+            }),
+        (None, None) => Ok(None),
     }
 }
 

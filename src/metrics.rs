@@ -30,6 +30,16 @@ pub struct Counters {
     pub connection_errors: AtomicU64,
     /// Subscriptions the broker granted (one per SUBACK without failures).
     pub subscribed: AtomicU64,
+    /// Events first seen through the poller: MQTT had missed them.
+    pub recovered: AtomicU64,
+    /// Events read from the REST history (seen before or not).
+    pub polled: AtomicU64,
+    /// Completed poll runs.
+    pub poll_runs: AtomicU64,
+    /// Failed poll runs.
+    pub poll_errors: AtomicU64,
+    /// REST logins (initial and renewals).
+    pub logins: AtomicU64,
     /// When the first and last message arrived (µs since the epoch, 0 = never).
     pub first_received_us: AtomicI64,
     pub last_received_us: AtomicI64,
@@ -52,6 +62,11 @@ pub struct Snapshot {
     pub connects: u64,
     pub connection_errors: u64,
     pub subscribed: u64,
+    pub recovered: u64,
+    pub polled: u64,
+    pub poll_runs: u64,
+    pub poll_errors: u64,
+    pub logins: u64,
     pub first_received_us: i64,
     pub last_received_us: i64,
     pub last_commit_us: i64,
@@ -84,6 +99,11 @@ impl Counters {
             connects: self.connects.load(Relaxed),
             connection_errors: self.connection_errors.load(Relaxed),
             subscribed: self.subscribed.load(Relaxed),
+            recovered: self.recovered.load(Relaxed),
+            polled: self.polled.load(Relaxed),
+            poll_runs: self.poll_runs.load(Relaxed),
+            poll_errors: self.poll_errors.load(Relaxed),
+            logins: self.logins.load(Relaxed),
             first_received_us: self.first_received_us.load(Relaxed),
             last_received_us: self.last_received_us.load(Relaxed),
             last_commit_us: self.last_commit_us.load(Relaxed),

@@ -20,7 +20,7 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
 use crate::config::{StoreConfig, Synchronous};
-use crate::event::{Event, StoredEvent, now_us};
+use crate::event::{Event, Origin, StoredEvent, now_us};
 use crate::metrics::Counters;
 use crate::source::mqtt::Ack;
 use crate::source::{Parsed, Rejected};
@@ -109,6 +109,14 @@ impl Store {
         .await?)
     }
 
+    /// How far `source`'s history is verified (µs since the epoch), if ever.
+    pub async fn verified_until(&self, source: &str) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT verified_until_us FROM watermarks WHERE source = ?")
+            .bind(source)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     /// How many events and rejected messages the store holds.
     pub async fn counts(&self) -> Result<(i64, i64), StoreError> {
         let row =
@@ -173,13 +181,23 @@ impl Store {
     }
 }
 
-/// One message for the writer: what it parsed to, the MQTT ack to send once
-/// it is durable, and the share of the byte budget it holds until then.
+/// What sources send the writer, in order.
 #[derive(Debug)]
-pub struct Ingest {
-    pub item: Parsed,
-    pub ack: Option<Ack>,
-    pub permit: Option<OwnedSemaphorePermit>,
+pub enum Ingest {
+    /// One message: what it parsed to, the MQTT ack to send once it is
+    /// durable, and the share of the byte budget it holds until then.
+    Message {
+        item: Parsed,
+        ack: Option<Ack>,
+        permit: Option<OwnedSemaphorePermit>,
+    },
+    /// The poller verified the source's history up to `until_us`. Sent
+    /// after the window's events on the same channel, so it commits with or
+    /// after them, never before; `done` fires after that commit.
+    Verified {
+        until_us: i64,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// Requests from other tasks that must go through the single write connection.
@@ -252,6 +270,8 @@ struct Batch {
     skipped: u64,
     acks: Vec<Ack>,
     cursors: Vec<(String, i64, oneshot::Sender<()>)>,
+    verified: Option<i64>,
+    verified_done: Vec<oneshot::Sender<()>>,
     permits: Vec<OwnedSemaphorePermit>,
     messages: usize,
 }
@@ -259,13 +279,21 @@ struct Batch {
 impl Batch {
     fn push_ingest(&mut self, i: Ingest) {
         self.messages += 1;
-        match i.item {
-            Parsed::Event(e) => self.events.push(e),
-            Parsed::Rejected(r) => self.rejected.push(r),
-            Parsed::Skipped(_) => self.skipped += 1,
+        match i {
+            Ingest::Message { item, ack, permit } => {
+                match item {
+                    Parsed::Event(e) => self.events.push(e),
+                    Parsed::Rejected(r) => self.rejected.push(r),
+                    Parsed::Skipped(_) => self.skipped += 1,
+                }
+                self.acks.extend(ack);
+                self.permits.extend(permit);
+            }
+            Ingest::Verified { until_us, done } => {
+                self.verified = Some(self.verified.map_or(until_us, |v| v.max(until_us)));
+                self.verified_done.push(done);
+            }
         }
-        self.acks.extend(i.ack);
-        self.permits.extend(i.permit);
     }
 
     fn push_control(&mut self, c: Control) {
@@ -383,7 +411,7 @@ impl Writer {
         let head_before = self.sequencer.head();
         let offered = batch.events.len() as u64;
         let result = self.write(&mut batch).await;
-        let inserted = match result {
+        let (inserted, recovered) = match result {
             Ok(n) => n,
             Err(e) => {
                 self.sequencer.rewind_to(head_before);
@@ -392,6 +420,7 @@ impl Writer {
         };
         let now = now_us();
         Counters::add(&self.counters.stored, inserted);
+        Counters::add(&self.counters.recovered, recovered);
         Counters::add(&self.counters.duplicates, offered - inserted);
         Counters::add(&self.counters.rejected, batch.rejected.len() as u64);
         Counters::add(&self.counters.skipped, batch.skipped);
@@ -409,6 +438,9 @@ impl Writer {
         for (_, _, done) in batch.cursors {
             let _ = done.send(());
         }
+        for done in batch.verified_done {
+            let _ = done.send(());
+        }
         let head = self.sequencer.head();
         self.head.send_if_modified(|h| {
             let changed = h.seq != head;
@@ -418,8 +450,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes one batch in one transaction; returns how many events were new.
-    async fn write(&mut self, batch: &mut Batch) -> Result<u64, StoreError> {
+    /// Writes one batch in one transaction; returns how many events were
+    /// new, and how many of those came from the poller (MQTT had missed them).
+    async fn write(&mut self, batch: &mut Batch) -> Result<(u64, u64), StoreError> {
         let mut tx = self.conn.begin().await?;
 
         // In-batch duplicates first, then ids already stored.
@@ -503,7 +536,21 @@ impl Writer {
             .await?;
         }
 
+        if let Some(until) = batch.verified {
+            sqlx::query(
+                "INSERT INTO watermarks (source, verified_until_us, updated_at_us) VALUES (?, ?, ?) \
+                 ON CONFLICT(source) DO UPDATE SET verified_until_us = MAX(verified_until_us, excluded.verified_until_us), \
+                 updated_at_us = excluded.updated_at_us",
+            )
+            .bind(self.source.as_str())
+            .bind(until)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+
         tx.commit().await?;
-        Ok(fresh.len() as u64)
+        let recovered = fresh.iter().filter(|e| e.origin == Origin::Poll).count() as u64;
+        Ok((fresh.len() as u64, recovered))
     }
 }

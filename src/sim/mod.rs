@@ -6,3 +6,4 @@
 pub mod broker;
 pub mod events;
 pub mod publisher;
+pub mod vcd;

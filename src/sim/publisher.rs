@@ -26,7 +26,20 @@ pub struct Publisher {
 impl Publisher {
     /// Connects to `host:port` over TCP.
     pub async fn connect(host: &str, port: u16, client_id: &str) -> Result<Self, PublishError> {
+        Self::connect_as(host, port, client_id, None).await
+    }
+
+    /// Connects with MQTT credentials `(username, password)`.
+    pub async fn connect_as(
+        host: &str,
+        port: u16,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+    ) -> Result<Self, PublishError> {
         let mut o = MqttOptions::new(client_id, host, port);
+        if let Some((user, password)) = login {
+            o.set_credentials(user, password);
+        }
         o.set_max_packet_size(
             crate::config::MQTT_MAX_PACKET,
             crate::config::MQTT_MAX_PACKET,

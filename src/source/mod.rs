@@ -5,8 +5,11 @@
 //! IO half ([`mqtt`]) owns the broker connection and hands what it parsed to
 //! the store's writer.
 
+pub mod api;
 pub mod generic;
 pub mod mqtt;
+pub mod poll;
+pub mod session;
 pub mod vcd;
 
 use crate::config::{SourceConfig, SourceKind};

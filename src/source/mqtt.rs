@@ -423,7 +423,7 @@ impl Session<'_> {
         let _ = self
             .source
             .ingest
-            .send(Ingest {
+            .send(Ingest::Message {
                 item,
                 ack,
                 permit: Some(permit),

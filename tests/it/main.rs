@@ -5,3 +5,4 @@ mod cli;
 mod faults;
 mod ingest;
 mod support;
+mod tls;

@@ -51,6 +51,11 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(bin: PathBuf, dir: &Path) -> Mosquitto {
+        Self::start_with(bin, dir, "")
+    }
+
+    /// Starts mosquitto with `extra` appended to its config (more listeners).
+    pub fn start_with(bin: PathBuf, dir: &Path, extra: &str) -> Mosquitto {
         let tcp_port = free_port();
         let ws_port = free_port();
         let conf = dir.join("mosquitto.conf");
@@ -63,7 +68,7 @@ impl Mosquitto {
                  listener {ws_port} 127.0.0.1\nprotocol websockets\n\
                  allow_anonymous true\npersistence false\n\
                  max_queued_messages 0\nmax_inflight_messages 20\n\
-                 log_dest stderr\nlog_type error\nlog_type warning\n"
+                 log_dest stderr\nlog_type error\nlog_type warning\n{extra}"
             ),
         )
         .unwrap();

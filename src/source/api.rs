@@ -1,0 +1,345 @@
+//! The VCD REST client: login and the audit trail (reference/vcd.md §4–§5).
+//!
+//! One client per source, shared by the poller and the credential
+//! refresher: whoever logs in publishes the new token on a watch channel,
+//! so MQTT and REST always use the same session. A `401` means the token
+//! expired: the client logs in once more and retries the call once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::{Mutex, watch};
+
+use crate::config::{Secret, VcdLogin, VcdSecret};
+use crate::event::rfc3339_us;
+use crate::metrics::Counters;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("VCD request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("VCD answered {status} to {what}{}", retry_after.map(|d| format!(" (Retry-After {d:?})")).unwrap_or_default())]
+    Status {
+        what: &'static str,
+        status: StatusCode,
+        retry_after: Option<Duration>,
+    },
+    #[error("VCD refused the login of `{who}` ({status}): check source.org, source.user and the password or API token")]
+    LoginRefused { who: String, status: StatusCode },
+    #[error("VCD login answered without a token: {0}")]
+    NoToken(String),
+    #[error("unexpected VCD response to {what}: {message}")]
+    BadResponse { what: &'static str, message: String },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+impl ApiError {
+    /// `Some(retry_after)` when the call may succeed if tried again later
+    /// (429, 5xx, network errors); `None` when retrying cannot help.
+    pub fn retryable(&self) -> Option<Option<Duration>> {
+        match self {
+            ApiError::Http(e) if e.is_timeout() || e.is_connect() || e.is_request() || e.is_body() => Some(None),
+            ApiError::Status { status, retry_after, .. }
+                if *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() =>
+            {
+                Some(*retry_after)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A session token and, when known, when it expires.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    pub jwt: Secret,
+    pub expires_at_us: Option<i64>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("jwt", &"***")
+            .field("expires_at_us", &self.expires_at_us)
+            .finish()
+    }
+}
+
+/// The `exp` claim of a JWT, in µs since the epoch; `None` if the token is
+/// not a JWT (then expiry is only learnt from a refusal).
+pub fn jwt_expiry_us(jwt: &str) -> Option<i64> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("exp")?.as_i64()?.checked_mul(1_000_000)
+}
+
+/// A half-open time window `[from, to)` in µs (whole milliseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub from_us: i64,
+    pub to_us: i64,
+}
+
+impl Window {
+    /// The FIQL filter selecting this window (`;` is AND).
+    pub fn filter(&self) -> String {
+        format!(
+            "timestamp=ge={};timestamp=lt={}",
+            rfc3339_us(self.from_us),
+            rfc3339_us(self.to_us)
+        )
+    }
+}
+
+/// One page of the audit trail.
+#[derive(Debug)]
+pub struct AuditPage {
+    /// Each event's JSON, verbatim.
+    pub values: Vec<Box<RawValue>>,
+    pub page_count: u32,
+    /// The `Link` header names a next page.
+    pub has_next: bool,
+}
+
+#[derive(Deserialize)]
+struct PageBody {
+    #[serde(rename = "pageCount", default)]
+    page_count: u32,
+    #[serde(default)]
+    values: Vec<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct OAuthToken {
+    access_token: String,
+    expires_in: Option<i64>,
+}
+
+/// The shared VCD REST client.
+pub struct VcdClient {
+    http: reqwest::Client,
+    login: VcdLogin,
+    accept: String,
+    token: watch::Sender<Option<Token>>,
+    /// Serialises logins so concurrent 401s cause one login, not several.
+    login_lock: Mutex<()>,
+    counters: Arc<Counters>,
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let v = resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+impl VcdClient {
+    pub fn new(login: VcdLogin, counters: Arc<Counters>) -> Result<Self, ApiError> {
+        crate::tls::install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(10));
+        if login.tls.insecure_skip_verify {
+            tracing::warn!(url = %login.url,
+                "source.tls.insecure_skip_verify = true: the VCD certificate is NOT verified");
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        } else {
+            builder = builder.tls_backend_preconfigured(
+                (*crate::tls::client_config(login.tls.ca_file.as_deref())?).clone(),
+            );
+        }
+        let accept = format!("application/json;version={}", login.api_version);
+        Ok(VcdClient {
+            http: builder.build()?,
+            login,
+            accept,
+            token: watch::channel(None).0,
+            login_lock: Mutex::new(()),
+            counters,
+        })
+    }
+
+    /// Follows every token this client obtains.
+    pub fn tokens(&self) -> watch::Receiver<Option<Token>> {
+        self.token.subscribe()
+    }
+
+    /// `user@org`, the MQTT username VCD expects.
+    pub fn principal(&self) -> String {
+        format!("{}@{}", self.login.user, self.login.org)
+    }
+
+    fn url(&self, path: &str) -> reqwest::Url {
+        self.login.url.join(path).expect("a path joins a base URL")
+    }
+
+    /// Logs in (again) and publishes the new token.
+    pub async fn login(&self) -> Result<Token, ApiError> {
+        let _guard = self.login_lock.lock().await;
+        let token = match &self.login.secret {
+            VcdSecret::Password(password) => self.login_password(password).await?,
+            VcdSecret::ApiToken(refresh) => self.login_api_token(refresh).await?,
+        };
+        Counters::add(&self.counters.logins, 1);
+        tracing::info!(who = %self.principal(), expires_at = ?token.expires_at_us.map(rfc3339_us), "logged in to VCD");
+        self.token.send_replace(Some(token.clone()));
+        Ok(token)
+    }
+
+    async fn login_password(&self, password: &Secret) -> Result<Token, ApiError> {
+        let path = if self.login.is_provider() {
+            "cloudapi/1.0.0/sessions/provider"
+        } else {
+            "cloudapi/1.0.0/sessions"
+        };
+        let resp = self
+            .http
+            .post(self.url(path))
+            .basic_auth(self.principal(), Some(password.expose()))
+            .header(reqwest::header::ACCEPT, &self.accept)
+            .send()
+            .await?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(ApiError::LoginRefused { who: self.principal(), status });
+        }
+        if !status.is_success() {
+            return Err(ApiError::Status { what: "login", status, retry_after: retry_after(&resp) });
+        }
+        let jwt = resp
+            .headers()
+            .get("x-vmware-vcloud-access-token")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ApiError::NoToken("no X-VMWARE-VCLOUD-ACCESS-TOKEN header".into()))?
+            .to_string();
+        Ok(Token {
+            expires_at_us: jwt_expiry_us(&jwt),
+            jwt: Secret::new(jwt),
+        })
+    }
+
+    async fn login_api_token(&self, refresh: &Secret) -> Result<Token, ApiError> {
+        let path = if self.login.is_provider() {
+            "oauth/provider/token".to_string()
+        } else {
+            format!("oauth/tenant/{}/token", self.login.org)
+        };
+        let resp = self
+            .http
+            .post(self.url(&path))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh.expose())])
+            .send()
+            .await?;
+        let status = resp.status();
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::BAD_REQUEST) {
+            return Err(ApiError::LoginRefused { who: format!("API token for org {}", self.login.org), status });
+        }
+        if !status.is_success() {
+            return Err(ApiError::Status { what: "token login", status, retry_after: retry_after(&resp) });
+        }
+        let body: OAuthToken = resp
+            .json()
+            .await
+            .map_err(|e| ApiError::NoToken(e.to_string()))?;
+        let expires_at_us = jwt_expiry_us(&body.access_token)
+            .or_else(|| body.expires_in.map(|s| crate::event::now_us() + s * 1_000_000));
+        Ok(Token {
+            jwt: Secret::new(body.access_token),
+            expires_at_us,
+        })
+    }
+
+    /// The current token, logging in if there is none.
+    pub async fn token(&self) -> Result<Token, ApiError> {
+        let current = self.token.borrow().clone();
+        match current {
+            Some(t) => Ok(t),
+            None => self.login().await,
+        }
+    }
+
+    /// One page of the audit trail inside `window`, oldest first.
+    pub async fn audit_page(&self, window: Window, page: u32, page_size: u32) -> Result<AuditPage, ApiError> {
+        let mut relogged = false;
+        loop {
+            let token = self.token().await?;
+            let resp = self
+                .http
+                .get(self.url("cloudapi/1.0.0/auditTrail"))
+                .bearer_auth(token.jwt.expose())
+                .header(reqwest::header::ACCEPT, &self.accept)
+                .query(&[
+                    ("filter", window.filter()),
+                    ("sortAsc", "timestamp".into()),
+                    ("page", page.to_string()),
+                    ("pageSize", page_size.to_string()),
+                ])
+                .send()
+                .await?;
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED && !relogged {
+                tracing::info!("VCD answered 401 (token expired); logging in again");
+                relogged = true;
+                self.login().await?;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(ApiError::Status { what: "auditTrail", status, retry_after: retry_after(&resp) });
+            }
+            let has_next = resp
+                .headers()
+                .get_all(reqwest::header::LINK)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("rel=\"nextPage\""));
+            let body: PageBody = resp.json().await.map_err(|e| ApiError::BadResponse {
+                what: "auditTrail",
+                message: e.to_string(),
+            })?;
+            return Ok(AuditPage {
+                values: body.values,
+                page_count: body.page_count,
+                has_next,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwt_expiry_is_read_from_the_exp_claim() {
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"a","exp":1800000000}"#);
+        assert_eq!(jwt_expiry_us(&format!("eyJhbGciOiJub25lIn0.{claims}.sig")), Some(1_800_000_000_000_000));
+        assert_eq!(jwt_expiry_us("opaque-token"), None);
+        assert_eq!(jwt_expiry_us("a.!!!.c"), None);
+    }
+
+    #[test]
+    fn window_filter_is_closed_on_the_left_open_on_the_right() {
+        let w = Window { from_us: 1_795_428_000_000_000, to_us: 1_795_428_060_123_000 };
+        assert_eq!(w.filter(), "timestamp=ge=2026-11-23T10:00:00.000Z;timestamp=lt=2026-11-23T10:01:00.123Z");
+    }
+
+    #[test]
+    fn only_transient_failures_are_retryable() {
+        let status = |s: u16, ra: Option<u64>| ApiError::Status {
+            what: "x",
+            status: StatusCode::from_u16(s).unwrap(),
+            retry_after: ra.map(Duration::from_secs),
+        };
+        assert_eq!(status(429, Some(2)).retryable(), Some(Some(Duration::from_secs(2))));
+        assert_eq!(status(503, None).retryable(), Some(None));
+        assert_eq!(status(400, None).retryable(), None);
+        assert_eq!(status(404, None).retryable(), None);
+    }
+}

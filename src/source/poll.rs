@@ -1,0 +1,319 @@
+//! The gap poller: reads the REST audit trail for every window gapless has
+//! not yet verified and writes what it finds through the same writer as
+//! MQTT (DESIGN.md, "Gap poller").
+//!
+//! The window arithmetic is sans-IO ([`plan`]); the [`Poller`] task pages
+//! through each window, retries transient failures, and moves the verified
+//! watermark only after a whole window is committed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::api::{ApiError, VcdClient, Window};
+use super::vcd::EventFields;
+use super::{Parsed, RejectReason, Rejected};
+use crate::config::PollConfig;
+use crate::event::{Event, Origin, now_us, rfc3339_us};
+use crate::metrics::Counters;
+use crate::store::{Ingest, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("poll.schedule: {0}")]
+    Schedule(String),
+    #[error("the store writer has stopped")]
+    WriterGone,
+    #[error("run cancelled by shutdown")]
+    Cancelled,
+}
+
+/// Checks a 6-field cron expression (seconds first, UTC).
+pub fn parse_schedule(expr: &str) -> Result<(), String> {
+    if expr.split_whitespace().count() != 6 {
+        return Err(format!("`{expr}` must have 6 fields (sec min hour day month weekday)"));
+    }
+    tokio_cron_scheduler::Job::new_async(expr, |_, _| Box::pin(async {}))
+        .map(drop)
+        .map_err(|e| format!("`{expr}`: {e}"))
+}
+
+/// The window rules of [`PollConfig`], in µs.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules {
+    pub overlap_us: i64,
+    pub visibility_lag_us: i64,
+    pub max_window_us: i64,
+    pub initial_lookback_us: i64,
+}
+
+impl From<&PollConfig> for Rules {
+    fn from(c: &PollConfig) -> Self {
+        let us = |d: Duration| d.as_micros() as i64;
+        Rules {
+            overlap_us: us(c.overlap.0),
+            visibility_lag_us: us(c.visibility_lag.0),
+            max_window_us: us(c.max_window.0).max(1000),
+            initial_lookback_us: us(c.initial_lookback.0),
+        }
+    }
+}
+
+fn floor_ms(us: i64) -> i64 {
+    us - us.rem_euclid(1000)
+}
+
+/// The closed windows to read now: from `verified − overlap` (or, never
+/// verified, `now − initial_lookback`) up to `now − visibility_lag`, cut into
+/// pieces of at most `max_window`, on whole milliseconds (the audit trail's
+/// precision). Each window's end becomes the watermark once it is done.
+pub fn plan(verified_until_us: Option<i64>, now_us: i64, rules: Rules) -> Vec<Window> {
+    let end = floor_ms(now_us - rules.visibility_lag_us);
+    let start = floor_ms(match verified_until_us {
+        Some(v) => v - rules.overlap_us,
+        None => now_us - rules.initial_lookback_us - rules.visibility_lag_us,
+    });
+    let mut windows = Vec::new();
+    let mut from = start;
+    while from < end {
+        let to = (from + floor_ms(rules.max_window_us)).min(end);
+        windows.push(Window { from_us: from, to_us: to });
+        from = to;
+    }
+    windows
+}
+
+/// Delay before retry `attempt` (1-based): the server's `Retry-After` when
+/// it gave one, else exponential from 500 ms to 30 s, with jitter.
+pub fn retry_delay(attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+    let backoff = super::mqtt::backoff(attempt + 2, Duration::from_secs(30), jitter);
+    match retry_after {
+        Some(ra) => ra + backoff.mul_f64(0.1),
+        None => backoff,
+    }
+}
+
+/// The poller task.
+pub struct Poller {
+    pub client: Arc<VcdClient>,
+    pub store: Store,
+    pub ingest: mpsc::Sender<Ingest>,
+    /// The watermark's key (the source's CloudEvent `source`).
+    pub source: String,
+    pub config: PollConfig,
+    pub counters: Arc<Counters>,
+}
+
+/// What one run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RunStats {
+    pub windows: u32,
+    pub pages: u32,
+    pub events: u64,
+}
+
+impl Poller {
+    /// Runs once now, then on every tick of `poll.schedule`, until shutdown.
+    /// Runs never overlap: ticks during a run collapse into one next run.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), PollError> {
+        let tick = Arc::new(Notify::new());
+        let scheduler = tokio_cron_scheduler::JobScheduler::new()
+            .await
+            .map_err(|e| PollError::Schedule(e.to_string()))?;
+        let t = tick.clone();
+        let job = tokio_cron_scheduler::Job::new_async(self.config.schedule.as_str(), move |_, _| {
+            let t = t.clone();
+            Box::pin(async move { t.notify_one() })
+        })
+        .map_err(|e| PollError::Schedule(e.to_string()))?;
+        scheduler.add(job).await.map_err(|e| PollError::Schedule(e.to_string()))?;
+        scheduler.start().await.map_err(|e| PollError::Schedule(e.to_string()))?;
+        tracing::info!(schedule = %self.config.schedule, "poller started");
+        loop {
+            match self.run_once(&shutdown).await {
+                Ok(stats) => {
+                    Counters::add(&self.counters.poll_runs, 1);
+                    tracing::debug!(?stats, "poll run done");
+                }
+                Err(PollError::Cancelled) => break,
+                Err(PollError::WriterGone) => break,
+                Err(e @ PollError::Store(_)) => return Err(e),
+                Err(e) => {
+                    Counters::add(&self.counters.poll_errors, 1);
+                    tracing::warn!(error = %e, "poll run failed; the watermark stays, the next run retries");
+                }
+            }
+            tokio::select! {
+                _ = tick.notified() => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        let mut scheduler = scheduler;
+        let _ = scheduler.shutdown().await;
+        tracing::info!("poller stopped");
+        Ok(())
+    }
+
+    /// One run: every unverified window, in order, each completely.
+    pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<RunStats, PollError> {
+        let verified = self.store.verified_until(&self.source).await?;
+        let windows = plan(verified, now_us(), Rules::from(&self.config));
+        let mut stats = RunStats::default();
+        let mut attempt = 0u32;
+        for window in windows {
+            let started = Instant::now();
+            let (mut events, mut pages, mut page) = (0u64, 0u32, 1u32);
+            loop {
+                let result = tokio::select! {
+                    r = self.client.audit_page(window, page, self.config.page_size) => r,
+                    _ = shutdown.cancelled() => return Err(PollError::Cancelled),
+                };
+                let body = match result {
+                    Ok(body) => body,
+                    Err(e) => match e.retryable() {
+                        Some(retry_after) if attempt < self.config.max_retries => {
+                            attempt += 1;
+                            let delay = retry_delay(attempt, retry_after, rand::random());
+                            tracing::warn!(error = %e, attempt, retry_in = ?delay, "audit trail request failed; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => continue,
+                                _ = shutdown.cancelled() => return Err(PollError::Cancelled),
+                            }
+                        }
+                        _ => return Err(e.into()),
+                    },
+                };
+                pages += 1;
+                events += body.values.len() as u64;
+                for raw in body.values {
+                    self.send(Ingest::Message { item: to_event(raw.get()), ack: None, permit: None })
+                        .await?;
+                }
+                if page >= body.page_count && !body.has_next {
+                    break;
+                }
+                page += 1;
+            }
+            let (done, committed) = oneshot::channel();
+            self.send(Ingest::Verified { until_us: window.to_us, done }).await?;
+            committed.await.map_err(|_| PollError::WriterGone)?;
+            Counters::add(&self.counters.polled, events);
+            tracing::info!(from = %rfc3339_us(window.from_us), to = %rfc3339_us(window.to_us), events, pages,
+                took = ?started.elapsed(), "poll window verified");
+            stats.windows += 1;
+            stats.pages += pages;
+            stats.events += events;
+        }
+        Ok(stats)
+    }
+
+    async fn send(&self, item: Ingest) -> Result<(), PollError> {
+        self.ingest.send(item).await.map_err(|_| PollError::WriterGone)
+    }
+}
+
+/// One audit-trail value as an event (or a rejection, kept like MQTT's).
+fn to_event(text: &str) -> Parsed {
+    let now = now_us();
+    let parsed = serde_json::from_str::<serde_json::Value>(text)
+        .map_err(|e| (RejectReason::MalformedJson, e.to_string()))
+        .and_then(|v| EventFields::read(&v));
+    match parsed {
+        Ok(f) => Parsed::Event(Event {
+            id: f.id,
+            occurred_at_us: f.occurred_at_us,
+            received_at_us: now,
+            event_type: f.event_type,
+            subject: f.subject,
+            org: f.org,
+            origin: Origin::Poll,
+            payload: text.to_string(),
+        }),
+        Err((reason, detail)) => {
+            tracing::warn!(reason = reason.as_str(), %detail, "rejected audit trail event");
+            Parsed::Rejected(Rejected::new("rest:auditTrail", text.as_bytes(), reason, detail, now))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000;
+
+    fn rules() -> Rules {
+        Rules {
+            overlap_us: 120 * S,
+            visibility_lag_us: 5 * S,
+            max_window_us: 3600 * S,
+            initial_lookback_us: 0,
+        }
+    }
+
+    #[test]
+    fn a_run_reads_from_the_watermark_minus_overlap_to_now_minus_lag() {
+        let now = 1_000_000 * S + 123_456;
+        let w = plan(Some(999_900 * S), now, rules());
+        assert_eq!(w, vec![Window { from_us: 999_780 * S, to_us: 999_995 * S + 123_000 }]);
+    }
+
+    #[test]
+    fn long_gaps_are_split_into_contiguous_windows() {
+        let now = 100_000 * S;
+        let w = plan(Some(90_000 * S), now, Rules { overlap_us: 0, ..rules() });
+        assert_eq!(w.len(), 3);
+        assert_eq!(w[0].from_us, 90_000 * S);
+        assert!(w.windows(2).all(|p| p[0].to_us == p[1].from_us));
+        assert!(w.iter().all(|x| x.to_us - x.from_us <= 3600 * S));
+        assert_eq!(w[2].to_us, now - 5 * S);
+    }
+
+    #[test]
+    fn first_start_reads_back_the_initial_lookback() {
+        let now = 100_000 * S;
+        assert!(plan(None, now, rules()).is_empty(), "lookback 0 starts from now");
+        let w = plan(None, now, Rules { initial_lookback_us: 600 * S, ..rules() });
+        assert_eq!(w, vec![Window { from_us: now - 605 * S, to_us: now - 5 * S }]);
+    }
+
+    #[test]
+    fn nothing_to_do_when_the_watermark_is_recent() {
+        let now = 100_000 * S;
+        assert!(plan(Some(now), now, Rules { overlap_us: 0, ..rules() }).is_empty());
+    }
+
+    #[test]
+    fn retry_delay_honours_retry_after() {
+        assert!(retry_delay(1, Some(Duration::from_secs(2)), 0.0) >= Duration::from_secs(2));
+        assert!(retry_delay(1, None, 0.0) >= Duration::from_millis(200));
+        assert!(retry_delay(30, None, 1.0) <= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn schedules_are_checked() {
+        assert!(parse_schedule("0 * * * * *").is_ok());
+        assert!(parse_schedule("*/10 * * * * *").is_ok());
+        assert!(parse_schedule("* * * * *").is_err());
+        assert!(parse_schedule("0 * * * * nope").is_err());
+    }
+
+    #[test]
+    fn audit_values_become_poll_events_or_rejections() {
+        let ok = r#"{"eventId":"urn:vcloud:audit:ABC","eventType":"t","timestamp":"2026-11-23T10:00:00.000Z"}"#;
+        match to_event(ok) {
+            Parsed::Event(e) => {
+                assert_eq!((e.id.as_str(), e.origin), ("abc", Origin::Poll));
+                assert_eq!(e.payload, ok);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(to_event(r#"{"eventType":"t"}"#), Parsed::Rejected(_)));
+    }
+}
