@@ -19,9 +19,9 @@ use crate::metrics::{Counters, Snapshot};
 use crate::sink::SinkTask;
 use crate::source::Parser;
 use crate::source::api::VcdClient;
+use crate::source::mqtt::{Credentials, MqttAuth, MqttSource};
 use crate::source::poll::Poller;
 use crate::source::session;
-use crate::source::mqtt::{Credentials, MqttAuth, MqttSource};
 use crate::store::{Store, StoreError, Writer};
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +123,12 @@ pub async fn run(
 
     let credentials = match vcd {
         Some((client, credentials, refresher)) => {
-            tasks.spawn(async move { ("vcd session".into(), refresher.await.map_err(|e| e.to_string())) });
+            tasks.spawn(async move {
+                (
+                    "vcd session".into(),
+                    refresher.await.map_err(|e| e.to_string()),
+                )
+            });
             let poller = Poller {
                 client,
                 store: store.clone(),
@@ -133,7 +138,12 @@ pub async fn run(
                 counters: counters.clone(),
             };
             let poll_shutdown = shutdown.clone();
-            tasks.spawn(async move { ("poller".into(), poller.run(poll_shutdown).await.map_err(|e| e.to_string())) });
+            tasks.spawn(async move {
+                (
+                    "poller".into(),
+                    poller.run(poll_shutdown).await.map_err(|e| e.to_string()),
+                )
+            });
             credentials
         }
         None => Credentials::fixed(MqttAuth {
@@ -179,7 +189,12 @@ pub async fn run(
     report(&store, &counters, head, failure).await
 }
 
-async fn report(store: &Store, counters: &Counters, head: i64, failure: Option<String>) -> Result<RunReport, AppError> {
+async fn report(
+    store: &Store,
+    counters: &Counters,
+    head: i64,
+    failure: Option<String>,
+) -> Result<RunReport, AppError> {
     let (events_in_store, rejected_in_store) = store.counts().await?;
     store.close().await;
     Ok(RunReport {

@@ -562,8 +562,16 @@ impl Config {
         match (&self.source.kind, self.vcd_login()?) {
             (SourceKind::Vcd, Some(login)) => {
                 let host = login.url.host_str().unwrap_or_default();
-                let port = login.url.port().map(|p| format!(":{p}")).unwrap_or_default();
-                let scheme = if login.url.scheme() == "http" { "ws" } else { "wss" };
+                let port = login
+                    .url
+                    .port()
+                    .map(|p| format!(":{p}"))
+                    .unwrap_or_default();
+                let scheme = if login.url.scheme() == "http" {
+                    "ws"
+                } else {
+                    "wss"
+                };
                 self.mqtt.url = format!("{scheme}://{host}{port}/messaging/mqtt");
                 Ok(())
             }
@@ -614,13 +622,31 @@ impl Config {
             })?;
         let need = |key: &str, v: &Option<String>, example: &str| {
             v.clone().filter(|v| !v.is_empty()).ok_or_else(|| {
-                ConfigError::invalid(key, "is required with source.url", format!("e.g. {example}"))
+                ConfigError::invalid(
+                    key,
+                    "is required with source.url",
+                    format!("e.g. {example}"),
+                )
             })
         };
-        let org = need("source.org", &s.org, "org = \"System\" (provider) or your tenant org")?;
+        let org = need(
+            "source.org",
+            &s.org,
+            "org = \"System\" (provider) or your tenant org",
+        )?;
         let secret = match (
-            read_secret("source.password_env", "source.password_file", &s.password_env, &s.password_file)?,
-            read_secret("source.api_token_env", "source.api_token_file", &s.api_token_env, &s.api_token_file)?,
+            read_secret(
+                "source.password_env",
+                "source.password_file",
+                &s.password_env,
+                &s.password_file,
+            )?,
+            read_secret(
+                "source.api_token_env",
+                "source.api_token_file",
+                &s.api_token_env,
+                &s.api_token_file,
+            )?,
         ) {
             (Some(p), None) => VcdSecret::Password(p),
             (None, Some(t)) => VcdSecret::ApiToken(t),
@@ -814,7 +840,12 @@ impl MqttConfig {
 
     /// The MQTT password, from its environment variable or file.
     pub fn password(&self) -> Result<Option<Secret>, ConfigError> {
-        read_secret("mqtt.password_env", "mqtt.password_file", &self.password_env, &self.password_file)
+        read_secret(
+            "mqtt.password_env",
+            "mqtt.password_file",
+            &self.password_env,
+            &self.password_file,
+        )
     }
 }
 

@@ -111,10 +111,12 @@ impl Store {
 
     /// How far `source`'s history is verified (µs since the epoch), if ever.
     pub async fn verified_until(&self, source: &str) -> Result<Option<i64>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT verified_until_us FROM watermarks WHERE source = ?")
-            .bind(source)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT verified_until_us FROM watermarks WHERE source = ?")
+                .bind(source)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// How many events and rejected messages the store holds.

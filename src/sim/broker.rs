@@ -71,7 +71,12 @@ impl AuthProvider for TokenAuth {
         Box::pin(async { true })
     }
 
-    fn authorize_subscribe<'a>(&'a self, _: &str, _: Option<&'a str>, _: &'a str) -> Boxed<'a, bool> {
+    fn authorize_subscribe<'a>(
+        &'a self,
+        _: &str,
+        _: Option<&'a str>,
+        _: &'a str,
+    ) -> Boxed<'a, bool> {
         Box::pin(async { true })
     }
 }
@@ -93,7 +98,10 @@ impl EmbeddedBroker {
     }
 
     /// Starts a broker on `addr` (port 0: any), optionally checking logins.
-    pub async fn start_on(addr: SocketAddr, auth: Option<Arc<dyn AuthProvider>>) -> Result<Self, BrokerError> {
+    pub async fn start_on(
+        addr: SocketAddr,
+        auth: Option<Arc<dyn AuthProvider>>,
+    ) -> Result<Self, BrokerError> {
         let config = BrokerConfig::default()
             .with_bind_address(addr)
             .with_storage(

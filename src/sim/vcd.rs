@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use axum::{Json, Router};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -216,7 +216,13 @@ impl VcdSim {
 
     /// The normalised ids of every event created so far.
     pub fn ground_truth(&self) -> Vec<String> {
-        self.inner.events.lock().unwrap().iter().map(|e| e.id.clone()).collect()
+        self.inner
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.id.clone())
+            .collect()
     }
 }
 
@@ -277,7 +283,9 @@ impl Inner {
                 out.swap(i, i + 1);
             }
         }
-        self.stats.mqtt_published.fetch_add(out.len() as u64, Relaxed);
+        self.stats
+            .mqtt_published
+            .fetch_add(out.len() as u64, Relaxed);
         out
     }
 }
@@ -297,9 +305,13 @@ async fn login(State(sim): State<Arc<Inner>>, headers: HeaderMap) -> Response {
     match basic_credentials(&headers) {
         Some((who, password)) if who == expected && password == sim.config.password => {
             let (jwt, _) = sim.issue_token();
-            let mut resp = Json(json!({"id": "urn:vcloud:session:1", "user": {"name": sim.config.user}})).into_response();
-            resp.headers_mut()
-                .insert("x-vmware-vcloud-access-token", HeaderValue::from_str(&jwt).expect("ascii"));
+            let mut resp =
+                Json(json!({"id": "urn:vcloud:session:1", "user": {"name": sim.config.user}}))
+                    .into_response();
+            resp.headers_mut().insert(
+                "x-vmware-vcloud-access-token",
+                HeaderValue::from_str(&jwt).expect("ascii"),
+            );
             resp
         }
         _ => StatusCode::UNAUTHORIZED.into_response(),
@@ -307,11 +319,17 @@ async fn login(State(sim): State<Arc<Inner>>, headers: HeaderMap) -> Response {
 }
 
 async fn oauth(State(sim): State<Arc<Inner>>, body: String) -> Response {
-    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
     let ok = form.get("grant_type").map(String::as_str) == Some("refresh_token")
         && form.get("refresh_token") == Some(&sim.config.api_token);
     if !ok {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_grant"})),
+        )
+            .into_response();
     }
     let (jwt, ttl_s) = sim.issue_token();
     Json(json!({"access_token": jwt, "token_type": "Bearer", "expires_in": ttl_s})).into_response()
@@ -334,10 +352,16 @@ fn parse_filter(filter: &str) -> Result<Vec<Clause>, String> {
             let rest = c
                 .strip_prefix("timestamp")
                 .ok_or_else(|| format!("unsupported filter field in `{c}`"))?;
-            let (op, value) = [("=ge=", "ge"), ("=gt=", "gt"), ("=le=", "le"), ("=lt=", "lt"), ("==", "eq")]
-                .iter()
-                .find_map(|(tok, op)| rest.strip_prefix(tok).map(|v| (*op, v)))
-                .ok_or_else(|| format!("unsupported operator in `{c}`"))?;
+            let (op, value) = [
+                ("=ge=", "ge"),
+                ("=gt=", "gt"),
+                ("=le=", "le"),
+                ("=lt=", "lt"),
+                ("==", "eq"),
+            ]
+            .iter()
+            .find_map(|(tok, op)| rest.strip_prefix(tok).map(|v| (*op, v)))
+            .ok_or_else(|| format!("unsupported operator in `{c}`"))?;
             let ms = chrono::DateTime::parse_from_rfc3339(value)
                 .map_err(|e| format!("bad timestamp `{value}`: {e}"))?
                 .timestamp_millis();
@@ -363,7 +387,10 @@ async fn audit_trail(
 ) -> Response {
     let arrived = now_us();
     let status = serve_audit(&sim, &headers, &q);
-    sim.requests.lock().unwrap().push((arrived, status.status().as_u16()));
+    sim.requests
+        .lock()
+        .unwrap()
+        .push((arrived, status.status().as_u16()));
     status
 }
 
@@ -382,15 +409,25 @@ fn serve_audit(sim: &Inner, headers: &HeaderMap, q: &HashMap<String, String>) ->
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json;version="));
     if !accept_ok {
-        return (StatusCode::NOT_ACCEPTABLE, "a versioned Accept header is required").into_response();
+        return (
+            StatusCode::NOT_ACCEPTABLE,
+            "a versioned Accept header is required",
+        )
+            .into_response();
     }
-    let page: u32 = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
+    let page: u32 = q
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let create = {
         let mut f = sim.faults.lock().unwrap();
         let throttle = |f: &Faults| {
             let mut r = StatusCode::TOO_MANY_REQUESTS.into_response();
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(f.retry_after_secs.max(1)));
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(f.retry_after_secs.max(1)),
+            );
             r
         };
         if f.fail_next_429 > 0 {
@@ -427,7 +464,11 @@ fn serve_audit(sim: &Inner, headers: &HeaderMap, q: &HashMap<String, String>) ->
         Ok(c) => c,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
-    let page_size: usize = q.get("pageSize").and_then(|p| p.parse().ok()).unwrap_or(25).clamp(1, 128);
+    let page_size: usize = q
+        .get("pageSize")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(25)
+        .clamp(1, 128);
     let visible_until = now_ms() - sim.config.visibility_lag.as_millis() as i64;
     let all = sim.events.lock().unwrap();
     let mut selected: Vec<&SimEvent> = all
@@ -452,10 +493,13 @@ fn serve_audit(sim: &Inner, headers: &HeaderMap, q: &HashMap<String, String>) ->
     drop(all);
     let mut resp = Json(body).into_response();
     let link = |p: u32, rel: &str| {
-        let mut params: Vec<(String, String)> = q.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut params: Vec<(String, String)> =
+            q.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         params.retain(|(k, _)| k != "page");
         params.push(("page".into(), p.to_string()));
-        let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
         format!("</cloudapi/1.0.0/auditTrail?{query}>;rel=\"{rel}\";type=\"application/json\"")
     };
     let mut links = vec![link(page_count, "lastPage")];
@@ -476,8 +520,13 @@ mod tests {
 
     #[test]
     fn fiql_subset_parses_and_matches() {
-        let c = parse_filter("timestamp=ge=2026-11-23T10:00:00.000Z;timestamp=lt=2026-11-23T10:00:01.000Z").unwrap();
-        let t0 = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z").unwrap().timestamp_millis();
+        let c = parse_filter(
+            "timestamp=ge=2026-11-23T10:00:00.000Z;timestamp=lt=2026-11-23T10:00:01.000Z",
+        )
+        .unwrap();
+        let t0 = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+            .unwrap()
+            .timestamp_millis();
         assert!(matches(&c, t0));
         assert!(matches(&c, t0 + 999));
         assert!(!matches(&c, t0 + 1000));
@@ -490,6 +539,9 @@ mod tests {
     #[test]
     fn tokens_are_jwts_with_exp() {
         let jwt = make_jwt("u", 1_800_000_000, 1);
-        assert_eq!(crate::source::api::jwt_expiry_us(&jwt), Some(1_800_000_000_000_000));
+        assert_eq!(
+            crate::source::api::jwt_expiry_us(&jwt),
+            Some(1_800_000_000_000_000)
+        );
     }
 }

@@ -28,7 +28,9 @@ pub enum ApiError {
         status: StatusCode,
         retry_after: Option<Duration>,
     },
-    #[error("VCD refused the login of `{who}` ({status}): check source.org, source.user and the password or API token")]
+    #[error(
+        "VCD refused the login of `{who}` ({status}): check source.org, source.user and the password or API token"
+    )]
     LoginRefused { who: String, status: StatusCode },
     #[error("VCD login answered without a token: {0}")]
     NoToken(String),
@@ -43,10 +45,16 @@ impl ApiError {
     /// (429, 5xx, network errors); `None` when retrying cannot help.
     pub fn retryable(&self) -> Option<Option<Duration>> {
         match self {
-            ApiError::Http(e) if e.is_timeout() || e.is_connect() || e.is_request() || e.is_body() => Some(None),
-            ApiError::Status { status, retry_after, .. }
-                if *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() =>
+            ApiError::Http(e)
+                if e.is_timeout() || e.is_connect() || e.is_request() || e.is_body() =>
             {
+                Some(None)
+            }
+            ApiError::Status {
+                status,
+                retry_after,
+                ..
+            } if *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => {
                 Some(*retry_after)
             }
             _ => None,
@@ -105,6 +113,8 @@ pub struct AuditPage {
     /// Each event's JSON, verbatim.
     pub values: Vec<Box<RawValue>>,
     pub page_count: u32,
+    /// How many events the whole window holds, as the server counted them.
+    pub result_total: Option<u64>,
     /// The `Link` header names a next page.
     pub has_next: bool,
 }
@@ -113,6 +123,8 @@ pub struct AuditPage {
 struct PageBody {
     #[serde(rename = "pageCount", default)]
     page_count: u32,
+    #[serde(rename = "resultTotal")]
+    result_total: Option<u64>,
     #[serde(default)]
     values: Vec<Box<RawValue>>,
 }
@@ -135,7 +147,11 @@ pub struct VcdClient {
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let v = resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let v = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
@@ -207,10 +223,17 @@ impl VcdClient {
             .await?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(ApiError::LoginRefused { who: self.principal(), status });
+            return Err(ApiError::LoginRefused {
+                who: self.principal(),
+                status,
+            });
         }
         if !status.is_success() {
-            return Err(ApiError::Status { what: "login", status, retry_after: retry_after(&resp) });
+            return Err(ApiError::Status {
+                what: "login",
+                status,
+                retry_after: retry_after(&resp),
+            });
         }
         let jwt = resp
             .headers()
@@ -234,22 +257,37 @@ impl VcdClient {
             .http
             .post(self.url(&path))
             .header(reqwest::header::ACCEPT, "application/json")
-            .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh.expose())])
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh.expose()),
+            ])
             .send()
             .await?;
         let status = resp.status();
-        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::BAD_REQUEST) {
-            return Err(ApiError::LoginRefused { who: format!("API token for org {}", self.login.org), status });
+        if matches!(
+            status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::BAD_REQUEST
+        ) {
+            return Err(ApiError::LoginRefused {
+                who: format!("API token for org {}", self.login.org),
+                status,
+            });
         }
         if !status.is_success() {
-            return Err(ApiError::Status { what: "token login", status, retry_after: retry_after(&resp) });
+            return Err(ApiError::Status {
+                what: "token login",
+                status,
+                retry_after: retry_after(&resp),
+            });
         }
         let body: OAuthToken = resp
             .json()
             .await
             .map_err(|e| ApiError::NoToken(e.to_string()))?;
-        let expires_at_us = jwt_expiry_us(&body.access_token)
-            .or_else(|| body.expires_in.map(|s| crate::event::now_us() + s * 1_000_000));
+        let expires_at_us = jwt_expiry_us(&body.access_token).or_else(|| {
+            body.expires_in
+                .map(|s| crate::event::now_us() + s * 1_000_000)
+        });
         Ok(Token {
             jwt: Secret::new(body.access_token),
             expires_at_us,
@@ -266,7 +304,12 @@ impl VcdClient {
     }
 
     /// One page of the audit trail inside `window`, oldest first.
-    pub async fn audit_page(&self, window: Window, page: u32, page_size: u32) -> Result<AuditPage, ApiError> {
+    pub async fn audit_page(
+        &self,
+        window: Window,
+        page: u32,
+        page_size: u32,
+    ) -> Result<AuditPage, ApiError> {
         let mut relogged = false;
         loop {
             let token = self.token().await?;
@@ -291,7 +334,11 @@ impl VcdClient {
                 continue;
             }
             if !status.is_success() {
-                return Err(ApiError::Status { what: "auditTrail", status, retry_after: retry_after(&resp) });
+                return Err(ApiError::Status {
+                    what: "auditTrail",
+                    status,
+                    retry_after: retry_after(&resp),
+                });
             }
             let has_next = resp
                 .headers()
@@ -306,6 +353,7 @@ impl VcdClient {
             return Ok(AuditPage {
                 values: body.values,
                 page_count: body.page_count,
+                result_total: body.result_total,
                 has_next,
             });
         }
@@ -318,16 +366,26 @@ mod tests {
 
     #[test]
     fn jwt_expiry_is_read_from_the_exp_claim() {
-        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"a","exp":1800000000}"#);
-        assert_eq!(jwt_expiry_us(&format!("eyJhbGciOiJub25lIn0.{claims}.sig")), Some(1_800_000_000_000_000));
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"sub":"a","exp":1800000000}"#);
+        assert_eq!(
+            jwt_expiry_us(&format!("eyJhbGciOiJub25lIn0.{claims}.sig")),
+            Some(1_800_000_000_000_000)
+        );
         assert_eq!(jwt_expiry_us("opaque-token"), None);
         assert_eq!(jwt_expiry_us("a.!!!.c"), None);
     }
 
     #[test]
     fn window_filter_is_closed_on_the_left_open_on_the_right() {
-        let w = Window { from_us: 1_795_428_000_000_000, to_us: 1_795_428_060_123_000 };
-        assert_eq!(w.filter(), "timestamp=ge=2026-11-23T10:00:00.000Z;timestamp=lt=2026-11-23T10:01:00.123Z");
+        let w = Window {
+            from_us: 1_795_428_000_000_000,
+            to_us: 1_795_428_060_123_000,
+        };
+        assert_eq!(
+            w.filter(),
+            "timestamp=ge=2026-11-23T10:00:00.000Z;timestamp=lt=2026-11-23T10:01:00.123Z"
+        );
     }
 
     #[test]
@@ -337,7 +395,10 @@ mod tests {
             status: StatusCode::from_u16(s).unwrap(),
             retry_after: ra.map(Duration::from_secs),
         };
-        assert_eq!(status(429, Some(2)).retryable(), Some(Some(Duration::from_secs(2))));
+        assert_eq!(
+            status(429, Some(2)).retryable(),
+            Some(Some(Duration::from_secs(2)))
+        );
         assert_eq!(status(503, None).retryable(), Some(None));
         assert_eq!(status(400, None).retryable(), None);
         assert_eq!(status(404, None).retryable(), None);

@@ -6,6 +6,7 @@
 //! through each window, retries transient failures, and moves the verified
 //! watermark only after a whole window is committed.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,9 @@ pub enum PollError {
 /// Checks a 6-field cron expression (seconds first, UTC).
 pub fn parse_schedule(expr: &str) -> Result<(), String> {
     if expr.split_whitespace().count() != 6 {
-        return Err(format!("`{expr}` must have 6 fields (sec min hour day month weekday)"));
+        return Err(format!(
+            "`{expr}` must have 6 fields (sec min hour day month weekday)"
+        ));
     }
     tokio_cron_scheduler::Job::new_async(expr, |_, _| Box::pin(async {}))
         .map(drop)
@@ -83,7 +86,10 @@ pub fn plan(verified_until_us: Option<i64>, now_us: i64, rules: Rules) -> Vec<Wi
     let mut from = start;
     while from < end {
         let to = (from + floor_ms(rules.max_window_us)).min(end);
-        windows.push(Window { from_us: from, to_us: to });
+        windows.push(Window {
+            from_us: from,
+            to_us: to,
+        });
         from = to;
     }
     windows
@@ -127,13 +133,20 @@ impl Poller {
             .await
             .map_err(|e| PollError::Schedule(e.to_string()))?;
         let t = tick.clone();
-        let job = tokio_cron_scheduler::Job::new_async(self.config.schedule.as_str(), move |_, _| {
-            let t = t.clone();
-            Box::pin(async move { t.notify_one() })
-        })
-        .map_err(|e| PollError::Schedule(e.to_string()))?;
-        scheduler.add(job).await.map_err(|e| PollError::Schedule(e.to_string()))?;
-        scheduler.start().await.map_err(|e| PollError::Schedule(e.to_string()))?;
+        let job =
+            tokio_cron_scheduler::Job::new_async(self.config.schedule.as_str(), move |_, _| {
+                let t = t.clone();
+                Box::pin(async move { t.notify_one() })
+            })
+            .map_err(|e| PollError::Schedule(e.to_string()))?;
+        scheduler
+            .add(job)
+            .await
+            .map_err(|e| PollError::Schedule(e.to_string()))?;
+        scheduler
+            .start()
+            .await
+            .map_err(|e| PollError::Schedule(e.to_string()))?;
         tracing::info!(schedule = %self.config.schedule, "poller started");
         loop {
             match self.run_once(&shutdown).await {
@@ -162,13 +175,27 @@ impl Poller {
 
     /// One run: every unverified window, in order, each completely.
     pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<RunStats, PollError> {
+        self.run_once_at(now_us(), shutdown).await
+    }
+
+    /// [`Poller::run_once`] as if the time were `now_us`.
+    pub async fn run_once_at(
+        &self,
+        now_us: i64,
+        shutdown: &CancellationToken,
+    ) -> Result<RunStats, PollError> {
         let verified = self.store.verified_until(&self.source).await?;
-        let windows = plan(verified, now_us(), Rules::from(&self.config));
+        let windows = plan(verified, now_us, Rules::from(&self.config));
         let mut stats = RunStats::default();
         let mut attempt = 0u32;
         for window in windows {
             let started = Instant::now();
             let (mut events, mut pages, mut page) = (0u64, 0u32, 1u32);
+            // Distinct ids seen, to catch a server whose order of events
+            // sharing a millisecond shifts between pages (one could then be
+            // on no page): the window is read again.
+            let mut ids = HashSet::new();
+            let mut unusable = 0u64;
             loop {
                 let result = tokio::select! {
                     r = self.client.audit_page(window, page, self.config.page_size) => r,
@@ -192,16 +219,45 @@ impl Poller {
                 pages += 1;
                 events += body.values.len() as u64;
                 for raw in body.values {
-                    self.send(Ingest::Message { item: to_event(raw.get()), ack: None, permit: None })
-                        .await?;
+                    let item = to_event(raw.get());
+                    match &item {
+                        Parsed::Event(e) => drop(ids.insert(e.id.clone())),
+                        _ => unusable += 1,
+                    }
+                    self.send(Ingest::Message {
+                        item,
+                        ack: None,
+                        permit: None,
+                    })
+                    .await?;
                 }
-                if page >= body.page_count && !body.has_next {
-                    break;
+                if page < body.page_count || body.has_next {
+                    page += 1;
+                    continue;
                 }
-                page += 1;
+                match body.result_total {
+                    Some(total)
+                        if (ids.len() as u64 + unusable) < total
+                            && attempt < self.config.max_retries =>
+                    {
+                        attempt += 1;
+                        tracing::warn!(
+                            seen = ids.len(),
+                            total,
+                            "window paging saw fewer events than the server counted; reading it again"
+                        );
+                        page = 1;
+                        unusable = 0;
+                    }
+                    _ => break,
+                }
             }
             let (done, committed) = oneshot::channel();
-            self.send(Ingest::Verified { until_us: window.to_us, done }).await?;
+            self.send(Ingest::Verified {
+                until_us: window.to_us,
+                done,
+            })
+            .await?;
             committed.await.map_err(|_| PollError::WriterGone)?;
             Counters::add(&self.counters.polled, events);
             tracing::info!(from = %rfc3339_us(window.from_us), to = %rfc3339_us(window.to_us), events, pages,
@@ -214,7 +270,10 @@ impl Poller {
     }
 
     async fn send(&self, item: Ingest) -> Result<(), PollError> {
-        self.ingest.send(item).await.map_err(|_| PollError::WriterGone)
+        self.ingest
+            .send(item)
+            .await
+            .map_err(|_| PollError::WriterGone)
     }
 }
 
@@ -237,7 +296,13 @@ fn to_event(text: &str) -> Parsed {
         }),
         Err((reason, detail)) => {
             tracing::warn!(reason = reason.as_str(), %detail, "rejected audit trail event");
-            Parsed::Rejected(Rejected::new("rest:auditTrail", text.as_bytes(), reason, detail, now))
+            Parsed::Rejected(Rejected::new(
+                "rest:auditTrail",
+                text.as_bytes(),
+                reason,
+                detail,
+                now,
+            ))
         }
     }
 }
@@ -261,13 +326,26 @@ mod tests {
     fn a_run_reads_from_the_watermark_minus_overlap_to_now_minus_lag() {
         let now = 1_000_000 * S + 123_456;
         let w = plan(Some(999_900 * S), now, rules());
-        assert_eq!(w, vec![Window { from_us: 999_780 * S, to_us: 999_995 * S + 123_000 }]);
+        assert_eq!(
+            w,
+            vec![Window {
+                from_us: 999_780 * S,
+                to_us: 999_995 * S + 123_000
+            }]
+        );
     }
 
     #[test]
     fn long_gaps_are_split_into_contiguous_windows() {
         let now = 100_000 * S;
-        let w = plan(Some(90_000 * S), now, Rules { overlap_us: 0, ..rules() });
+        let w = plan(
+            Some(90_000 * S),
+            now,
+            Rules {
+                overlap_us: 0,
+                ..rules()
+            },
+        );
         assert_eq!(w.len(), 3);
         assert_eq!(w[0].from_us, 90_000 * S);
         assert!(w.windows(2).all(|p| p[0].to_us == p[1].from_us));
@@ -278,15 +356,41 @@ mod tests {
     #[test]
     fn first_start_reads_back_the_initial_lookback() {
         let now = 100_000 * S;
-        assert!(plan(None, now, rules()).is_empty(), "lookback 0 starts from now");
-        let w = plan(None, now, Rules { initial_lookback_us: 600 * S, ..rules() });
-        assert_eq!(w, vec![Window { from_us: now - 605 * S, to_us: now - 5 * S }]);
+        assert!(
+            plan(None, now, rules()).is_empty(),
+            "lookback 0 starts from now"
+        );
+        let w = plan(
+            None,
+            now,
+            Rules {
+                initial_lookback_us: 600 * S,
+                ..rules()
+            },
+        );
+        assert_eq!(
+            w,
+            vec![Window {
+                from_us: now - 605 * S,
+                to_us: now - 5 * S
+            }]
+        );
     }
 
     #[test]
     fn nothing_to_do_when_the_watermark_is_recent() {
         let now = 100_000 * S;
-        assert!(plan(Some(now), now, Rules { overlap_us: 0, ..rules() }).is_empty());
+        assert!(
+            plan(
+                Some(now),
+                now,
+                Rules {
+                    overlap_us: 0,
+                    ..rules()
+                }
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -314,6 +418,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(to_event(r#"{"eventType":"t"}"#), Parsed::Rejected(_)));
+        assert!(matches!(
+            to_event(r#"{"eventType":"t"}"#),
+            Parsed::Rejected(_)
+        ));
     }
 }

@@ -42,14 +42,18 @@ pub fn mqtt_auth(mode: MqttAuthMode, principal: &str, token: &Token) -> MqttAuth
 }
 
 /// Logs in, retrying transient failures with backoff; a refused login is final.
-pub async fn login_until_ok(client: &VcdClient, shutdown: &CancellationToken) -> Result<Option<Token>, ApiError> {
+pub async fn login_until_ok(
+    client: &VcdClient,
+    shutdown: &CancellationToken,
+) -> Result<Option<Token>, ApiError> {
     let mut attempt = 0;
     loop {
         match client.login().await {
             Ok(t) => return Ok(Some(t)),
             Err(e) if e.retryable().is_some() => {
                 attempt += 1;
-                let delay = super::poll::retry_delay(attempt, e.retryable().flatten(), rand::random());
+                let delay =
+                    super::poll::retry_delay(attempt, e.retryable().flatten(), rand::random());
                 tracing::warn!(error = %e, attempt, retry_in = ?delay, "VCD login failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -117,15 +121,24 @@ mod tests {
     use crate::config::Secret;
 
     fn token(exp_us: Option<i64>) -> Token {
-        Token { jwt: Secret::new("j"), expires_at_us: exp_us }
+        Token {
+            jwt: Secret::new("j"),
+            expires_at_us: exp_us,
+        }
     }
 
     #[test]
     fn renewal_comes_before_expiry() {
         let now = 1_000_000_000_000;
         assert_eq!(renew_in(&token(None), now), None);
-        assert_eq!(renew_in(&token(Some(now + 3_600_000_000)), now), Some(Duration::from_secs(3240)));
-        assert_eq!(renew_in(&token(Some(now + 4_000_000)), now), Some(Duration::from_secs(3)));
+        assert_eq!(
+            renew_in(&token(Some(now + 3_600_000_000)), now),
+            Some(Duration::from_secs(3240))
+        );
+        assert_eq!(
+            renew_in(&token(Some(now + 4_000_000)), now),
+            Some(Duration::from_secs(3))
+        );
         assert_eq!(renew_in(&token(Some(now - 1)), now), Some(Duration::ZERO));
     }
 
@@ -133,8 +146,18 @@ mod tests {
     fn auth_modes_place_the_token() {
         let t = token(None);
         let p = mqtt_auth(MqttAuthMode::Password, "admin@System", &t);
-        assert_eq!((p.username.as_deref(), p.password.is_some(), p.bearer.is_some()), (Some("admin@System"), true, false));
+        assert_eq!(
+            (
+                p.username.as_deref(),
+                p.password.is_some(),
+                p.bearer.is_some()
+            ),
+            (Some("admin@System"), true, false)
+        );
         let b = mqtt_auth(MqttAuthMode::Bearer, "admin@System", &t);
-        assert_eq!((b.username, b.password.is_some(), b.bearer.is_some()), (None, false, true));
+        assert_eq!(
+            (b.username, b.password.is_some(), b.bearer.is_some()),
+            (None, false, true)
+        );
     }
 }

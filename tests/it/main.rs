@@ -4,5 +4,6 @@
 mod cli;
 mod faults;
 mod ingest;
+mod poll;
 mod support;
 mod tls;

@@ -27,7 +27,9 @@ fn make_certs(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtts_with_a_private_ca_from_ca_file() {
-    let Some(bin) = mosquitto_bin("mqtts_private_ca") else { return };
+    let Some(bin) = mosquitto_bin("mqtts_private_ca") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let ca = make_certs(dir.path());
     let tls_port = free_port();
@@ -40,7 +42,12 @@ async fn mqtts_with_a_private_ca_from_ca_file() {
             d = dir.path().display()
         ),
     );
-    let config = config(dir.path(), &format!("mqtts://127.0.0.1:{tls_port}"), true, "gapless-tls");
+    let config = config(
+        dir.path(),
+        &format!("mqtts://127.0.0.1:{tls_port}"),
+        true,
+        "gapless-tls",
+    );
 
     // Without the CA the handshake fails and gapless keeps retrying.
     let mut untrusting = Gapless::start(dir.path(), &config);
@@ -49,13 +56,19 @@ async fn mqtts_with_a_private_ca_from_ca_file() {
     drop(untrusting);
 
     let text = std::fs::read_to_string(&config).unwrap();
-    let with_ca = text.replace("[store]", &format!("ca_file = \"{}\"\n\n[store]", ca.display()));
+    let with_ca = text.replace(
+        "[store]",
+        &format!("ca_file = \"{}\"\n\n[store]", ca.display()),
+    );
     std::fs::write(&config, with_ca).unwrap();
     let mut gapless = Gapless::start(dir.path(), &config);
     gapless.wait_log("subscribed", 1, Duration::from_secs(20));
     let salt = 0x5eed_0300;
     let mut publisher = broker.publisher("tls-pub").await;
-    publisher.publish_all(event_messages(salt, 0..500), None).await.unwrap();
+    publisher
+        .publish_all(event_messages(salt, 0..500), None)
+        .await
+        .unwrap();
     let file = dir.path().join("events.jsonl");
     wait_lines(&file, 500, Duration::from_secs(60), &mut gapless);
     gapless.stop();
