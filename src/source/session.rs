@@ -133,7 +133,7 @@ mod tests {
         assert_eq!(renew_in(&token(None), now), None);
         assert_eq!(
             renew_in(&token(Some(now + 3_600_000_000)), now),
-            Some(Duration::from_secs(3240))
+            Some(Duration::from_secs(3300))
         );
         assert_eq!(
             renew_in(&token(Some(now + 4_000_000)), now),

@@ -3,6 +3,7 @@
 
 mod cli;
 mod faults;
+mod gap;
 mod ingest;
 mod poll;
 mod support;

@@ -180,6 +180,11 @@ pub struct Gapless {
 
 impl Gapless {
     pub fn start(dir: &Path, config: &Path) -> Gapless {
+        Self::start_env(dir, config, &[])
+    }
+
+    /// Starts gapless with extra environment variables (secrets).
+    pub fn start_env(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Gapless {
         static RUNS: AtomicUsize = AtomicUsize::new(0);
         let log = dir.join(format!(
             "gapless-{}.log",
@@ -194,6 +199,7 @@ impl Gapless {
             .arg(&summary)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
+            .envs(env.iter().copied())
             .spawn()
             .expect("spawn gapless");
         Gapless {

@@ -1,0 +1,268 @@
+//! The whole daemon with the gap poller: the VCD simulator (REST over HTTP,
+//! events published on the in-process broker, which checks session tokens
+//! like VCD) and the real gapless binary.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use gapless::sim::broker::{EmbeddedBroker, TokenAuth};
+use gapless::sim::vcd::{SimConfig, VcdSim};
+
+use crate::support::*;
+
+const PASSWORD_ENV: &str = "GAPLESS_IT_VCD_PASSWORD";
+
+/// The simulator, its broker (logins checked against the simulator's
+/// tokens) and a gapless config pointing at both.
+struct World {
+    dir: tempfile::TempDir,
+    sim: VcdSim,
+    auth: Arc<TokenAuth>,
+    broker: Option<EmbeddedBroker>,
+    config: PathBuf,
+}
+
+impl World {
+    async fn new(sim_config: SimConfig) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = VcdSim::start(sim_config).await.unwrap();
+        let auth = TokenAuth::new(sim.clone());
+        let broker = EmbeddedBroker::start_on(([127, 0, 0, 1], 0).into(), Some(auth.clone()))
+            .await
+            .unwrap();
+        sim.connect_mqtt("127.0.0.1", broker.addr().port())
+            .await
+            .unwrap();
+        let config = write_config(dir.path(), &sim, &broker);
+        World {
+            dir,
+            sim,
+            auth,
+            broker: Some(broker),
+            config,
+        }
+    }
+
+    fn gapless(&self) -> Gapless {
+        Gapless::start_env(
+            self.dir.path(),
+            &self.config,
+            &[(PASSWORD_ENV, &self.sim.config().password)],
+        )
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("events.jsonl")
+    }
+
+    /// Stops the broker and starts a new one on the same port (all MQTT state lost).
+    async fn restart_broker(&mut self) {
+        let addr = self.broker.take().unwrap().addr();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.broker = Some(
+            EmbeddedBroker::start_on(addr, Some(self.auth.clone()))
+                .await
+                .unwrap(),
+        );
+        self.sim
+            .connect_mqtt("127.0.0.1", addr.port())
+            .await
+            .unwrap();
+    }
+}
+
+fn write_config(dir: &Path, sim: &VcdSim, broker: &EmbeddedBroker) -> PathBuf {
+    let path = dir.join("gapless.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[source]
+kind = "vcd"
+name = "sim"
+url = "{url}"
+org = "{org}"
+user = "{user}"
+password_env = "{PASSWORD_ENV}"
+
+[mqtt]
+url = "mqtt://127.0.0.1:{port}"
+client_id = "gapless-gap-it"
+reconnect_max = "1s"
+
+[poll]
+schedule = "* * * * * *"
+overlap = "20s"
+visibility_lag = "1s"
+initial_lookback = "1m"
+
+[store]
+path = "{db}"
+synchronous = "normal"
+
+[[sink]]
+name = "file"
+kind = "file"
+path = "{file}"
+"#,
+            url = sim.url(),
+            org = sim.config().org,
+            user = sim.config().user,
+            port = broker.addr().port(),
+            db = dir.join("gapless.db").display(),
+            file = dir.join("events.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Checks the file against the simulator's ground truth: each event once, seq 1..N.
+fn assert_ground_truth(file: &Path, sim: &VcdSim) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut ids = std::collections::HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            v["seq"].as_u64(),
+            Some(i as u64 + 1),
+            "seq hole at line {}",
+            i + 1
+        );
+        assert!(
+            ids.insert(v["id"].as_str().unwrap().to_string()),
+            "duplicate {}",
+            v["id"]
+        );
+    }
+    let truth: std::collections::HashSet<String> = sim.ground_truth().into_iter().collect();
+    assert_eq!(ids.len(), truth.len(), "line count");
+    assert_eq!(ids, truth);
+}
+
+/// 20% of MQTT messages dropped (plus duplicates and reordering): after the
+/// poll every event is in the file exactly once, and the recovered counter
+/// equals what MQTT lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_mqtt_messages_are_recovered_by_the_poller() {
+    let world = World::new(SimConfig::default()).await;
+    world.sim.set_faults(|f| {
+        f.mqtt_drop_rate = 0.2;
+        f.mqtt_dup_rate = 0.05;
+        f.mqtt_reorder_rate = 0.05;
+    });
+    let mut gapless = world.gapless();
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    for _ in 0..10 {
+        world.sim.create_events(200).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_lines(&world.file(), 2000, Duration::from_secs(60), &mut gapless);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let summary = gapless.stop();
+    assert_ground_truth(&world.file(), &world.sim);
+    let dropped = world.sim.stats().mqtt_dropped.load(Relaxed);
+    assert!(dropped > 200, "the fault knob dropped {dropped}");
+    assert_eq!(
+        summary["counters"]["recovered"].as_u64(),
+        Some(dropped),
+        "{summary}"
+    );
+    assert_eq!(summary["counters"]["stored"], 2000);
+}
+
+/// Tokens that expire every few seconds: gapless renews before expiry, so
+/// after a broker restart it reconnects with a fresh token at once (the
+/// broker never sees a stale one), and MQTT delivery resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_tokens_are_renewed_and_mqtt_reconnects_with_the_new_one() {
+    let mut world = World::new(SimConfig {
+        token_ttl: Duration::from_secs(4),
+        ..Default::default()
+    })
+    .await;
+    let mut gapless = world.gapless();
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    world.sim.create_events(100).await.unwrap();
+    wait_lines(&world.file(), 100, Duration::from_secs(30), &mut gapless);
+
+    // Past the first token's lifetime: a renewal must have happened.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(world.sim.stats().logins.load(Relaxed) >= 2);
+    world.restart_broker().await;
+    gapless.wait_log("subscribed", 2, Duration::from_secs(30));
+    assert_eq!(
+        world.auth.refused.load(Relaxed),
+        0,
+        "a stale token was offered to the broker"
+    );
+
+    let mqtt_before = world.sim.stats().mqtt_published.load(Relaxed);
+    world.sim.create_events(100).await.unwrap();
+    assert!(world.sim.stats().mqtt_published.load(Relaxed) > mqtt_before);
+    wait_lines(&world.file(), 200, Duration::from_secs(30), &mut gapless);
+    let summary = gapless.stop();
+    assert_ground_truth(&world.file(), &world.sim);
+    assert!(
+        summary["counters"]["connects"].as_u64().unwrap() >= 2,
+        "{summary}"
+    );
+    assert!(gapless_log_has_no_token(&world));
+}
+
+fn gapless_log_has_no_token(world: &World) -> bool {
+    let logs: String = std::fs::read_dir(world.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    !logs.contains(".sim") && !logs.contains(&world.sim.config().password)
+}
+
+/// gapless stopped between two runs while events keep coming (MQTT lost
+/// them: nobody was subscribed): the next start resumes from the persisted
+/// watermark and the file gets each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_resumes_from_the_persisted_watermark_without_redelivery() {
+    let world = World::new(SimConfig::default()).await;
+    let mut gapless = world.gapless();
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    world.sim.create_events(150).await.unwrap();
+    wait_lines(&world.file(), 150, Duration::from_secs(30), &mut gapless);
+    gapless.wait_log("poll window verified", 2, Duration::from_secs(10));
+    gapless.stop();
+
+    let store = gapless::store::Store::open(&gapless::config::StoreConfig {
+        path: world.dir.path().join("gapless.db"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let verified = store
+        .verified_until("sim")
+        .await
+        .unwrap()
+        .expect("a watermark was persisted");
+    store.close().await;
+
+    world.sim.create_events(120).await.unwrap();
+    let mut gapless = world.gapless();
+    wait_lines(&world.file(), 270, Duration::from_secs(30), &mut gapless);
+    let first_window = gapless
+        .log_text()
+        .lines()
+        .find(|l| l.contains("poll window verified"))
+        .unwrap()
+        .to_string();
+    let expected_from = gapless::event::rfc3339_us(verified - 20_000_000);
+    assert!(
+        first_window.contains(&expected_from),
+        "{first_window} does not start at {expected_from}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gapless.stop();
+    assert_ground_truth(&world.file(), &world.sim);
+}
