@@ -944,6 +944,45 @@ mod tests {
     }
 
     #[test]
+    fn a_vcd_source_alone_derives_the_broker() {
+        let text = r#"
+            [source]
+            kind = "vcd"
+            name = "lab"
+            url = "https://vcd.example.com"
+            org = "System"
+            user = "administrator"
+            password_file = "/dev/null"
+            [[sink]]
+            name = "out"
+            kind = "stdout"
+        "#;
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.mqtt.url, "wss://vcd.example.com/messaging/mqtt");
+        assert_eq!(c.mqtt.topics, vec!["publish/#"]);
+        assert_eq!(c.mqtt.auth, MqttAuthMode::Password);
+        let login = c.vcd_login().unwrap().unwrap();
+        assert!(login.is_provider());
+        assert_eq!(login.api_version, "38.0");
+        assert_eq!(c.poll.schedule, "0 * * * * *");
+        assert_eq!(c.poll.page_size, 128);
+
+        let e = err_of(&text.replace("org = \"System\"", ""));
+        assert!(e.contains("source.org"), "{e}");
+        let e = err_of(&text.replace("password_file = \"/dev/null\"", ""));
+        assert!(e.contains("source.password_env"), "{e}");
+        let e = err_of(&text.replace("https://vcd.example.com", "vcd.example.com"));
+        assert!(e.contains("source.url"), "{e}");
+        let e = err_of(&text.replace("[[sink]]", "[poll]\nschedule = \"* * * * *\"\n[[sink]]"));
+        assert!(e.contains("poll.schedule"), "{e}");
+        let e = err_of(&text.replace("[[sink]]", "[poll]\npage_size = 500\n[[sink]]"));
+        assert!(e.contains("poll.page_size"), "{e}");
+        let no_url = text.replace("url = \"https://vcd.example.com\"", "");
+        let e = err_of(&no_url);
+        assert!(e.contains("source.org") || e.contains("mqtt.url"), "{e}");
+    }
+
+    #[test]
     fn sizes_parse_with_units() {
         assert_eq!(ByteSize::parse("1MiB").unwrap().0, 1 << 20);
         assert_eq!(ByteSize::parse("512 KiB").unwrap().0, 512 << 10);

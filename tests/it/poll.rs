@@ -234,3 +234,34 @@ async fn an_expired_token_is_renewed_on_401() {
     assert_eq!(stored_ids(&rig.store).await.len(), 600);
     assert!(rig.counters.snapshot().logins >= 2);
 }
+
+/// API-token login (OAuth refresh-token grant) instead of a password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_token_login_reads_the_audit_trail() {
+    let sim = VcdSim::start(SimConfig::default()).await.unwrap();
+    sim.create_events_at(130, now_ms() - 5_000).await.unwrap();
+    let mut with_token = login(&sim);
+    with_token.secret = VcdSecret::ApiToken(Secret::new(sim.config().api_token.clone()));
+    let client = VcdClient::new(with_token.clone(), Arc::new(Counters::default())).unwrap();
+    let token = client.login().await.unwrap();
+    assert!(token.expires_at_us.is_some(), "the JWT's exp is read");
+    let rig = rig(
+        &sim,
+        poll_config(Duration::from_secs(3600), Duration::from_secs(60)),
+    )
+    .await;
+    let poller = Poller {
+        client: Arc::new(client),
+        ..rig.poller
+    };
+    poller.run_once(&rig.shutdown).await.unwrap();
+    assert_eq!(stored_ids(&rig.store).await.len(), 130);
+
+    with_token.secret = VcdSecret::ApiToken(Secret::new("wrong"));
+    let refused = VcdClient::new(with_token, Arc::new(Counters::default()))
+        .unwrap()
+        .login()
+        .await;
+    let err = refused.unwrap_err().to_string();
+    assert!(err.contains("refused") && !err.contains("wrong"), "{err}");
+}

@@ -1,0 +1,149 @@
+//! Poll benchmark: with MQTT down, the VCD simulator holds N events; the
+//! release gapless binary recovers them through the REST audit trail.
+//! Measures from the first audit-trail request (the poll's start, seen by
+//! the simulator) until the store holds all N; reports events/s and
+//! pages/s, median of the runs.
+//!
+//! Usage: cargo run --release --example bench_poll -- [EVENTS] [RUNS]
+
+use std::time::{Duration, Instant};
+
+use gapless::sim::vcd::{SimConfig, VcdSim};
+
+const PASSWORD_ENV: &str = "GAPLESS_BENCH_VCD_PASSWORD";
+
+struct Run {
+    seconds: f64,
+    pages: u64,
+}
+
+async fn one_run(events: u64, gapless: &std::path::Path) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = VcdSim::start(SimConfig {
+        visibility_lag: Duration::ZERO,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Ten events per millisecond over the last minutes, as a busy cloud writes them.
+    let now_ms = gapless::event::now_us() / 1000;
+    let start_ms = now_ms - (events / 10) as i64 - 10_000;
+    for k in 0..events / 10 {
+        sim.create_events_at(10, start_ms + k as i64).await.unwrap();
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("gapless.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[source]
+kind = "vcd"
+name = "bench"
+url = "{url}"
+org = "System"
+user = "administrator"
+password_env = "{PASSWORD_ENV}"
+[mqtt]
+url = "mqtt://127.0.0.1:{closed}"
+[poll]
+schedule = "0 0 * * * *"
+initial_lookback = "1h"
+visibility_lag = "1s"
+[store]
+path = "{db}"
+[[sink]]
+name = "file"
+kind = "file"
+path = "{file}"
+"#,
+            url = sim.url(),
+            db = dir.path().join("bench.db").display(),
+            file = dir.path().join("events.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(gapless)
+        .args(["--log-level", "error", "run", "--config"])
+        .arg(&config)
+        .env(PASSWORD_ENV, &sim.config().password)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start gapless");
+    let store = loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Ok(s) = gapless::store::Store::open(&gapless::config::StoreConfig {
+            path: dir.path().join("bench.db"),
+            ..Default::default()
+        })
+        .await
+        {
+            break s;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let done_us = loop {
+        let (stored, _) = store.counts().await.unwrap();
+        if stored as u64 >= events {
+            break gapless::event::now_us();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {stored} of {events} stored"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let requests = sim.requests();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    Run {
+        seconds: (done_us - requests[0].0) as f64 / 1e6,
+        pages: requests.len() as u64,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let events: u64 = args.next().map_or(50_000, |a| a.parse().expect("EVENTS"));
+    let runs: usize = args.next().map_or(3, |a| a.parse().expect("RUNS"));
+    let gapless = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("gapless");
+    assert!(
+        gapless.exists(),
+        "build the binary first: cargo build --release"
+    );
+    let mut results = Vec::new();
+    println!("| run | seconds | events/s | pages | pages/s |\n|---|---|---|---|---|");
+    for run in 1..=runs {
+        let r = one_run(events, &gapless).await;
+        println!(
+            "| {run} | {:.2} | {:.0} | {} | {:.0} |",
+            r.seconds,
+            events as f64 / r.seconds,
+            r.pages,
+            r.pages as f64 / r.seconds
+        );
+        results.push(r);
+    }
+    results.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let m = &results[results.len() / 2];
+    println!(
+        "| **median** | {:.2} | {:.0} | {} | {:.0} |\n({events} events, page size 128, MQTT down, 127.0.0.1)",
+        m.seconds,
+        events as f64 / m.seconds,
+        m.pages,
+        m.pages as f64 / m.seconds
+    );
+}
