@@ -98,21 +98,12 @@ overlap = "20s"
 visibility_lag = "1s"
 initial_lookback = "1m"
 
-[store]
-path = "{db}"
-synchronous = "normal"
-
-[[sink]]
-name = "file"
-kind = "file"
-path = "{file}"
-"#,
+{tail}"#,
             url = sim.url(),
             org = sim.config().org,
             user = sim.config().user,
             port = broker.addr().port(),
-            db = dir.join("gapless.db").display(),
-            file = dir.join("events.jsonl").display(),
+            tail = store_and_file_sink(dir),
         ),
     )
     .unwrap();

@@ -134,6 +134,16 @@ impl Drop for Mosquitto {
     }
 }
 
+/// The `[store]` and file `[[sink]]` tables every test config ends with.
+pub fn store_and_file_sink(dir: &Path) -> String {
+    format!(
+        "[store]\npath = \"{}\"\nsynchronous = \"normal\"\n\n\
+         [[sink]]\nname = \"file\"\nkind = \"file\"\npath = \"{}\"\n",
+        dir.join("gapless.db").display(),
+        dir.join("events.jsonl").display(),
+    )
+}
+
 /// A gapless config for tests: a VCD source, one file sink.
 pub fn config(dir: &Path, url: &str, clean_session: bool, client_id: &str) -> PathBuf {
     let path = dir.join("gapless.toml");
@@ -154,17 +164,8 @@ keep_alive = "5s"
 max_packet_size = "1MiB"
 reconnect_max = "1s"
 
-[store]
-path = "{db}"
-synchronous = "normal"
-
-[[sink]]
-name = "file"
-kind = "file"
-path = "{file}"
-"#,
-            db = dir.join("gapless.db").display(),
-            file = dir.join("events.jsonl").display(),
+{tail}"#,
+            tail = store_and_file_sink(dir),
         ),
     )
     .unwrap();
