@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +22,8 @@ use crate::source::api::VcdClient;
 use crate::source::mqtt::{Credentials, MqttAuth, MqttSource};
 use crate::source::poll::Poller;
 use crate::source::session;
-use crate::store::{Store, StoreError, Writer};
+use crate::store::{Store, StoreError, StreamSettings, Writer};
+use crate::stream::{Live, Rule};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -88,6 +89,17 @@ pub async fn run(
         None => None,
     };
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    let (live_tx, live_rx) = watch::channel(Live::default());
+    let stream = StreamSettings {
+        order: config.stream.order,
+        rule: Rule {
+            release: config.stream.release,
+            settle_us: config.stream.settle.0.as_micros() as i64,
+            max_hold_us: config.stream.max_hold.0.as_micros() as i64,
+            has_poller: vcd.is_some(),
+        },
+        live: live_rx,
+    };
     let (writer, channels) = Writer::new(
         &store,
         &config.store,
@@ -95,6 +107,7 @@ pub async fn run(
         config.mqtt.queue,
         counters.clone(),
         Some(acks_tx),
+        stream,
     )
     .await?;
     tracing::info!(store = %config.store.path.display(), head = channels.head.borrow().seq, "store open");
@@ -158,6 +171,7 @@ pub async fn run(
         credentials,
         counters: counters.clone(),
         ingest: channels.ingest,
+        live: live_tx,
     };
     let source_shutdown = shutdown.clone();
     tasks.spawn(async move {

@@ -443,6 +443,37 @@ impl Default for PollConfig {
     }
 }
 
+/// The ordered stream (see [`crate::stream`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// `event-time` (default) or `arrival`.
+    #[serde(default)]
+    pub order: crate::stream::Order,
+    /// `live` (default) or `verified` (strict: only what the poller confirmed).
+    #[serde(default)]
+    pub release: crate::stream::ReleaseMode,
+    /// How long behind real time the live watermark trails.
+    #[serde(default = "default_settle")]
+    pub settle: HumanDuration,
+    /// Release an event that waited this long even above the watermark.
+    #[serde(default = "default_max_hold")]
+    pub max_hold: HumanDuration,
+}
+
+fn default_settle() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+fn default_max_hold() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15 * 60))
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every [stream] key has a default")
+    }
+}
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -452,6 +483,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     #[serde(default)]
     pub poll: PollConfig,
+    #[serde(default)]
+    pub stream: StreamConfig,
     #[serde(default)]
     pub store: StoreConfig,
     #[serde(default, rename = "sink")]
@@ -801,6 +834,14 @@ impl Config {
                 }
                 _ => {}
             }
+        }
+        if self.stream.release == crate::stream::ReleaseMode::Verified && self.source.url.is_none()
+        {
+            return Err(ConfigError::invalid(
+                "stream.release",
+                "\"verified\" needs the poller, which needs [source] url",
+                "set source.url (VCD), or use release = \"live\"",
+            ));
         }
         if self.poll.page_size == 0 || self.poll.page_size > 128 {
             return Err(ConfigError::invalid(

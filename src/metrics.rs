@@ -40,6 +40,8 @@ pub struct Counters {
     pub poll_errors: AtomicU64,
     /// REST logins (initial and renewals).
     pub logins: AtomicU64,
+    /// Events released with `late = true`.
+    pub late: AtomicU64,
     /// When the first and last message arrived (µs since the epoch, 0 = never).
     pub first_received_us: AtomicI64,
     pub last_received_us: AtomicI64,
@@ -67,6 +69,7 @@ pub struct Snapshot {
     pub poll_runs: u64,
     pub poll_errors: u64,
     pub logins: u64,
+    pub late: u64,
     pub first_received_us: i64,
     pub last_received_us: i64,
     pub last_commit_us: i64,
@@ -104,6 +107,7 @@ impl Counters {
             poll_runs: self.poll_runs.load(Relaxed),
             poll_errors: self.poll_errors.load(Relaxed),
             logins: self.logins.load(Relaxed),
+            late: self.late.load(Relaxed),
             first_received_us: self.first_received_us.load(Relaxed),
             last_received_us: self.last_received_us.load(Relaxed),
             last_commit_us: self.last_commit_us.load(Relaxed),

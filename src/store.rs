@@ -24,7 +24,7 @@ use crate::event::{Event, Origin, StoredEvent, now_us};
 use crate::metrics::Counters;
 use crate::source::mqtt::Ack;
 use crate::source::{Parsed, Rejected};
-use crate::stream::Sequencer;
+use crate::stream::{Candidate, Live, Order, Rule, Sequencer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -249,10 +249,40 @@ pub struct WriterChannels {
     pub head: watch::Receiver<Head>,
 }
 
+/// How the writer releases events (see [`crate::stream`]).
+pub struct StreamSettings {
+    pub order: Order,
+    pub rule: Rule,
+    /// The MQTT subscription's state, for the `live` watermark.
+    pub live: watch::Receiver<Live>,
+}
+
+impl StreamSettings {
+    /// Release every event at once, in commit order.
+    pub fn arrival() -> Self {
+        StreamSettings {
+            order: Order::Arrival,
+            rule: Rule {
+                release: crate::stream::ReleaseMode::Live,
+                settle_us: 0,
+                max_hold_us: 0,
+                has_poller: false,
+            },
+            live: watch::channel(Live::default()).1,
+        }
+    }
+}
+
+/// How often the writer re-evaluates the event-time watermark when idle.
+const RELEASE_TICK: Duration = Duration::from_millis(50);
+
 /// The single writer task's state.
 pub struct Writer {
     conn: SqliteConnection,
     sequencer: Sequencer,
+    stream: StreamSettings,
+    /// The poller's verified watermark for this source (µs).
+    verified: Option<i64>,
     source: String,
     batch_max: usize,
     batch_delay: Duration,
@@ -328,9 +358,15 @@ impl Writer {
         queue: usize,
         counters: Arc<Counters>,
         acks: Option<mpsc::UnboundedSender<Vec<Ack>>>,
+        stream: StreamSettings,
     ) -> Result<(Writer, WriterChannels), StoreError> {
         let conn = store.write_connection().await?;
         let head_seq = store.head().await?;
+        let high: Option<i64> =
+            sqlx::query_scalar("SELECT value FROM stream_state WHERE key = 'high_us'")
+                .fetch_optional(&store.pool)
+                .await?;
+        let verified = store.verified_until(source).await?;
         let (ingest_tx, ingest_rx) = mpsc::channel(queue);
         let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
         let (head_tx, head_rx) = watch::channel(Head {
@@ -339,7 +375,9 @@ impl Writer {
         });
         let writer = Writer {
             conn,
-            sequencer: Sequencer::resume_after(head_seq),
+            sequencer: Sequencer::resume(head_seq, high),
+            stream,
+            verified,
             source: source.to_string(),
             batch_max: config.batch_max,
             batch_delay: config.batch_delay.0,
@@ -364,10 +402,17 @@ impl Writer {
     pub async fn run(mut self) -> Result<(), StoreError> {
         let mut ingest_open = true;
         let mut ctrl_open = true;
+        let mut tick = tokio::time::interval(RELEASE_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ticking = self.stream.order == Order::EventTime;
         while ingest_open || ctrl_open {
             let mut batch = Batch::default();
             tokio::select! {
                 biased;
+                _ = tick.tick(), if ticking => {
+                    self.release_idle().await?;
+                    continue;
+                }
                 c = self.ctrl_rx.recv(), if ctrl_open => match c {
                     Some(c) => batch.push_control(c),
                     None => ctrl_open = false,
@@ -409,14 +454,118 @@ impl Writer {
         }
     }
 
+    /// Releases what the watermark now allows when no batch is coming.
+    async fn release_idle(&mut self) -> Result<(), StoreError> {
+        let (head, high) = (self.sequencer.head(), self.sequencer.high());
+        let mut tx = self.conn.begin().await?;
+        let released = match Self::release(
+            &mut tx,
+            &mut self.sequencer,
+            &self.stream,
+            self.verified,
+            &self.counters,
+        )
+        .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                self.sequencer.rewind_to(head, high);
+                return Err(e);
+            }
+        };
+        if released == 0 {
+            tx.rollback().await?;
+            self.sequencer.rewind_to(head, self.sequencer.high());
+            return Ok(());
+        }
+        if let Err(e) = tx.commit().await {
+            self.sequencer.rewind_to(head, high);
+            return Err(e.into());
+        }
+        self.publish_head();
+        Ok(())
+    }
+
+    fn publish_head(&self) {
+        let head = self.sequencer.head();
+        self.head.send_if_modified(|h| {
+            let changed = h.seq != head;
+            h.seq = head;
+            changed
+        });
+    }
+
+    /// The event-time release step, inside the writer's transaction: takes
+    /// the unreleased events the watermark (or `max_hold`) allows and gives
+    /// them their `seq` in (time, id) order. Returns how many were released.
+    async fn release(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        sequencer: &mut Sequencer,
+        stream: &StreamSettings,
+        verified: Option<i64>,
+        counters: &Counters,
+    ) -> Result<u64, StoreError> {
+        let now = now_us();
+        let live = *stream.live.borrow();
+        let watermark = stream.rule.watermark(now, verified, live);
+        let held_since = now - stream.rule.max_hold_us;
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT id, occurred_at_us, received_at_us FROM events \
+             WHERE seq IS NULL AND (occurred_at_us <= ? OR received_at_us <= ?)",
+        )
+        .bind(watermark.unwrap_or(i64::MIN))
+        .bind(held_since)
+        .fetch_all(&mut **tx)
+        .await?;
+        let candidates = rows
+            .into_iter()
+            .map(|(id, occurred_us, received_us)| Candidate {
+                id,
+                occurred_us,
+                received_us,
+            })
+            .collect();
+        let step = sequencer.release(candidates, watermark, now, stream.rule.max_hold_us);
+        if step.forced > 0 {
+            tracing::warn!(
+                events = step.forced,
+                max_hold_us = stream.rule.max_hold_us,
+                "released events held longer than stream.max_hold above the watermark (is the poller failing?)"
+            );
+        }
+        for r in &step.released {
+            sqlx::query("UPDATE events SET seq = ?, late = ? WHERE id = ?")
+                .bind(r.seq)
+                .bind(r.late)
+                .bind(r.id.as_str())
+                .execute(&mut **tx)
+                .await?;
+        }
+        if !step.released.is_empty() {
+            sqlx::query(
+                "INSERT INTO stream_state (key, value) VALUES ('high_us', ?) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(sequencer.high())
+            .execute(&mut **tx)
+            .await?;
+        }
+        let late = step.released.iter().filter(|r| r.late).count() as u64;
+        Counters::add(&counters.late, late);
+        Ok(step.released.len() as u64)
+    }
+
     async fn commit(&mut self, mut batch: Batch) -> Result<(), StoreError> {
         let head_before = self.sequencer.head();
+        let high_before = self.sequencer.high();
+        let verified_before = self.verified;
         let offered = batch.events.len() as u64;
         let result = self.write(&mut batch).await;
         let (inserted, recovered) = match result {
             Ok(n) => n,
             Err(e) => {
-                self.sequencer.rewind_to(head_before);
+                self.sequencer.rewind_to(head_before, high_before);
+                self.verified = verified_before;
                 return Err(e);
             }
         };
@@ -443,12 +592,7 @@ impl Writer {
         for done in batch.verified_done {
             let _ = done.send(());
         }
-        let head = self.sequencer.head();
-        self.head.send_if_modified(|h| {
-            let changed = h.seq != head;
-            h.seq = head;
-            changed
-        });
+        self.publish_head();
         Ok(())
     }
 
@@ -497,8 +641,11 @@ impl Writer {
                     .bind(e.subject.as_deref())
                     .bind(e.org.as_deref())
                     .bind(e.payload.as_str())
-                    .bind(self.sequencer.next_seq())
-                    .bind(false);
+                    .bind(match self.stream.order {
+                        Order::Arrival => Some(self.sequencer.next_seq()),
+                        Order::EventTime => None,
+                    })
+                    .bind(self.stream.order == Order::Arrival && e.origin == Origin::Poll);
             }
             let done = q.execute(&mut *tx).await?;
             debug_assert_eq!(done.rows_affected(), chunk.len() as u64);
@@ -539,6 +686,7 @@ impl Writer {
         }
 
         if let Some(until) = batch.verified {
+            self.verified = self.verified.max(Some(until));
             sqlx::query(
                 "INSERT INTO watermarks (source, verified_until_us, updated_at_us) VALUES (?, ?, ?) \
                  ON CONFLICT(source) DO UPDATE SET verified_until_us = MAX(verified_until_us, excluded.verified_until_us), \
@@ -548,6 +696,17 @@ impl Writer {
             .bind(until)
             .bind(now)
             .execute(&mut *tx)
+            .await?;
+        }
+
+        if self.stream.order == Order::EventTime {
+            Self::release(
+                &mut tx,
+                &mut self.sequencer,
+                &self.stream,
+                self.verified,
+                &self.counters,
+            )
             .await?;
         }
 

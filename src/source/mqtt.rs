@@ -24,6 +24,7 @@ use crate::config::{MQTT_MAX_PACKET, MqttConfig, Scheme, Secret};
 use crate::event::now_us;
 use crate::metrics::Counters;
 use crate::store::Ingest;
+use crate::stream::Live;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -118,6 +119,8 @@ pub struct MqttSource {
     pub credentials: Credentials,
     pub counters: Arc<Counters>,
     pub ingest: mpsc::Sender<Ingest>,
+    /// Published on every subscribe and loss, for the live watermark.
+    pub live: watch::Sender<Live>,
 }
 
 /// Builds the rumqttc options for a connect with `auth`.
@@ -259,6 +262,13 @@ impl MqttSource {
                 Err(e) => {
                     attempt += 1;
                     Counters::add(&self.counters.connection_errors, 1);
+                    self.live.send_if_modified(|l| {
+                        let was_up = l.since_us.take().is_some();
+                        if was_up {
+                            l.lost_at_us = Some(now_us());
+                        }
+                        was_up
+                    });
                     if let ConnectionError::ConnectionRefused(
                         ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword,
                     ) = e
@@ -325,7 +335,10 @@ impl Session<'_> {
                     generation,
                     "MQTT connected"
                 );
-                if !ack.session_present {
+                if ack.session_present {
+                    // The broker kept the subscription.
+                    self.subscribed();
+                } else {
                     self.subscribe();
                 }
                 true
@@ -342,6 +355,7 @@ impl Session<'_> {
                 } else {
                     Counters::add(&self.source.counters.subscribed, 1);
                     tracing::info!(topics = ?self.source.config.topics, "subscribed");
+                    self.subscribed();
                 }
                 false
             }
@@ -355,6 +369,13 @@ impl Session<'_> {
             }
             _ => false,
         }
+    }
+
+    /// The subscription is in place from now on (for the live watermark).
+    fn subscribed(&self) {
+        self.source.live.send_modify(|l| {
+            l.since_us.get_or_insert_with(now_us);
+        });
     }
 
     /// Subscribes in a separate task: the request channel is drained by the

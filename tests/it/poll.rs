@@ -12,7 +12,7 @@ use gapless::metrics::Counters;
 use gapless::sim::vcd::{SimConfig, VcdSim};
 use gapless::source::api::VcdClient;
 use gapless::source::poll::{Poller, Rules, plan};
-use gapless::store::{Store, Writer};
+use gapless::store::{Store, StreamSettings, Writer};
 use tokio_util::sync::CancellationToken;
 
 /// A poller wired to a store, a running writer and the simulator.
@@ -45,9 +45,17 @@ async fn rig(sim: &VcdSim, poll: PollConfig) -> Rig {
     };
     let store = Store::open(&config).await.unwrap();
     let counters = Arc::new(Counters::default());
-    let (writer, channels) = Writer::new(&store, &config, "sim", 256, counters.clone(), None)
-        .await
-        .unwrap();
+    let (writer, channels) = Writer::new(
+        &store,
+        &config,
+        "sim",
+        256,
+        counters.clone(),
+        None,
+        StreamSettings::arrival(),
+    )
+    .await
+    .unwrap();
     tokio::spawn(writer.run());
     let client = Arc::new(VcdClient::new(login(sim), counters.clone()).unwrap());
     let poller = Poller {
