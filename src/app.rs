@@ -119,9 +119,11 @@ pub async fn run(
             writer.run().await.map_err(|e| e.to_string()),
         )
     });
-    for sink in &config.sinks {
+    for (index, sink) in config.sinks.iter().enumerate() {
         let task = SinkTask {
             config: sink.clone(),
+            index,
+            shutdown: shutdown.clone(),
             store: store.clone(),
             writer: channels.handle.clone(),
             head: channels.head.clone(),

@@ -356,6 +356,7 @@ impl Default for StoreConfig {
 pub enum SinkKind {
     File,
     Stdout,
+    Webhook,
 }
 
 /// How the stdout sink prints an event.
@@ -382,6 +383,38 @@ pub struct SinkConfig {
     /// Events read from the store and written per batch.
     #[serde(default = "default_sink_batch")]
     pub batch: u32,
+    /// Webhook: the endpoint.
+    pub url: Option<String>,
+    /// Webhook: the signing secret (`whsec_<base64>` or plain), from an env var or a file.
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    /// Webhook: per-request timeout.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: HumanDuration,
+    /// Webhook: extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Webhook: what a refused event (4xx) does: `block` or `dead-letter`.
+    #[serde(default)]
+    pub on_failure: crate::sink::retry::OnFailure,
+    /// Webhook: delays between retries; the last repeats forever.
+    pub retry_schedule: Option<Vec<HumanDuration>>,
+}
+
+fn default_webhook_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+impl SinkConfig {
+    /// The webhook signing secret, if configured.
+    pub fn secret(&self, i: usize) -> Result<Option<Secret>, ConfigError> {
+        read_secret(
+            &format!("sink[{i}].secret_env"),
+            &format!("sink[{i}].secret_file"),
+            &self.secret_env,
+            &self.secret_file,
+        )
+    }
 }
 
 fn default_sink_batch() -> u32 {
@@ -560,13 +593,23 @@ impl BrokerUrl {
 }
 
 impl Config {
-    /// Reads, parses and validates a config file.
+    /// Reads, parses and validates a config file, secrets included.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, true)
+    }
+
+    /// Like [`Config::load`] without reading any secret: for operator
+    /// commands (`tail`, `replay`, `dlq`) that only open the store.
+    pub fn load_offline(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, false)
+    }
+
+    fn load_with(path: &Path, secrets: bool) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
+        Self::parse_with(&text, secrets).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_path_buf(),
                 message,
@@ -575,14 +618,18 @@ impl Config {
         })
     }
 
-    /// Parses and validates TOML text.
+    /// Parses and validates TOML text, secrets included.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        Self::parse_with(text, true)
+    }
+
+    fn parse_with(text: &str, secrets: bool) -> Result<Self, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
             message: e.to_string(),
         })?;
         config.derive_mqtt()?;
-        config.validate()?;
+        config.validate(secrets)?;
         Ok(config)
     }
 
@@ -712,7 +759,7 @@ impl Config {
         }))
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self, secrets: bool) -> Result<(), ConfigError> {
         if self.source.name.trim().is_empty() {
             return Err(ConfigError::invalid(
                 "source.name",
@@ -825,14 +872,51 @@ impl Config {
                         "add path = \"events.jsonl\"",
                     ));
                 }
-                (SinkKind::Stdout, Some(_)) => {
+                (SinkKind::Stdout | SinkKind::Webhook, Some(_)) => {
                     return Err(ConfigError::invalid(
                         &key("path"),
-                        "a stdout sink takes no path",
+                        "only a file sink takes a path",
                         "remove path, or set kind = \"file\"",
                     ));
                 }
                 _ => {}
+            }
+            let webhook_only = [
+                ("url", sink.url.is_some()),
+                (
+                    "secret_env",
+                    sink.secret_env.is_some() || sink.secret_file.is_some(),
+                ),
+                ("headers", !sink.headers.is_empty()),
+                ("retry_schedule", sink.retry_schedule.is_some()),
+            ];
+            if sink.kind == SinkKind::Webhook {
+                let url = sink.url.as_deref().unwrap_or_default();
+                if !(url.starts_with("http://") || url.starts_with("https://"))
+                    || url::Url::parse(url).is_err()
+                {
+                    return Err(ConfigError::invalid(
+                        &key("url"),
+                        format!("`{url}` is not an http(s) URL"),
+                        "e.g. url = \"https://siem.example.com/hooks/vcd\"",
+                    ));
+                }
+                if sink.retry_schedule.as_ref().is_some_and(|s| s.is_empty()) {
+                    return Err(ConfigError::invalid(
+                        &key("retry_schedule"),
+                        "is empty",
+                        "e.g. [\"1s\", \"5s\", \"30s\", \"2m\", \"10m\", \"30m\"], or remove it for that default",
+                    ));
+                }
+                if secrets {
+                    sink.secret(i)?;
+                }
+            } else if let Some((k, _)) = webhook_only.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::invalid(
+                    &key(k),
+                    "only a webhook sink takes it",
+                    "remove it, or set kind = \"webhook\"",
+                ));
             }
         }
         if self.stream.release == crate::stream::ReleaseMode::Verified && self.source.url.is_none()
@@ -865,8 +949,16 @@ impl Config {
             ));
         }
         // Resolve secrets now so a missing variable fails at start, not at first connect.
-        self.mqtt.password()?;
-        self.vcd_login()?;
+        if secrets {
+            self.mqtt.password()?;
+            self.vcd_login()?;
+        } else if self.source.url.is_some() && self.source.kind != SourceKind::Vcd {
+            return Err(ConfigError::invalid(
+                "source.url",
+                "the REST poller exists only for kind = \"vcd\"",
+                "remove source.url, or set source.kind = \"vcd\"",
+            ));
+        }
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod event;
 pub mod metrics;
+pub mod ops;
 pub mod sim;
 pub mod sink;
 pub mod source;

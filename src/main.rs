@@ -15,6 +15,7 @@ use gapless::app::{self, RunOptions};
 use gapless::config::Config;
 use gapless::demo::{self, DemoOptions};
 use gapless::metrics::Counters;
+use gapless::ops;
 
 /// gapless forwards every event of an MQTT source (VMware Cloud Director
 /// first) once and in order: it subscribes at QoS 1, keeps each event once
@@ -32,6 +33,17 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// What `gapless dlq` does.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DlqCmd {
+    /// Show the dead letters.
+    List,
+    /// Deliver them again (once each; failures stay dead letters).
+    Retry,
+    /// Forget them.
+    Purge,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -56,6 +68,41 @@ enum Command {
         /// Write a JSON summary of the run (counters, peak memory) to this file at exit.
         #[arg(long)]
         summary: Option<PathBuf>,
+    },
+    /// Print the released stream (CloudEvents JSON lines) from the store.
+    ///
+    /// Works while the daemon runs. Example: gapless tail -c gapless.toml --from-seq 100 --follow
+    Tail {
+        #[arg(long, short, env = "GAPLESS_CONFIG")]
+        config: PathBuf,
+        /// First seq to print.
+        #[arg(long, default_value_t = 1)]
+        from_seq: i64,
+        /// Keep printing new events as they are released.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Make a sink deliver again from a seq (and re-enable it after a 410).
+    ///
+    /// The request goes through the store: a running daemon applies it within
+    /// a second, a stopped one at its next start. Webhook receivers see the
+    /// same webhook-id again and can deduplicate.
+    Replay {
+        #[arg(long, short, env = "GAPLESS_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        sink: String,
+        #[arg(long)]
+        from_seq: i64,
+    },
+    /// Dead letters of a webhook sink (on_failure = "dead-letter").
+    Dlq {
+        #[arg(value_enum)]
+        action: DlqCmd,
+        #[arg(long, short, env = "GAPLESS_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        sink: String,
     },
     /// Check a configuration file and exit: 0 if valid, 2 with the offending key if not.
     CheckConfig {
@@ -153,6 +200,29 @@ async fn run(
     })
 }
 
+/// Runs an operator command: exit 2 for a bad config or sink name, 1 for a failure.
+async fn operate<F, Fut>(config: &std::path::Path, f: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: Future<Output = Result<(), ops::OpsError>>,
+{
+    let config = match Config::load_offline(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match f(config).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e @ (ops::OpsError::UnknownSink(..) | ops::OpsError::BadSeq)) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn run_demo(opts: DemoOptions) -> anyhow::Result<ExitCode> {
     let outcome = demo::run(opts).await?;
     println!("{}", outcome.summary());
@@ -205,6 +275,46 @@ fn main() -> ExitCode {
                     rate: (rate > 0.0).then_some(rate),
                     dir: keep,
                     show_events: !quiet,
+                })
+                .await
+            }
+            Command::Tail {
+                config,
+                from_seq,
+                follow,
+            } => {
+                operate(&config, |c| async move {
+                    ops::tail(&c, from_seq, follow, &mut std::io::stdout().lock()).await
+                })
+                .await
+            }
+            Command::Replay {
+                config,
+                sink,
+                from_seq,
+            } => {
+                let name = sink.clone();
+                let code = operate(&config, |c| async move {
+                    ops::replay(&c, &sink, from_seq).await
+                })
+                .await;
+                if matches!(code, Ok(ExitCode::SUCCESS)) {
+                    println!("replay from seq {from_seq} requested for sink `{name}`");
+                }
+                code
+            }
+            Command::Dlq {
+                action,
+                config,
+                sink,
+            } => {
+                let action = match action {
+                    DlqCmd::List => ops::DlqAction::List,
+                    DlqCmd::Retry => ops::DlqAction::Retry,
+                    DlqCmd::Purge => ops::DlqAction::Purge,
+                };
+                operate(&config, |c| async move {
+                    ops::dlq(&c, &sink, action, &mut std::io::stdout()).await
                 })
                 .await
             }

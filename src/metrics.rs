@@ -42,6 +42,10 @@ pub struct Counters {
     pub logins: AtomicU64,
     /// Events released with `late = true`.
     pub late: AtomicU64,
+    /// Webhook delivery attempts that failed and were retried.
+    pub retries: AtomicU64,
+    /// Events dead-lettered by webhook sinks.
+    pub dead_letters: AtomicU64,
     /// When the first and last message arrived (µs since the epoch, 0 = never).
     pub first_received_us: AtomicI64,
     pub last_received_us: AtomicI64,
@@ -70,6 +74,8 @@ pub struct Snapshot {
     pub poll_errors: u64,
     pub logins: u64,
     pub late: u64,
+    pub retries: u64,
+    pub dead_letters: u64,
     pub first_received_us: i64,
     pub last_received_us: i64,
     pub last_commit_us: i64,
@@ -108,6 +114,8 @@ impl Counters {
             poll_errors: self.poll_errors.load(Relaxed),
             logins: self.logins.load(Relaxed),
             late: self.late.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+            dead_letters: self.dead_letters.load(Relaxed),
             first_received_us: self.first_received_us.load(Relaxed),
             last_received_us: self.last_received_us.load(Relaxed),
             last_commit_us: self.last_commit_us.load(Relaxed),

@@ -119,6 +119,88 @@ impl Store {
         )
     }
 
+    /// Why a sink is disabled, if it is.
+    pub async fn sink_disabled(&self, sink: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT disabled_reason FROM sink_state WHERE sink = ?")
+                .bind(sink)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
+    /// A pending replay request for a sink: deliver again from this `seq`.
+    pub async fn replay_request(&self, sink: &str) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT replay_from_seq FROM sink_requests WHERE sink = ?")
+                .bind(sink)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// A sink's dead letters (only those marked for retry, if asked), oldest first.
+    pub async fn dead_letters(
+        &self,
+        sink: &str,
+        only_retry: bool,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT seq, event_id, attempts, last_status, last_error, at_us, retry FROM dead_letters \
+             WHERE sink = ? AND (retry = 1 OR ? = 0) ORDER BY seq",
+        )
+        .bind(sink)
+        .bind(only_retry)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The released event at `seq`.
+    pub async fn event_at(&self, seq: i64) -> Result<Option<StoredEvent>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT seq, id, origin, occurred_at_us, type, subject, payload, late FROM events WHERE seq = ?",
+        )
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Operator request (CLI): deliver again from `seq`. The sink applies it
+    /// (now if the daemon runs, else at its next start) and is re-enabled.
+    pub async fn request_replay(&self, sink: &str, from_seq: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sink_requests (sink, replay_from_seq, at_us) VALUES (?, ?, ?) \
+             ON CONFLICT(sink) DO UPDATE SET replay_from_seq = excluded.replay_from_seq, at_us = excluded.at_us",
+        )
+        .bind(sink)
+        .bind(from_seq)
+        .bind(now_us())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Operator request (CLI): mark a sink's dead letters for another delivery.
+    pub async fn dlq_retry(&self, sink: &str) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("UPDATE dead_letters SET retry = 1 WHERE sink = ?")
+                .bind(sink)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// Operator request (CLI): forget a sink's dead letters.
+    pub async fn dlq_purge(&self, sink: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM dead_letters WHERE sink = ?")
+            .bind(sink)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
     /// How many events and rejected messages the store holds.
     pub async fn counts(&self) -> Result<(i64, i64), StoreError> {
         let row =
@@ -183,6 +265,18 @@ impl Store {
     }
 }
 
+/// A dead letter, as `gapless dlq list` shows it.
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
+pub struct DeadLetter {
+    pub seq: i64,
+    pub event_id: String,
+    pub attempts: i64,
+    pub last_status: Option<i64>,
+    pub last_error: String,
+    pub at_us: i64,
+    pub retry: bool,
+}
+
 /// What sources send the writer, in order.
 #[derive(Debug)]
 pub enum Ingest {
@@ -205,11 +299,34 @@ pub enum Ingest {
 /// Requests from other tasks that must go through the single write connection.
 #[derive(Debug)]
 enum Control {
-    Cursor {
+    Sink {
         sink: String,
-        seq: i64,
+        ops: Vec<SinkOp>,
         done: oneshot::Sender<()>,
     },
+}
+
+/// A sink's writes, committed through the writer in the order given.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SinkOp {
+    /// Everything up to `seq` is delivered.
+    Cursor(i64),
+    /// The target refused event `seq` for good; record it.
+    DeadLetter {
+        seq: i64,
+        event_id: String,
+        attempts: u32,
+        status: Option<u16>,
+        error: String,
+    },
+    /// A dead letter was delivered after all: forget it.
+    DeadLetterDelivered(i64),
+    /// A dead-letter retry failed again.
+    DeadLetterFailed { seq: i64, error: String },
+    /// The target is gone (410): stop delivering until a replay.
+    Disable(String),
+    /// A replay request was applied: clear it and any disabled state.
+    ReplayApplied,
 }
 
 /// The released head, published after every commit so sinks wake up.
@@ -229,11 +346,16 @@ pub struct WriterHandle {
 impl WriterHandle {
     /// Durably records that `sink` has delivered everything up to `seq`.
     pub async fn commit_cursor(&self, sink: &str, seq: i64) -> Result<(), StoreError> {
+        self.sink_ops(sink, vec![SinkOp::Cursor(seq)]).await
+    }
+
+    /// Durably applies a sink's writes, in one transaction.
+    pub async fn sink_ops(&self, sink: &str, ops: Vec<SinkOp>) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
         self.ctrl
-            .send(Control::Cursor {
+            .send(Control::Sink {
                 sink: sink.to_string(),
-                seq,
+                ops,
                 done,
             })
             .await
@@ -301,7 +423,8 @@ struct Batch {
     rejected: Vec<Rejected>,
     skipped: u64,
     acks: Vec<Ack>,
-    cursors: Vec<(String, i64, oneshot::Sender<()>)>,
+    sink_ops: Vec<(String, SinkOp)>,
+    sink_done: Vec<oneshot::Sender<()>>,
     verified: Option<i64>,
     verified_done: Vec<oneshot::Sender<()>>,
     permits: Vec<OwnedSemaphorePermit>,
@@ -330,13 +453,74 @@ impl Batch {
 
     fn push_control(&mut self, c: Control) {
         match c {
-            Control::Cursor { sink, seq, done } => self.cursors.push((sink, seq, done)),
+            Control::Sink { sink, ops, done } => {
+                self.sink_ops
+                    .extend(ops.into_iter().map(|op| (sink.clone(), op)));
+                self.sink_done.push(done);
+            }
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.messages == 0 && self.cursors.is_empty()
+        self.messages == 0 && self.sink_done.is_empty()
     }
+}
+
+async fn write_sink_op(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    sink: &str,
+    op: &SinkOp,
+    now: i64,
+) -> Result<(), StoreError> {
+    let q = match op {
+        SinkOp::Cursor(seq) => sqlx::query(
+            "INSERT INTO cursors (sink, seq, updated_at_us) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(sink) DO UPDATE SET seq = excluded.seq, updated_at_us = excluded.updated_at_us",
+        )
+        .bind(sink)
+        .bind(*seq)
+        .bind(now),
+        SinkOp::DeadLetter { seq, event_id, attempts, status, error } => sqlx::query(
+            "INSERT INTO dead_letters (sink, seq, event_id, attempts, last_status, last_error, at_us) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(sink, seq) DO UPDATE SET \
+             attempts = excluded.attempts, last_status = excluded.last_status, \
+             last_error = excluded.last_error, at_us = excluded.at_us, retry = 0",
+        )
+        .bind(sink)
+        .bind(*seq)
+        .bind(event_id.as_str())
+        .bind(*attempts)
+        .bind(status.map(i64::from))
+        .bind(error.as_str())
+        .bind(now),
+        SinkOp::DeadLetterDelivered(seq) => sqlx::query("DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2")
+            .bind(sink)
+            .bind(*seq),
+        SinkOp::DeadLetterFailed { seq, error } => sqlx::query(
+            "UPDATE dead_letters SET attempts = attempts + 1, last_error = ?3, at_us = ?4, retry = 0 \
+             WHERE sink = ?1 AND seq = ?2",
+        )
+        .bind(sink)
+        .bind(*seq)
+        .bind(error.as_str())
+        .bind(now),
+        SinkOp::Disable(reason) => sqlx::query(
+            "INSERT INTO sink_state (sink, disabled_reason, at_us) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(sink) DO UPDATE SET disabled_reason = excluded.disabled_reason, at_us = excluded.at_us",
+        )
+        .bind(sink)
+        .bind(reason.as_str())
+        .bind(now),
+        SinkOp::ReplayApplied => {
+            sqlx::query("DELETE FROM sink_state WHERE sink = ?1")
+                .bind(sink)
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("DELETE FROM sink_requests WHERE sink = ?1").bind(sink)
+        }
+    };
+    q.execute(&mut **tx).await?;
+    Ok(())
 }
 
 /// Rows per multi-row INSERT (11 columns each, well under SQLite's bind limit).
@@ -586,7 +770,7 @@ impl Writer {
             // redelivers (persistent session) and dedup absorbs it.
             let _ = acks.send(std::mem::take(&mut batch.acks));
         }
-        for (_, _, done) in batch.cursors {
+        for done in batch.sink_done {
             let _ = done.send(());
         }
         for done in batch.verified_done {
@@ -673,16 +857,8 @@ impl Writer {
         }
 
         let now = now_us();
-        for (sink, seq, _) in &batch.cursors {
-            sqlx::query(
-                "INSERT INTO cursors (sink, seq, updated_at_us) VALUES (?, ?, ?) \
-                 ON CONFLICT(sink) DO UPDATE SET seq = excluded.seq, updated_at_us = excluded.updated_at_us",
-            )
-            .bind(sink.as_str())
-            .bind(*seq)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        for (sink, op) in &batch.sink_ops {
+            write_sink_op(&mut tx, sink, op, now).await?;
         }
 
         if let Some(until) = batch.verified {

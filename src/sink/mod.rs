@@ -7,16 +7,23 @@
 //! after the target has durably accepted the events.
 
 pub mod file;
+pub mod retry;
 pub mod stdout;
+pub mod webhook;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use self::retry::{OnFailure, RetrySchedule, Verdict};
+use self::webhook::WebhookTarget;
 
 use crate::config::{SinkConfig, SinkKind};
 use crate::event::{StoredEvent, now_us};
 use crate::metrics::Counters;
-use crate::store::{Head, Store, StoreError, WriterHandle};
+use crate::store::{Head, SinkOp, Store, StoreError, WriterHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -29,6 +36,8 @@ pub enum SinkError {
     Corrupt { sink: String, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Where a sink writes.
@@ -56,6 +65,7 @@ impl Target {
                     })?,
             ),
             SinkKind::Stdout => Target::Stdout(stdout::StdoutTarget::new(config.format)),
+            SinkKind::Webhook => unreachable!("webhooks deliver one event at a time"),
         })
     }
 
@@ -78,11 +88,15 @@ impl Target {
 /// Everything a sink task needs.
 pub struct SinkTask {
     pub config: SinkConfig,
+    /// The sink's position in the config (for error messages naming keys).
+    pub index: usize,
     pub store: Store,
     pub writer: WriterHandle,
     pub head: watch::Receiver<Head>,
     pub source_uri: String,
     pub counters: Arc<Counters>,
+    /// Cancelled at shutdown: a sink then stops at its first retry wait.
+    pub shutdown: CancellationToken,
 }
 
 /// Decides where a sink resumes from its stored cursor and what its target
@@ -95,9 +109,67 @@ pub fn resume_point(cursor: i64, target_last: Option<i64>) -> i64 {
     }
 }
 
+/// How often an idle sink looks for operator requests (replay, dlq retry).
+const REQUEST_POLL: Duration = Duration::from_secs(1);
+
+/// What became of one event at a webhook.
+enum Outcome {
+    Delivered,
+    DeadLettered(SinkOp),
+    Disabled(String),
+    /// Shutdown came while the event waited for a retry.
+    Stopped,
+}
+
 impl SinkTask {
     /// Delivers until ingest has closed and this sink has caught up with the head.
-    pub async fn run(mut self) -> Result<i64, SinkError> {
+    pub async fn run(self) -> Result<i64, SinkError> {
+        match self.config.kind {
+            SinkKind::Webhook => self.run_webhook().await,
+            SinkKind::File | SinkKind::Stdout => self.run_batches().await,
+        }
+    }
+
+    /// Waits for newly released events (or an operator request); false once
+    /// ingest has closed and the sink is at the head.
+    async fn wait_for_more(&mut self, cursor: i64) -> bool {
+        let head = *self.head.borrow_and_update();
+        if cursor < head.seq {
+            return true;
+        }
+        if head.closed {
+            return false;
+        }
+        tokio::select! {
+            changed = self.head.changed() => changed.is_ok(),
+            _ = tokio::time::sleep(REQUEST_POLL) => true,
+        }
+    }
+
+    /// Applies a pending `gapless replay` to `cursor`.
+    async fn apply_replay(&self, cursor: &mut i64) -> Result<(), SinkError> {
+        if let Some(from) = self.store.replay_request(&self.config.name).await? {
+            *cursor = (from - 1).max(0);
+            tracing::info!(sink = %self.config.name, from_seq = from, "replay requested: delivering again");
+            self.writer
+                .sink_ops(
+                    &self.config.name,
+                    vec![SinkOp::Cursor(*cursor), SinkOp::ReplayApplied],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn delivered(&self, n: u64) {
+        Counters::add(&self.counters.delivered, n);
+        self.counters
+            .last_delivered_us
+            .store(now_us(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// File and stdout: whole batches, one cursor commit per batch.
+    async fn run_batches(mut self) -> Result<i64, SinkError> {
         let name = self.config.name.clone();
         let mut target = Target::open(&self.config).await?;
         let stored = self.store.cursor(&name).await?;
@@ -116,6 +188,7 @@ impl SinkTask {
         }
         tracing::info!(sink = %name, cursor, "sink started");
         loop {
+            self.apply_replay(&mut cursor).await?;
             let events = self.store.released_after(cursor, self.config.batch).await?;
             if let Some(last) = events.last() {
                 target
@@ -127,25 +200,165 @@ impl SinkTask {
                     })?;
                 cursor = last.seq;
                 self.writer.commit_cursor(&name, cursor).await?;
-                Counters::add(&self.counters.delivered, events.len() as u64);
-                self.counters
-                    .last_delivered_us
-                    .store(now_us(), std::sync::atomic::Ordering::Relaxed);
+                self.delivered(events.len() as u64);
                 continue;
             }
-            let head = *self.head.borrow_and_update();
-            if cursor < head.seq {
-                continue;
-            }
-            if head.closed {
-                break;
-            }
-            if self.head.changed().await.is_err() {
+            if !self.wait_for_more(cursor).await {
                 break;
             }
         }
         tracing::info!(sink = %name, cursor, "sink drained");
         Ok(cursor)
+    }
+
+    /// Webhook: one event at a time, strictly in `seq` order, each retried
+    /// until it is delivered, dead-lettered or the endpoint is gone.
+    async fn run_webhook(mut self) -> Result<i64, SinkError> {
+        let name = self.config.name.clone();
+        let target = WebhookTarget::new(
+            self.config
+                .url
+                .as_deref()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e| SinkError::Corrupt {
+                    sink: name.clone(),
+                    message: format!("url: {e}"),
+                })?,
+            self.config.secret(self.index)?,
+            self.config.timeout.0,
+            &self.config.headers,
+        )
+        .map_err(|e| SinkError::Corrupt {
+            sink: name.clone(),
+            message: e.to_string(),
+        })?;
+        let schedule = self
+            .config
+            .retry_schedule
+            .as_ref()
+            .map(|s| RetrySchedule(s.iter().map(|d| d.0).collect()))
+            .unwrap_or_default();
+        let mut cursor = self.store.cursor(&name).await?;
+        tracing::info!(sink = %name, cursor, url = %self.config.url.as_deref().unwrap_or_default(), "sink started");
+        'outer: loop {
+            self.apply_replay(&mut cursor).await?;
+            if let Some(reason) = self.store.sink_disabled(&name).await? {
+                tracing::debug!(sink = %name, %reason, "sink disabled; waiting for a replay");
+                tokio::select! {
+                    _ = tokio::time::sleep(REQUEST_POLL) => continue,
+                    _ = self.shutdown.cancelled() => break,
+                }
+            }
+            self.retry_dead_letters(&target).await?;
+            let events = self.store.released_after(cursor, self.config.batch).await?;
+            if events.is_empty() {
+                if !self.wait_for_more(cursor).await {
+                    break;
+                }
+                continue;
+            }
+            for event in events {
+                let ops = match self.deliver(&target, &schedule, &event).await {
+                    Outcome::Delivered => vec![SinkOp::Cursor(event.seq)],
+                    Outcome::DeadLettered(op) => {
+                        Counters::add(&self.counters.dead_letters, 1);
+                        vec![op, SinkOp::Cursor(event.seq)]
+                    }
+                    Outcome::Disabled(reason) => {
+                        tracing::error!(sink = %name, seq = event.seq, %reason,
+                            "the endpoint is gone (410): sink disabled; fix it, then `gapless replay --sink` re-enables it");
+                        self.writer
+                            .sink_ops(&name, vec![SinkOp::Disable(reason)])
+                            .await?;
+                        continue 'outer;
+                    }
+                    Outcome::Stopped => break 'outer,
+                };
+                self.writer.sink_ops(&name, ops).await?;
+                cursor = event.seq;
+                self.delivered(1);
+            }
+        }
+        tracing::info!(sink = %name, cursor, "sink stopped");
+        Ok(cursor)
+    }
+
+    /// Tries one event until it is settled; waits between attempts on the
+    /// retry schedule (honouring `Retry-After`).
+    async fn deliver(
+        &self,
+        target: &WebhookTarget,
+        schedule: &RetrySchedule,
+        event: &StoredEvent,
+    ) -> Outcome {
+        let name = &self.config.name;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (retry_after, reason) = match target.post(event, &self.source_uri).await {
+                Verdict::Delivered => {
+                    if attempt > 1 {
+                        tracing::info!(sink = %name, seq = event.seq, attempts = attempt, "delivered after retries; sink unblocked");
+                    }
+                    return Outcome::Delivered;
+                }
+                Verdict::Gone => {
+                    return Outcome::Disabled(format!("HTTP 410 Gone at seq {}", event.seq));
+                }
+                Verdict::Refused { status, reason } => match self.config.on_failure {
+                    OnFailure::DeadLetter => {
+                        tracing::warn!(sink = %name, seq = event.seq, status, "refused by the endpoint; dead-lettered");
+                        return Outcome::DeadLettered(SinkOp::DeadLetter {
+                            seq: event.seq,
+                            event_id: event.id.clone(),
+                            attempts: attempt,
+                            status: Some(status),
+                            error: reason,
+                        });
+                    }
+                    OnFailure::Block => (None, format!("{reason} (on_failure = block)")),
+                },
+                Verdict::Retry {
+                    retry_after,
+                    reason,
+                } => (retry_after, reason),
+            };
+            Counters::add(&self.counters.retries, 1);
+            let delay = schedule.delay(attempt, retry_after, rand::random());
+            tracing::warn!(sink = %name, seq = event.seq, attempt, %reason, retry_in = ?delay,
+                "delivery failed; the sink is blocked until it succeeds");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.cancelled() => return Outcome::Stopped,
+            }
+        }
+    }
+
+    /// Delivers the dead letters an operator marked for retry (one attempt each).
+    async fn retry_dead_letters(&self, target: &WebhookTarget) -> Result<(), SinkError> {
+        let name = &self.config.name;
+        for dl in self.store.dead_letters(name, true).await? {
+            let Some(event) = self.store.event_at(dl.seq).await? else {
+                self.writer
+                    .sink_ops(name, vec![SinkOp::DeadLetterDelivered(dl.seq)])
+                    .await?;
+                continue;
+            };
+            let op = match target.post(&event, &self.source_uri).await {
+                Verdict::Delivered => {
+                    tracing::info!(sink = %name, seq = dl.seq, "dead letter delivered");
+                    self.delivered(1);
+                    SinkOp::DeadLetterDelivered(dl.seq)
+                }
+                other => SinkOp::DeadLetterFailed {
+                    seq: dl.seq,
+                    error: format!("{other:?}"),
+                },
+            };
+            self.writer.sink_ops(name, vec![op]).await?;
+        }
+        Ok(())
     }
 }
 

@@ -8,3 +8,4 @@ mod ingest;
 mod poll;
 mod support;
 mod tls;
+mod webhook;

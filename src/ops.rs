@@ -1,0 +1,131 @@
+//! Operator commands over the store: `tail`, `replay`, `dlq`.
+//!
+//! They work whether or not the daemon runs: reads go through SQLite's WAL
+//! beside the daemon, and changes are requests (`sink_requests`, the
+//! `retry` mark of a dead letter) that the daemon's sink applies — at once
+//! when it runs, at its next start otherwise — so the CLI never races the
+//! sink for its cursor.
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no sink named `{0}` in the config (sinks: {1})")]
+    UnknownSink(String, String),
+    #[error("--from-seq must be at least 1")]
+    BadSeq,
+    #[error("writing output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Checks that `sink` is configured.
+pub fn check_sink(config: &Config, sink: &str) -> Result<(), OpsError> {
+    if config.sinks.iter().any(|s| s.name == sink) {
+        return Ok(());
+    }
+    let names: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
+    Err(OpsError::UnknownSink(sink.to_string(), names.join(", ")))
+}
+
+/// Prints the released stream from `from_seq` as CloudEvents JSON lines;
+/// with `follow`, keeps printing new events until interrupted.
+pub async fn tail(
+    config: &Config,
+    from_seq: i64,
+    follow: bool,
+    out: &mut impl Write,
+) -> Result<(), OpsError> {
+    if from_seq < 1 {
+        return Err(OpsError::BadSeq);
+    }
+    let store = Store::open(&config.store).await?;
+    let mut cursor = from_seq - 1;
+    loop {
+        let events = store.released_after(cursor, 1000).await?;
+        for e in &events {
+            writeln!(out, "{}", e.to_cloudevent(config.source.uri()))?;
+        }
+        out.flush()?;
+        match events.last() {
+            Some(last) => cursor = last.seq,
+            None if follow => tokio::time::sleep(Duration::from_millis(250)).await,
+            None => break,
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// Asks `sink` to deliver again from `from_seq` (and re-enables it if disabled).
+pub async fn replay(config: &Config, sink: &str, from_seq: i64) -> Result<(), OpsError> {
+    check_sink(config, sink)?;
+    if from_seq < 1 {
+        return Err(OpsError::BadSeq);
+    }
+    let store = Store::open(&config.store).await?;
+    store.request_replay(sink, from_seq).await?;
+    store.close().await;
+    Ok(())
+}
+
+/// What `gapless dlq` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DlqAction {
+    List,
+    Retry,
+    Purge,
+}
+
+/// Lists, retries or purges a sink's dead letters; prints what it did.
+pub async fn dlq(
+    config: &Config,
+    sink: &str,
+    action: DlqAction,
+    out: &mut impl Write,
+) -> Result<(), OpsError> {
+    check_sink(config, sink)?;
+    let store = Store::open(&config.store).await?;
+    match action {
+        DlqAction::List => {
+            let letters = store.dead_letters(sink, false).await?;
+            writeln!(
+                out,
+                "{:>8}  {:<36}  {:>8}  {:>6}  {:<24}  error",
+                "seq", "event id", "attempts", "status", "at"
+            )?;
+            for d in &letters {
+                writeln!(
+                    out,
+                    "{:>8}  {:<36}  {:>8}  {:>6}  {:<24}  {}{}",
+                    d.seq,
+                    d.event_id,
+                    d.attempts,
+                    d.last_status.map(|s| s.to_string()).unwrap_or_default(),
+                    crate::event::rfc3339_us(d.at_us),
+                    d.last_error,
+                    if d.retry { "  (retry requested)" } else { "" }
+                )?;
+            }
+            writeln!(out, "{} dead letter(s) for sink `{sink}`", letters.len())?;
+        }
+        DlqAction::Retry => {
+            let n = store.dlq_retry(sink).await?;
+            writeln!(
+                out,
+                "{n} dead letter(s) of sink `{sink}` marked for redelivery"
+            )?;
+        }
+        DlqAction::Purge => {
+            let n = store.dlq_purge(sink).await?;
+            writeln!(out, "{n} dead letter(s) of sink `{sink}` purged")?;
+        }
+    }
+    store.close().await;
+    Ok(())
+}

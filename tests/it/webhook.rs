@@ -1,0 +1,378 @@
+//! Webhook sinks end to end: the gapless binary, the in-process broker, and
+//! a real HTTP receiver on 127.0.0.1 whose answers each test scripts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine;
+use gapless::sim::broker::EmbeddedBroker;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::support::*;
+
+const SECRET_ENV: &str = "GAPLESS_IT_WEBHOOK_SECRET";
+/// A Standard Webhooks secret: `whsec_` + base64 of the key bytes.
+const SECRET: &str = "whsec_c2VjcmV0LWtleS1ieXRlcy1mb3ItdGVzdHM=";
+
+/// One request as the receiver saw it.
+#[derive(Clone, Debug)]
+struct Hit {
+    headers: HeaderMap,
+    body: String,
+    at_us: i64,
+}
+
+impl Hit {
+    fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+    fn seq(&self) -> u64 {
+        serde_json::from_str::<serde_json::Value>(&self.body).unwrap()["seq"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+/// Decides the answer to the n-th request (0-based): status and Retry-After.
+type Script = Box<dyn FnMut(usize, &Hit) -> (u16, Option<u64>) + Send>;
+
+/// Hold the answer to request `.0`: notify `.1` when it arrives, answer
+/// once `.2` is notified.
+type Hold = (usize, Arc<Notify>, Arc<Notify>);
+
+struct Receiver {
+    hits: Mutex<Vec<Hit>>,
+    script: Mutex<Script>,
+    hold: Mutex<Option<Hold>>,
+}
+
+async fn receive(State(rx): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> Response {
+    let hit = Hit {
+        headers,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+        at_us: gapless::event::now_us(),
+    };
+    let n = {
+        let mut hits = rx.hits.lock().unwrap();
+        hits.push(hit.clone());
+        hits.len() - 1
+    };
+    let hold = rx.hold.lock().unwrap().clone();
+    if let Some((at, arrived, release)) = hold
+        && at == n
+    {
+        arrived.notify_one();
+        release.notified().await;
+    }
+    let (status, retry_after) = (rx.script.lock().unwrap())(n, &hit);
+    let mut resp = StatusCode::from_u16(status).unwrap().into_response();
+    if let Some(s) = retry_after {
+        resp.headers_mut()
+            .insert("retry-after", HeaderValue::from(s));
+    }
+    resp
+}
+
+/// Starts a receiver on `addr` (port 0: any).
+async fn start_receiver(addr: SocketAddr, script: Script) -> (Arc<Receiver>, SocketAddr) {
+    let rx = Arc::new(Receiver {
+        hits: Mutex::new(Vec::new()),
+        script: Mutex::new(script),
+        hold: Mutex::new(None),
+    });
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route("/hook", post(receive))
+        .with_state(rx.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (rx, addr)
+}
+
+fn ok() -> Script {
+    Box::new(|_, _| (200, None))
+}
+
+/// A webhook `[[sink]]` table.
+fn webhook_sink(name: &str, addr: SocketAddr, on_failure: &str) -> String {
+    format!(
+        "[[sink]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"http://{addr}/hook\"\n\
+         secret_env = \"{SECRET_ENV}\"\non_failure = \"{on_failure}\"\ntimeout = \"2s\"\n\
+         retry_schedule = [\"200ms\", \"400ms\"]\nheaders = {{ \"X-Test\" = \"yes\" }}\n\n"
+    )
+}
+
+fn write_config(dir: &Path, broker: &EmbeddedBroker, sinks: &str) -> PathBuf {
+    let path = dir.join("gapless.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\nkind = \"vcd\"\nname = \"wh\"\n\n[mqtt]\nurl = \"{}\"\nclient_id = \"gapless-wh\"\n\n\
+             [stream]\norder = \"arrival\"\n\n{sinks}{}",
+            broker.url(),
+            store_and_file_sink(dir)
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn start(dir: &Path, broker: &EmbeddedBroker, sinks: &str) -> (Gapless, PathBuf) {
+    let config = write_config(dir, broker, sinks);
+    let mut g = Gapless::start_env(dir, &config, &[(SECRET_ENV, SECRET)]);
+    g.wait_log("subscribed", 1, Duration::from_secs(20));
+    (g, config)
+}
+
+async fn publish(broker: &EmbeddedBroker, salt: u64, n: u64) {
+    let mut p =
+        gapless::sim::publisher::Publisher::connect("127.0.0.1", broker.addr().port(), "wh-pub")
+            .await
+            .unwrap();
+    p.publish_all(event_messages(salt, 0..n), None)
+        .await
+        .unwrap();
+    p.disconnect().await;
+}
+
+async fn wait_hits(rx: &Receiver, pred: impl Fn(&[Hit]) -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !pred(&rx.hits.lock().unwrap()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The seqs delivered with a 2xx, in order of delivery.
+fn delivered(rx: &Receiver, ok_status: impl Fn(usize) -> bool) -> Vec<u64> {
+    rx.hits
+        .lock()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ok_status(*i))
+        .map(|(_, h)| h.seq())
+        .collect()
+}
+
+/// HMAC-SHA256 written out from its definition (RFC 2104), independent of
+/// the `hmac` crate gapless uses.
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
+    let mut k = [0u8; 64];
+    k[..key.len()].copy_from_slice(key);
+    let (mut inner, mut outer) = (Sha256::new(), Sha256::new());
+    inner.update(k.iter().map(|b| b ^ 0x36).collect::<Vec<_>>());
+    inner.update(msg);
+    outer.update(k.iter().map(|b| b ^ 0x5c).collect::<Vec<_>>());
+    outer.update(inner.finalize());
+    outer.finalize().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_arrives_once_in_order_signed_after_the_receiver_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let port = free_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (mut gapless, _) = start(dir.path(), &broker, &webhook_sink("hook", addr, "block")).await;
+    publish(&broker, 0x3e_01, 60).await;
+    gapless.wait_log("delivery failed", 2, Duration::from_secs(20));
+    let (rx, _) = start_receiver(addr, ok()).await;
+    wait_hits(&rx, |h| h.len() >= 60, "60 deliveries").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gapless.stop();
+
+    let hits = rx.hits.lock().unwrap().clone();
+    assert_eq!(hits.len(), 60, "nothing twice");
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(SECRET.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    for (i, hit) in hits.iter().enumerate() {
+        assert_eq!(hit.seq(), i as u64 + 1, "strict seq order");
+        assert_eq!(hit.header("content-type"), "application/cloudevents+json");
+        assert_eq!(hit.header("x-test"), "yes");
+        let id = hit.header("webhook-id");
+        let body: serde_json::Value = serde_json::from_str(&hit.body).unwrap();
+        assert_eq!(body["id"], id.as_str());
+        let ts = hit.header("webhook-timestamp");
+        assert!((ts.parse::<i64>().unwrap() - hit.at_us / 1_000_000).abs() <= 5);
+        let expected = base64::engine::general_purpose::STANDARD.encode(hmac_sha256(
+            &key,
+            format!("{id}.{ts}.{}", hit.body).as_bytes(),
+        ));
+        assert_eq!(hit.header("webhook-signature"), format!("v1,{expected}"));
+    }
+    assert_exactly_once(&dir.path().join("events.jsonl"), 0x3e_01, 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_on_429_is_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let (rx, addr) = start_receiver(
+        ([127, 0, 0, 1], 0).into(),
+        Box::new(|n, _| if n == 0 { (429, Some(2)) } else { (200, None) }),
+    )
+    .await;
+    let (gapless, _) = start(dir.path(), &broker, &webhook_sink("hook", addr, "block")).await;
+    publish(&broker, 0x3e_02, 3).await;
+    wait_hits(&rx, |h| h.len() >= 4, "4 requests").await;
+    gapless.stop();
+    let hits = rx.hits.lock().unwrap().clone();
+    assert_eq!(
+        (hits[0].seq(), hits[1].seq()),
+        (1, 1),
+        "the refused event is retried first"
+    );
+    let waited = Duration::from_micros((hits[1].at_us - hits[0].at_us) as u64);
+    assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
+    assert_eq!(delivered(&rx, |i| i > 0), vec![1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_is_dead_lettered_and_dlq_retry_delivers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let r = refuse.clone();
+    let (rx, addr) = start_receiver(
+        ([127, 0, 0, 1], 0).into(),
+        Box::new(move |_, hit| {
+            if hit.seq() == 2 && r.load(std::sync::atomic::Ordering::SeqCst) {
+                (400, None)
+            } else {
+                (200, None)
+            }
+        }),
+    )
+    .await;
+    let (gapless, config) = start(
+        dir.path(),
+        &broker,
+        &webhook_sink("hook", addr, "dead-letter"),
+    )
+    .await;
+    publish(&broker, 0x3e_03, 5).await;
+    wait_hits(&rx, |h| h.len() >= 5, "5 requests").await;
+    assert_eq!(
+        delivered(&rx, |i| i != 1),
+        vec![1, 3, 4, 5],
+        "the stream went on past the refused event"
+    );
+
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gapless"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .args(["--sink", "hook"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let list = cli(&["dlq", "list"]);
+    assert!(
+        list.contains("1 dead letter(s)") && list.contains(" 400 "),
+        "{list}"
+    );
+    refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(cli(&["dlq", "retry"]).contains("1 dead letter(s)"));
+    wait_hits(&rx, |h| h.len() >= 6, "the dead letter's redelivery").await;
+    assert_eq!(rx.hits.lock().unwrap()[5].seq(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(cli(&["dlq", "list"]).contains("0 dead letter(s)"));
+    let summary = gapless.stop();
+    assert_eq!(summary["counters"]["dead_letters"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_sink_and_other_sinks_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let (gone, gone_addr) =
+        start_receiver(([127, 0, 0, 1], 0).into(), Box::new(|_, _| (410, None))).await;
+    let (failing, failing_addr) =
+        start_receiver(([127, 0, 0, 1], 0).into(), Box::new(|_, _| (503, None))).await;
+    let (fine, fine_addr) = start_receiver(([127, 0, 0, 1], 0).into(), ok()).await;
+    let sinks = format!(
+        "{}{}{}",
+        webhook_sink("gone", gone_addr, "block"),
+        webhook_sink("failing", failing_addr, "block"),
+        webhook_sink("fine", fine_addr, "block")
+    );
+    let (mut gapless, _) = start(dir.path(), &broker, &sinks).await;
+    publish(&broker, 0x3e_04, 200).await;
+    wait_hits(
+        &fine,
+        |h| h.len() >= 200,
+        "200 deliveries to the healthy sink",
+    )
+    .await;
+    gapless.wait_log("sink disabled", 1, Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        gone.hits.lock().unwrap().len(),
+        1,
+        "a disabled sink sends nothing more"
+    );
+    assert!(
+        failing.hits.lock().unwrap().iter().all(|h| h.seq() == 1),
+        "the failing sink retries its first event"
+    );
+    assert!(failing.hits.lock().unwrap().len() >= 2);
+    gapless.stop();
+    assert_eq!(delivered(&fine, |_| true), (1..=200).collect::<Vec<_>>());
+    assert_exactly_once(&dir.path().join("events.jsonl"), 0x3e_04, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_post_and_cursor_commit_resends_with_the_same_webhook_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let (rx, addr) = start_receiver(([127, 0, 0, 1], 0).into(), ok()).await;
+    let (arrived, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    *rx.hold.lock().unwrap() = Some((2, arrived.clone(), release.clone()));
+    let (gapless, config) = start(dir.path(), &broker, &webhook_sink("hook", addr, "block")).await;
+    publish(&broker, 0x3e_05, 5).await;
+    arrived.notified().await;
+    gapless.kill();
+    release.notify_one();
+    let held = rx.hits.lock().unwrap()[2].clone();
+    assert_eq!(held.seq(), 3);
+
+    let mut restarted = Gapless::start_env(dir.path(), &config, &[(SECRET_ENV, SECRET)]);
+    restarted.wait_log("subscribed", 1, Duration::from_secs(20));
+    wait_hits(&rx, |h| h.len() >= 6, "the re-sent event and the rest").await;
+    restarted.stop();
+    let hits = rx.hits.lock().unwrap().clone();
+    assert_eq!(
+        hits[3].seq(),
+        3,
+        "the unacknowledged event is sent again first"
+    );
+    assert_eq!(hits[3].header("webhook-id"), held.header("webhook-id"));
+    assert_eq!(
+        hits.iter().skip(3).map(Hit::seq).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+}
