@@ -351,6 +351,22 @@ impl WriterHandle {
 
     /// Durably applies a sink's writes, in one transaction.
     pub async fn sink_ops(&self, sink: &str, ops: Vec<SinkOp>) -> Result<(), StoreError> {
+        self.sink_ops_queued(sink, ops)
+            .await?
+            .await
+            .map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Queues a sink's writes without waiting for their commit; the returned
+    /// receiver fires once they are durable. Writes of one sink commit in
+    /// the order queued, and the writer folds many into one transaction,
+    /// which is what lets a webhook sink deliver faster than one commit per
+    /// event.
+    pub async fn sink_ops_queued(
+        &self,
+        sink: &str,
+        ops: Vec<SinkOp>,
+    ) -> Result<oneshot::Receiver<()>, StoreError> {
         let (done, wait) = oneshot::channel();
         self.ctrl
             .send(Control::Sink {
@@ -360,7 +376,7 @@ impl WriterHandle {
             })
             .await
             .map_err(|_| StoreError::WriterGone)?;
-        wait.await.map_err(|_| StoreError::WriterGone)
+        Ok(wait)
     }
 }
 
@@ -395,8 +411,12 @@ impl StreamSettings {
     }
 }
 
-/// How often the writer re-evaluates the event-time watermark when idle.
-const RELEASE_TICK: Duration = Duration::from_millis(50);
+/// How often the writer re-evaluates the event-time watermark when idle: a
+/// tenth of `settle`, between 5 ms and 50 ms, so release latency stays
+/// close to `settle`.
+fn release_tick(settle_us: i64) -> Duration {
+    Duration::from_micros((settle_us / 10).clamp(5_000, 50_000) as u64)
+}
 
 /// The single writer task's state.
 pub struct Writer {
@@ -586,7 +606,7 @@ impl Writer {
     pub async fn run(mut self) -> Result<(), StoreError> {
         let mut ingest_open = true;
         let mut ctrl_open = true;
-        let mut tick = tokio::time::interval(RELEASE_TICK);
+        let mut tick = tokio::time::interval(release_tick(self.stream.rule.settle_us));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ticking = self.stream.order == Order::EventTime;
         while ingest_open || ctrl_open {

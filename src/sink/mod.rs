@@ -240,6 +240,9 @@ impl SinkTask {
             .map(|s| RetrySchedule(s.iter().map(|d| d.0).collect()))
             .unwrap_or_default();
         let mut cursor = self.store.cursor(&name).await?;
+        // The last queued cursor commit; awaited before the sink stops. A
+        // crash before it commits re-sends those events (same webhook-id).
+        let mut committing = None;
         tracing::info!(sink = %name, cursor, url = %self.config.url.as_deref().unwrap_or_default(), "sink started");
         'outer: loop {
             self.apply_replay(&mut cursor).await?;
@@ -275,10 +278,13 @@ impl SinkTask {
                     }
                     Outcome::Stopped => break 'outer,
                 };
-                self.writer.sink_ops(&name, ops).await?;
+                committing = Some(self.writer.sink_ops_queued(&name, ops).await?);
                 cursor = event.seq;
                 self.delivered(1);
             }
+        }
+        if let Some(done) = committing {
+            done.await.map_err(|_| StoreError::WriterGone)?;
         }
         tracing::info!(sink = %name, cursor, "sink stopped");
         Ok(cursor)
