@@ -106,8 +106,7 @@ async fn run(
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
-    let out = log.lock().unwrap().clone();
-    out
+    log.lock().unwrap().clone()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -365,14 +365,27 @@ async fn killed_between_post_and_cursor_commit_resends_with_the_same_webhook_id(
     wait_hits(&rx, |h| h.len() >= 6, "the re-sent event and the rest").await;
     restarted.stop();
     let hits = rx.hits.lock().unwrap().clone();
-    assert_eq!(
-        hits[3].seq(),
-        3,
-        "the unacknowledged event is sent again first"
+    // After the restart delivery resumes at or before the unacknowledged
+    // event (cursor commits are pipelined, so the last delivered ones may
+    // come again too), runs on without a gap, and every event sent twice
+    // carries its original webhook-id.
+    let resent: Vec<u64> = hits.iter().skip(3).map(Hit::seq).collect();
+    let from = resent[0];
+    assert!(
+        from <= 3,
+        "delivery resumed after the unacknowledged event: {resent:?}"
     );
-    assert_eq!(hits[3].header("webhook-id"), held.header("webhook-id"));
+    assert_eq!(resent, (from..=5).collect::<Vec<_>>());
+    for hit in hits.iter().skip(3) {
+        let first = hits.iter().find(|h| h.seq() == hit.seq()).unwrap();
+        assert_eq!(hit.header("webhook-id"), first.header("webhook-id"));
+    }
     assert_eq!(
-        hits.iter().skip(3).map(Hit::seq).collect::<Vec<_>>(),
-        vec![3, 4, 5]
+        held.header("webhook-id"),
+        hits.iter()
+            .skip(3)
+            .find(|h| h.seq() == 3)
+            .unwrap()
+            .header("webhook-id")
     );
 }
