@@ -389,3 +389,47 @@ async fn killed_between_post_and_cursor_commit_resends_with_the_same_webhook_id(
             .header("webhook-id")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_while_running_redelivers_and_tail_prints_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let (rx, addr) = start_receiver(([127, 0, 0, 1], 0).into(), ok()).await;
+    let (gapless, config) = start(dir.path(), &broker, &webhook_sink("hook", addr, "block")).await;
+    publish(&broker, 0x3e_06, 5).await;
+    wait_hits(&rx, |h| h.len() >= 5, "5 deliveries").await;
+
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gapless"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["replay", "--sink", "hook", "--from-seq", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_hits(&rx, |h| h.len() >= 9, "the replayed events").await;
+    assert_eq!(delivered(&rx, |_| true), vec![1, 2, 3, 4, 5, 2, 3, 4, 5]);
+
+    let out = cli(&["replay", "--sink", "nope", "--from-seq", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+
+    let out = cli(&["tail", "--from-seq", "4"]);
+    let seqs: Vec<u64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, vec![4, 5]);
+    gapless.stop();
+}
