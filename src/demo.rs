@@ -1,12 +1,18 @@
-//! `gapless demo`: the whole pipeline on embedded parts, checked against its
-//! own ground truth.
+//! `gapless demo`: the whole pipeline on embedded parts, with MQTT losing
+//! events and the poller filling the gaps, checked against ground truth.
 //!
-//! Starts the in-process broker, runs the real pipeline (the same
-//! [`crate::app::run`] as the daemon) with a stdout and a file sink,
-//! publishes sample VCD envelopes with duplicates and noise, and verifies
-//! the file: every unique event exactly once, `seq` 1..N without a hole.
+//! Starts the VCD simulator and the in-process broker (which, like VCD,
+//! admits only current session tokens), runs the real pipeline (the same
+//! [`crate::app::run`] as the daemon: MQTT source, poller on a fast
+//! schedule, event-time stream, a compact stdout sink and a file sink), lets
+//! the simulator generate events while it drops and duplicates some of its
+//! MQTT messages, adds noise (a `TASK` envelope, broken JSON, an oversized
+//! body), and checks the file: every event the simulator created exactly
+//! once, `seq` 1..N without a hole, and everything not flagged late in
+//! (time, id) order.
 
 use std::collections::HashSet;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -17,9 +23,10 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{self, RunOptions, RunReport};
 use crate::config::Config;
 use crate::metrics::Counters;
-use crate::sim::broker::EmbeddedBroker;
-use crate::sim::events::{self, Noise};
+use crate::sim::broker::{EmbeddedBroker, TokenAuth};
+use crate::sim::events::Noise;
 use crate::sim::publisher::Publisher;
+use crate::sim::vcd::{SimConfig, VcdSim};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -31,19 +38,21 @@ pub enum DemoError {
     App(#[from] app::AppError),
     #[error("demo: {0}")]
     Io(#[from] std::io::Error),
-    #[error("demo: the pipeline did not take all messages within {0:?}")]
+    #[error("demo: the pipeline did not deliver everything within {0:?}")]
     Stalled(Duration),
 }
 
-/// What the demo publishes.
+/// What the demo generates.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
-    /// Unique events.
+    /// Events the simulator creates.
     pub events: u64,
-    /// Share of events published a second time (QoS 1 redelivery stand-in).
-    pub dup_rate: f64,
-    /// Publish rate in messages per second (`None`: as fast as possible).
+    /// Events per second (`None`: all at once).
     pub rate: Option<f64>,
+    /// Share of MQTT messages the simulator drops.
+    pub drop_rate: f64,
+    /// Share of MQTT messages it sends twice.
+    pub dup_rate: f64,
     /// Where the store and the file go; `None`: a temporary directory.
     pub dir: Option<PathBuf>,
     /// Print every event on stdout (compact lines).
@@ -53,37 +62,50 @@ pub struct DemoOptions {
 impl Default for DemoOptions {
     fn default() -> Self {
         DemoOptions {
-            events: 300,
-            dup_rate: 0.1,
-            rate: Some(100.0),
+            events: 3000,
+            rate: Some(150.0),
+            drop_rate: 0.2,
+            dup_rate: 0.05,
             dir: None,
             show_events: true,
         }
     }
 }
 
-/// The demo's result, checked against the ground truth.
+/// The demo's result, checked against the simulator's ground truth.
 #[derive(Debug)]
 pub struct DemoOutcome {
-    pub published: usize,
-    pub unique: u64,
-    pub duplicates_sent: u64,
+    pub created: u64,
+    pub mqtt_sent: u64,
+    pub mqtt_dropped: u64,
     pub noise_rejected: u64,
     pub noise_skipped: u64,
     pub report: RunReport,
     pub file: PathBuf,
-    pub file_lines: usize,
-    pub missing: usize,
-    pub repeated: usize,
-    pub seq_ok: bool,
+    pub check: Check,
     pub elapsed: Duration,
+}
+
+/// The file compared with the ground truth.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Check {
+    pub lines: usize,
+    pub missing: usize,
+    pub duplicated: usize,
+    /// `seq` is 1..N with no hole.
+    pub seq_ok: bool,
+    /// Events not flagged late are in (time, id) order.
+    pub order_ok: bool,
+    pub late: usize,
 }
 
 impl DemoOutcome {
     pub fn passed(&self) -> bool {
-        self.missing == 0
-            && self.repeated == 0
-            && self.seq_ok
+        let c = &self.check;
+        c.missing == 0
+            && c.duplicated == 0
+            && c.seq_ok
+            && c.order_ok
             && self.report.failure.is_none()
             && self.report.counters.rejected == self.noise_rejected
             && self.report.counters.skipped == self.noise_skipped
@@ -92,32 +114,43 @@ impl DemoOutcome {
     /// The closing summary table.
     pub fn summary(&self) -> String {
         let c = &self.report.counters;
-        let row = |k: &str, v: String| format!("  {k:<28} {v}\n");
+        let k = &self.check;
+        let rows: Vec<(&str, String)> = vec![
+            ("events created (simulator)", self.created.to_string()),
+            ("MQTT messages sent", self.mqtt_sent.to_string()),
+            ("  dropped on MQTT", self.mqtt_dropped.to_string()),
+            (
+                "  noise (rejected / skipped)",
+                format!("{} / {}", self.noise_rejected, self.noise_skipped),
+            ),
+            ("received over MQTT", c.received.to_string()),
+            ("recovered by the poller", c.recovered.to_string()),
+            ("MQTT duplicates dropped", c.duplicates.to_string()),
+            ("poll overlap (already stored)", c.poll_known.to_string()),
+            ("stored", c.stored.to_string()),
+            ("released late", c.late.to_string()),
+            ("delivered (all sinks)", c.delivered.to_string()),
+            (
+                "poll runs / logins",
+                format!("{} / {}", c.poll_runs, c.logins),
+            ),
+            (
+                "file",
+                format!("{} ({} lines)", self.file.display(), k.lines),
+            ),
+            ("check: missing", k.missing.to_string()),
+            ("check: duplicated", k.duplicated.to_string()),
+            ("check: seq 1..N, no hole", ok(k.seq_ok)),
+            (
+                "check: order (time, id)",
+                format!("{} ({} late)", ok(k.order_ok), k.late),
+            ),
+            ("elapsed", format!("{:.1?}", self.elapsed)),
+        ];
         let mut s = String::from("\ngapless demo — summary\n");
-        s += &row("messages published", self.published.to_string());
-        s += &row("  unique events", self.unique.to_string());
-        s += &row("  duplicates", self.duplicates_sent.to_string());
-        s += &row(
-            "  noise (reject / skip)",
-            format!("{} / {}", self.noise_rejected, self.noise_skipped),
-        );
-        s += &row("received by gapless", c.received.to_string());
-        s += &row("stored (new events)", c.stored.to_string());
-        s += &row("duplicates dropped", c.duplicates.to_string());
-        s += &row("rejected (kept in store)", c.rejected.to_string());
-        s += &row("skipped (not events)", c.skipped.to_string());
-        s += &row("delivered (all sinks)", c.delivered.to_string());
-        s += &row(
-            "file",
-            format!("{} ({} lines)", self.file.display(), self.file_lines),
-        );
-        s += &row("check: missing", self.missing.to_string());
-        s += &row("check: duplicated", self.repeated.to_string());
-        s += &row(
-            "check: seq 1..N, no hole",
-            if self.seq_ok { "ok" } else { "FAILED" }.into(),
-        );
-        s += &row("elapsed", format!("{:.2?}", self.elapsed));
+        for (key, value) in rows {
+            s += &format!("  {key:<30} {value}\n");
+        }
         s += &format!(
             "  result: {}\n",
             if self.passed() { "PASS" } else { "FAIL" }
@@ -126,7 +159,11 @@ impl DemoOutcome {
     }
 }
 
-fn demo_config(broker_url: &str, dir: &Path, show_events: bool) -> Config {
+fn ok(b: bool) -> String {
+    if b { "ok" } else { "FAILED" }.into()
+}
+
+fn demo_config(sim: &VcdSim, broker: &EmbeddedBroker, dir: &Path, show_events: bool) -> Config {
     let stdout_sink = if show_events {
         "[[sink]]\nname = \"console\"\nkind = \"stdout\"\nformat = \"compact\"\n"
     } else {
@@ -138,12 +175,26 @@ fn demo_config(broker_url: &str, dir: &Path, show_events: bool) -> Config {
 kind = "vcd"
 name = "demo"
 uri = "urn:gapless:demo"
+url = "{url}"
+org = "{org}"
+user = "{user}"
+password_file = "{password}"
 
 [mqtt]
-url = "{broker_url}"
-topics = ["publish/#"]
+url = "{broker}"
 client_id = "gapless-demo"
-max_packet_size = "1MiB"
+reconnect_max = "1s"
+
+[poll]
+schedule = "*/2 * * * * *"
+overlap = "30s"
+visibility_lag = "1s"
+initial_lookback = "10s"
+
+[stream]
+order = "event-time"
+release = "live"
+settle = "4s"
 
 [store]
 path = "{store}"
@@ -155,53 +206,61 @@ name = "file"
 kind = "file"
 path = "{file}"
 "#,
+        url = sim.url(),
+        org = sim.config().org,
+        user = sim.config().user,
+        password = dir.join("vcd-password").display(),
+        broker = broker.url(),
         store = dir.join("demo.db").display(),
         file = dir.join("events.jsonl").display(),
     );
+    std::fs::write(dir.join("vcd-password"), &sim.config().password).expect("demo dir is writable");
     Config::parse(&text).expect("the demo config is valid")
 }
 
-/// The messages to publish: events (some twice) interleaved with noise.
-fn traffic(salt: u64, opts: &DemoOptions) -> (Vec<(String, Vec<u8>)>, u64, u64, u64) {
-    let mut out = Vec::new();
-    let base_us = crate::event::now_us() - 60_000_000;
-    let dup_every = if opts.dup_rate > 0.0 {
-        (1.0 / opts.dup_rate).round() as u64
-    } else {
-        0
-    };
-    let (mut dups, mut rejected, mut skipped) = (0, 0, 0);
-    let noise = [
-        Noise::Task,
-        Noise::BrokenJson,
-        Noise::MissingId,
-        Noise::Oversized(2 << 20),
-    ];
-    for i in 0..opts.events {
-        let ev = events::audit_event(salt, i, base_us + i as i64 * 1000);
-        let body = events::envelope(&ev);
-        out.push((events::topic(salt, i), body.clone()));
-        if dup_every > 0 && i % dup_every == dup_every - 1 {
-            out.push((events::topic(salt, i), body));
-            dups += 1;
-        }
-        if i % 25 == 12 {
-            let n = noise[(i / 25) as usize % noise.len()];
-            out.push((events::topic(salt, i), n.body(i)));
-            if n.is_rejected() {
-                rejected += 1;
-            } else {
-                skipped += 1;
-            }
+/// The live progress line on stderr: redrawn in place on a terminal, a
+/// plain line every few seconds otherwise (logs, CI).
+struct Progress {
+    tty: bool,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            last: None,
         }
     }
-    (out, dups, rejected, skipped)
+
+    fn show(&mut self, created: u64, c: &Counters, last: bool) {
+        if !self.tty
+            && !last
+            && self
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(3))
+        {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let s = c.snapshot();
+        let line = format!(
+            "created {created} | via MQTT {} | recovered by poll {} | duplicates dropped {} | delivered {}",
+            s.received, s.recovered, s.duplicates, s.delivered
+        );
+        let mut err = std::io::stderr().lock();
+        let _ = match (self.tty, last) {
+            (true, false) => write!(err, "\r\x1b[2K{line}"),
+            (true, true) => writeln!(err, "\r\x1b[2K{line}"),
+            (false, _) => writeln!(err, "{line}"),
+        };
+        let _ = err.flush();
+    }
 }
 
 /// Runs the demo; the outcome says whether the check passed.
 pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, DemoError> {
     let started = Instant::now();
-    let broker = EmbeddedBroker::start().await?;
     let tmp = match &opts.dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
@@ -209,12 +268,22 @@ pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, DemoError> {
         }
         None => Some(tempfile::Builder::new().prefix("gapless-demo-").tempdir()?),
     };
-    let dir = match (&opts.dir, &tmp) {
-        (Some(d), _) => d.clone(),
-        (None, Some(t)) => t.path().to_path_buf(),
-        (None, None) => unreachable!("one of the two is set"),
-    };
-    let config = demo_config(&broker.url(), &dir, opts.show_events);
+    let dir = opts
+        .dir
+        .clone()
+        .unwrap_or_else(|| tmp.as_ref().expect("set above").path().to_path_buf());
+    let sim = VcdSim::start(SimConfig::default()).await?;
+    let broker = EmbeddedBroker::start_on(
+        ([127, 0, 0, 1], 0).into(),
+        Some(TokenAuth::new(sim.clone())),
+    )
+    .await?;
+    sim.connect_mqtt("127.0.0.1", broker.addr().port()).await?;
+    sim.set_faults(|f| {
+        f.mqtt_drop_rate = opts.drop_rate;
+        f.mqtt_dup_rate = opts.dup_rate;
+    });
+    let config = demo_config(&sim, &broker, &dir, opts.show_events);
     let counters = Arc::new(Counters::default());
     let shutdown = CancellationToken::new();
     let pipeline = tokio::spawn(app::run(
@@ -223,81 +292,125 @@ pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, DemoError> {
         counters.clone(),
         shutdown.clone(),
     ));
+    wait_for(|| counters.subscribed.load(Relaxed) > 0, || {}).await?;
+    let progress = std::cell::RefCell::new(Progress::new());
 
-    wait_for(|| counters.subscribed.load(Relaxed) > 0).await?;
-
-    let salt = crate::event::now_us() as u64;
-    let (messages, duplicates_sent, noise_rejected, noise_skipped) = traffic(salt, &opts);
-    let addr = broker.addr();
-    let mut publisher = Publisher::connect(
-        &addr.ip().to_string(),
-        addr.port(),
-        "gapless-demo-publisher",
+    // Noise the broker carries besides events: one of each kind.
+    let noise = [
+        Noise::Task,
+        Noise::BrokenJson,
+        Noise::MissingId,
+        Noise::Oversized(2 << 20),
+    ];
+    let mut noisy = Publisher::connect_as(
+        "127.0.0.1",
+        broker.addr().port(),
+        "demo-noise",
+        Some(("vcd-sim", "vcd-sim")),
     )
     .await?;
-    let published = publisher.publish_all(messages, opts.rate).await?;
-    publisher.disconnect().await;
+    noisy
+        .publish_all(
+            noise
+                .iter()
+                .enumerate()
+                .map(|(i, n)| ("publish/demo/noise".to_string(), n.body(i as u64))),
+            None,
+        )
+        .await?;
+    noisy.disconnect().await;
+    let noise_rejected = noise.iter().filter(|n| n.is_rejected()).count() as u64;
+    let noise_skipped = noise.len() as u64 - noise_rejected;
 
-    let sinks = if opts.show_events { 2 } else { 1 };
-    wait_for(|| {
-        let c = counters.snapshot();
-        c.received as usize >= published && c.delivered >= opts.events * sinks
-    })
+    // Generate in 100 ms steps at the requested rate.
+    let mut created = 0u64;
+    let step = Duration::from_millis(100);
+    let per_step = opts
+        .rate
+        .map_or(opts.events, |r| ((r / 10.0).ceil() as u64).max(1));
+    let mut next = Instant::now();
+    while created < opts.events {
+        let n = per_step.min(opts.events - created);
+        sim.create_events(n).await?;
+        created += n;
+        progress.borrow_mut().show(created, &counters, false);
+        next += step;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    let file = dir.join("events.jsonl");
+    let wanted = opts.events as usize;
+    wait_for(
+        || count_lines(&file) >= wanted,
+        || progress.borrow_mut().show(created, &counters, false),
+    )
     .await?;
+    progress.borrow_mut().show(created, &counters, true);
     shutdown.cancel();
     let report = pipeline.await.expect("pipeline task")?;
-
-    let file = dir.join("events.jsonl");
-    let (file_lines, missing, repeated, seq_ok) = check_file(&file, salt, opts.events)?;
+    let truth: HashSet<String> = sim.ground_truth().into_iter().collect();
     Ok(DemoOutcome {
-        published,
-        unique: opts.events,
-        duplicates_sent,
+        created,
+        mqtt_sent: sim.stats().mqtt_published.load(Relaxed),
+        mqtt_dropped: sim.stats().mqtt_dropped.load(Relaxed),
         noise_rejected,
         noise_skipped,
         report,
+        check: check_file(&file, &truth)?,
         file,
-        file_lines,
-        missing,
-        repeated,
-        seq_ok,
         elapsed: started.elapsed(),
     })
 }
 
 /// How long the demo waits for the pipeline before calling it stalled.
-const STALL: Duration = Duration::from_secs(30);
+const STALL: Duration = Duration::from_secs(60);
 
-async fn wait_for(cond: impl Fn() -> bool) -> Result<(), DemoError> {
+async fn wait_for(cond: impl Fn() -> bool, tick: impl Fn()) -> Result<(), DemoError> {
     let deadline = Instant::now() + STALL;
     while !cond() {
         if Instant::now() > deadline {
             return Err(DemoError::Stalled(STALL));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tick();
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
 }
 
-/// Checks the file against the ground truth: (lines, missing, repeated, seq ok).
-fn check_file(path: &Path, salt: u64, events: u64) -> std::io::Result<(usize, usize, usize, bool)> {
+fn count_lines(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
+}
+
+/// Compares the file with the ground truth.
+pub fn check_file(path: &Path, truth: &HashSet<String>) -> std::io::Result<Check> {
     let text = std::fs::read_to_string(path)?;
     let mut seen = HashSet::new();
-    let mut repeated = 0;
-    let mut seq_ok = true;
-    let mut lines = 0;
+    let mut check = Check {
+        seq_ok: true,
+        order_ok: true,
+        ..Default::default()
+    };
+    let mut last_in_order: Option<(String, String)> = None;
     for (n, line) in text.lines().enumerate() {
-        lines += 1;
+        check.lines += 1;
         let v: serde_json::Value = serde_json::from_str(line).map_err(std::io::Error::other)?;
-        if v["seq"].as_i64() != Some(n as i64 + 1) {
-            seq_ok = false;
+        check.seq_ok &= v["seq"].as_i64() == Some(n as i64 + 1);
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        if v["late"] == true {
+            check.late += 1;
+        } else {
+            let key = (
+                v["time"].as_str().unwrap_or_default().to_string(),
+                id.clone(),
+            );
+            check.order_ok &= last_in_order.as_ref().is_none_or(|last| *last <= key);
+            last_in_order = Some(key);
         }
-        if !seen.insert(v["id"].as_str().unwrap_or_default().to_string()) {
-            repeated += 1;
+        if !seen.insert(id) {
+            check.duplicated += 1;
         }
     }
-    let missing = (0..events)
-        .filter(|i| !seen.contains(&events::event_id(salt, *i)))
-        .count();
-    Ok((lines, missing, repeated, seq_ok))
+    check.missing = truth.difference(&seen).count();
+    Ok(check)
 }

@@ -26,8 +26,9 @@ use gapless::ops;
 struct Cli {
     /// Log verbosity (error, warn, info, debug, trace) or a full filter such as
     /// "gapless=debug,rumqttc=warn". RUST_LOG wins when set.
-    #[arg(long, global = true, default_value = "info,mqtt5=warn")]
-    log_level: String,
+    /// [default: "info,mqtt5=warn"; for `demo`: "warn", to keep its progress line clean]
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
@@ -109,19 +110,24 @@ enum Command {
         #[arg(long, short, env = "GAPLESS_CONFIG")]
         config: PathBuf,
     },
-    /// Run the whole pipeline on embedded parts (an in-process MQTT broker and
-    /// sample VCD events with duplicates and noise), then check the output
-    /// against the ground truth. Needs no config and no external service.
+    /// Run the whole pipeline on embedded parts — a VCD simulator (REST +
+    /// MQTT) that drops and duplicates MQTT messages, an in-process broker —
+    /// and watch the poller fill the gaps; then check the output against the
+    /// simulator's ground truth (exit 0 only if it passes). Needs no config
+    /// and no external service.
     Demo {
-        /// Unique events to publish.
-        #[arg(long, default_value_t = 300)]
+        /// Events the simulator creates.
+        #[arg(long, default_value_t = 3000)]
         events: u64,
-        /// Share of events published twice.
-        #[arg(long, default_value_t = 0.1)]
-        dup_rate: f64,
-        /// Publish rate, messages per second (0 = as fast as possible).
-        #[arg(long, default_value_t = 100.0)]
+        /// Events per second (0 = all at once).
+        #[arg(long, default_value_t = 150.0)]
         rate: f64,
+        /// Share of MQTT messages dropped (the poller recovers them).
+        #[arg(long, default_value_t = 0.2)]
+        drop_rate: f64,
+        /// Share of MQTT messages sent twice (deduplicated).
+        #[arg(long, default_value_t = 0.05)]
+        dup_rate: f64,
         /// Keep the store and the events file in this directory instead of a
         /// temporary one.
         #[arg(long)]
@@ -235,7 +241,14 @@ async fn run_demo(opts: DemoOptions) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level, cli.log_format);
+    let default_level = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info,mqtt5=warn",
+    };
+    init_logging(
+        cli.log_level.as_deref().unwrap_or(default_level),
+        cli.log_format,
+    );
     gapless::tls::install_crypto_provider();
     if let Command::CheckConfig { config } = &cli.command {
         return match load(config) {
@@ -264,15 +277,17 @@ fn main() -> ExitCode {
             } => run(config, exit_idle, summary).await,
             Command::Demo {
                 events,
-                dup_rate,
                 rate,
+                drop_rate,
+                dup_rate,
                 keep,
                 quiet,
             } => {
                 run_demo(DemoOptions {
                     events,
-                    dup_rate,
                     rate: (rate > 0.0).then_some(rate),
+                    drop_rate,
+                    dup_rate,
                     dir: keep,
                     show_events: !quiet,
                 })

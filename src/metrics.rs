@@ -14,8 +14,10 @@ pub struct Counters {
     pub received: AtomicU64,
     /// Events newly stored (first time their id was seen).
     pub stored: AtomicU64,
-    /// Events whose id was already stored.
+    /// MQTT events whose id was already stored (QoS 1 redeliveries and copies).
     pub duplicates: AtomicU64,
+    /// Poll events already stored (the overlap, and what MQTT delivered first).
+    pub poll_known: AtomicU64,
     /// Messages refused (kept in `rejected`).
     pub rejected: AtomicU64,
     /// Well-formed messages carrying no event (e.g. VCD `TASK`).
@@ -61,6 +63,7 @@ pub struct Snapshot {
     pub received: u64,
     pub stored: u64,
     pub duplicates: u64,
+    pub poll_known: u64,
     pub rejected: u64,
     pub skipped: u64,
     pub batches: u64,
@@ -101,6 +104,7 @@ impl Counters {
             received: self.received.load(Relaxed),
             stored: self.stored.load(Relaxed),
             duplicates: self.duplicates.load(Relaxed),
+            poll_known: self.poll_known.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
             batches: self.batches.load(Relaxed),

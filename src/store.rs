@@ -763,7 +763,12 @@ impl Writer {
         let head_before = self.sequencer.head();
         let high_before = self.sequencer.high();
         let verified_before = self.verified;
-        let offered = batch.events.len() as u64;
+        let offered_poll = batch
+            .events
+            .iter()
+            .filter(|e| e.origin == Origin::Poll)
+            .count() as u64;
+        let offered_mqtt = batch.events.len() as u64 - offered_poll;
         let result = self.write(&mut batch).await;
         let (inserted, recovered) = match result {
             Ok(n) => n,
@@ -776,7 +781,11 @@ impl Writer {
         let now = now_us();
         Counters::add(&self.counters.stored, inserted);
         Counters::add(&self.counters.recovered, recovered);
-        Counters::add(&self.counters.duplicates, offered - inserted);
+        Counters::add(
+            &self.counters.duplicates,
+            offered_mqtt - (inserted - recovered),
+        );
+        Counters::add(&self.counters.poll_known, offered_poll - recovered);
         Counters::add(&self.counters.rejected, batch.rejected.len() as u64);
         Counters::add(&self.counters.skipped, batch.skipped);
         Counters::add(&self.counters.batches, 1);

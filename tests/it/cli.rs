@@ -49,7 +49,7 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
 #[test]
 fn demo_passes_its_ground_truth_check() {
     let out = gapless()
-        .args(["demo", "--events", "150", "--rate", "0", "--quiet"])
+        .args(["demo", "--events", "300", "--rate", "1000", "--quiet"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -59,8 +59,24 @@ fn demo_passes_its_ground_truth_check() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("result: PASS"), "{stdout}");
+    let row = |key: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .unwrap_or_else(|| panic!("no `{key}` row in {stdout}"))
+            .rsplit("  ")
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(row("check: missing"), "0");
+    assert_eq!(row("check: duplicated"), "0");
+    assert_eq!(row("events created"), "300");
+    let dropped: u64 = row("dropped on MQTT").parse().unwrap();
     assert!(
-        stdout.contains("check: missing               0"),
-        "{stdout}"
+        dropped > 20,
+        "the demo must lose MQTT messages to show the poller: {stdout}"
     );
+    assert_eq!(row("recovered by the poller"), dropped.to_string());
 }
