@@ -22,7 +22,7 @@ use crate::source::api::VcdClient;
 use crate::source::mqtt::{Credentials, MqttAuth, MqttSource};
 use crate::source::poll::Poller;
 use crate::source::session;
-use crate::store::{Store, StoreError, StreamSettings, Writer};
+use crate::store::{Retention, Store, StoreError, StreamSettings, Writer, WriterPlan};
 use crate::stream::{Live, Rule};
 
 #[derive(Debug, thiserror::Error)]
@@ -100,16 +100,21 @@ pub async fn run(
         },
         live: live_rx,
     };
-    let (writer, channels) = Writer::new(
-        &store,
-        &config.store,
-        config.source.uri(),
-        config.mqtt.queue,
-        counters.clone(),
-        Some(acks_tx),
+    let plan = WriterPlan {
+        source: config.source.uri().to_string(),
+        queue: config.mqtt.queue,
+        counters: counters.clone(),
+        acks: Some(acks_tx),
         stream,
-    )
-    .await?;
+        retention: Retention {
+            keep_us: config.store.retention.0.as_micros() as i64,
+            sinks: config.sinks.iter().map(|s| s.name.clone()).collect(),
+            poll_guard_us: vcd
+                .is_some()
+                .then(|| 2 * config.poll.overlap.0.as_micros() as i64),
+        },
+    };
+    let (writer, channels) = Writer::new(&store, &config.store, plan).await?;
     tracing::info!(store = %config.store.path.display(), head = channels.head.borrow().seq, "store open");
 
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();

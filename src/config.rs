@@ -321,6 +321,13 @@ pub struct StoreConfig {
     /// How many rejected messages are kept for inspection (oldest dropped).
     #[serde(default = "default_rejected_max")]
     pub rejected_max: u32,
+    /// Delivered events older than this are pruned once every sink passed them.
+    #[serde(default = "default_retention")]
+    pub retention: HumanDuration,
+}
+
+fn default_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(7 * 24 * 3600))
 }
 
 fn default_store_path() -> PathBuf {
@@ -347,6 +354,7 @@ impl Default for StoreConfig {
             batch_delay: default_batch_delay(),
             synchronous: default_synchronous(),
             rejected_max: default_rejected_max(),
+            retention: default_retention(),
         }
     }
 }

@@ -96,6 +96,16 @@ enum Command {
         #[arg(long)]
         from_seq: i64,
     },
+    /// Show the store's state: head seq, per-sink cursor and lag, the
+    /// verified watermark and its age, counts, dead letters, last rejected
+    /// messages. Works while the daemon runs.
+    Status {
+        #[arg(long, short, env = "GAPLESS_CONFIG")]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dead letters of a webhook sink (on_failure = "dead-letter").
     Dlq {
         #[arg(value_enum)]
@@ -330,6 +340,21 @@ fn main() -> ExitCode {
                 };
                 operate(&config, |c| async move {
                     ops::dlq(&c, &sink, action, &mut std::io::stdout()).await
+                })
+                .await
+            }
+            Command::Status { config, json } => {
+                operate(&config, |c| async move {
+                    let status = ops::status(&c).await?;
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&status).expect("status serialises")
+                        );
+                    } else {
+                        print!("{}", status.render());
+                    }
+                    Ok(())
                 })
                 .await
             }

@@ -48,6 +48,8 @@ pub struct Counters {
     pub retries: AtomicU64,
     /// Events dead-lettered by webhook sinks.
     pub dead_letters: AtomicU64,
+    /// Events deleted by the retention.
+    pub pruned: AtomicU64,
     /// When the first and last message arrived (µs since the epoch, 0 = never).
     pub first_received_us: AtomicI64,
     pub last_received_us: AtomicI64,
@@ -79,6 +81,7 @@ pub struct Snapshot {
     pub late: u64,
     pub retries: u64,
     pub dead_letters: u64,
+    pub pruned: u64,
     pub first_received_us: i64,
     pub last_received_us: i64,
     pub last_commit_us: i64,
@@ -120,6 +123,7 @@ impl Counters {
             late: self.late.load(Relaxed),
             retries: self.retries.load(Relaxed),
             dead_letters: self.dead_letters.load(Relaxed),
+            pruned: self.pruned.load(Relaxed),
             first_received_us: self.first_received_us.load(Relaxed),
             last_received_us: self.last_received_us.load(Relaxed),
             last_commit_us: self.last_commit_us.load(Relaxed),

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::store::{Store, StoreError};
+use crate::store::{RejectedRow, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -128,4 +128,121 @@ pub async fn dlq(
     }
     store.close().await;
     Ok(())
+}
+
+/// One sink in `gapless status`.
+#[derive(Debug, serde::Serialize)]
+pub struct SinkStatus {
+    pub name: String,
+    pub kind: String,
+    pub cursor: i64,
+    /// Released events this sink has not delivered yet.
+    pub lag: i64,
+    pub dead_letters: i64,
+    pub disabled: Option<String>,
+}
+
+/// What `gapless status` shows.
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    pub store: String,
+    pub store_bytes: u64,
+    pub head_seq: i64,
+    pub events: i64,
+    pub unreleased: i64,
+    pub late: i64,
+    pub rejected: i64,
+    pub verified_until: Option<String>,
+    /// Seconds between now and the verified watermark.
+    pub verified_age_s: Option<f64>,
+    pub sinks: Vec<SinkStatus>,
+    pub last_rejected: Vec<RejectedRow>,
+}
+
+/// Reads the store's state (works while the daemon runs).
+pub async fn status(config: &Config) -> Result<Status, OpsError> {
+    let store = Store::open(&config.store).await?;
+    let head = store.head().await?;
+    let (events, unreleased, late, rejected) = store.stream_counts().await?;
+    let verified = store.verified_until(config.source.uri()).await?;
+    let mut sinks = Vec::new();
+    for s in &config.sinks {
+        let cursor = store.cursor(&s.name).await?;
+        sinks.push(SinkStatus {
+            name: s.name.clone(),
+            kind: format!("{:?}", s.kind).to_lowercase(),
+            cursor,
+            lag: head - cursor,
+            dead_letters: store.dead_letters(&s.name, false).await?.len() as i64,
+            disabled: store.sink_disabled(&s.name).await?,
+        });
+    }
+    let last_rejected = store.last_rejected(5).await?;
+    store.close().await;
+    let now = crate::event::now_us();
+    Ok(Status {
+        store: config.store.path.display().to_string(),
+        store_bytes: ["", "-wal"]
+            .iter()
+            .filter_map(|ext| {
+                std::fs::metadata(format!("{}{ext}", config.store.path.display())).ok()
+            })
+            .map(|m| m.len())
+            .sum(),
+        head_seq: head,
+        events,
+        unreleased,
+        late,
+        rejected,
+        verified_until: verified.map(crate::event::rfc3339_us),
+        verified_age_s: verified.map(|v| (now - v) as f64 / 1e6),
+        sinks,
+        last_rejected,
+    })
+}
+
+impl Status {
+    /// The human rendering.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "store       {} ({:.1} MiB)\nstream      head seq {}, {} events stored, {} waiting for release, {} released late\n",
+            self.store,
+            self.store_bytes as f64 / (1 << 20) as f64,
+            self.head_seq,
+            self.events,
+            self.unreleased,
+            self.late
+        );
+        s += &match (&self.verified_until, self.verified_age_s) {
+            (Some(v), Some(age)) => format!("verified    up to {v} ({age:.0} s ago)\n"),
+            _ => "verified    never (no poller, or it has not completed a window yet)\n".into(),
+        };
+        s += "sinks\n";
+        for k in &self.sinks {
+            s += &format!(
+                "  {:<16} {:<8} cursor {:>8}  lag {:>6}  dead letters {:>4}{}\n",
+                k.name,
+                k.kind,
+                k.cursor,
+                k.lag,
+                k.dead_letters,
+                k.disabled
+                    .as_ref()
+                    .map(|r| format!("  DISABLED: {r}"))
+                    .unwrap_or_default()
+            );
+        }
+        s += &format!("rejected    {} kept", self.rejected);
+        for r in &self.last_rejected {
+            s += &format!(
+                "\n  {}  {:<18} {}  {} ({} bytes)",
+                crate::event::rfc3339_us(r.at_us),
+                r.reason,
+                r.topic,
+                r.detail,
+                r.size
+            );
+        }
+        s + "\n"
+    }
 }

@@ -201,6 +201,27 @@ impl Store {
             .rows_affected())
     }
 
+    /// (events, unreleased, late, rejected) counts.
+    pub async fn stream_counts(&self) -> Result<(i64, i64, i64, i64), StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM events WHERE seq IS NULL), \
+             (SELECT COUNT(*) FROM events WHERE late = 1), (SELECT COUNT(*) FROM rejected)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
+    }
+
+    /// The most recent rejected messages, newest first.
+    pub async fn last_rejected(&self, n: u32) -> Result<Vec<RejectedRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT at_us, topic, reason, detail, size FROM rejected ORDER BY id DESC LIMIT ?",
+        )
+        .bind(n)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// How many events and rejected messages the store holds.
     pub async fn counts(&self) -> Result<(i64, i64), StoreError> {
         let row =
@@ -263,6 +284,16 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// A rejected message as `gapless status` shows it.
+#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+pub struct RejectedRow {
+    pub at_us: i64,
+    pub topic: String,
+    pub reason: String,
+    pub detail: String,
+    pub size: i64,
 }
 
 /// A dead letter, as `gapless dlq list` shows it.
@@ -418,8 +449,37 @@ fn release_tick(settle_us: i64) -> Duration {
     Duration::from_micros((settle_us / 10).clamp(5_000, 50_000) as u64)
 }
 
+/// What the writer may prune, and when (see [`Writer::prune`]).
+pub struct Retention {
+    pub keep_us: i64,
+    /// The sinks whose cursors must all have passed an event.
+    pub sinks: Vec<String>,
+    /// With a poller: never prune within this much before its watermark,
+    /// so the poll overlap still finds the ids and deduplicates.
+    pub poll_guard_us: Option<i64>,
+}
+
+impl Retention {
+    /// How often to prune: a tenth of the retention, 1 s to 10 min.
+    fn every(&self) -> Duration {
+        Duration::from_micros((self.keep_us / 10).clamp(1_000_000, 600_000_000) as u64)
+    }
+}
+
+/// Who the writer works for: the source it stores for, how deep its queue
+/// is, whose acks it releases, how it sequences and what it prunes.
+pub struct WriterPlan {
+    pub source: String,
+    pub queue: usize,
+    pub counters: Arc<Counters>,
+    pub acks: Option<mpsc::UnboundedSender<Vec<Ack>>>,
+    pub stream: StreamSettings,
+    pub retention: Retention,
+}
+
 /// The single writer task's state.
 pub struct Writer {
+    retention: Retention,
     conn: SqliteConnection,
     sequencer: Sequencer,
     stream: StreamSettings,
@@ -558,12 +618,17 @@ impl Writer {
     pub async fn new(
         store: &Store,
         config: &StoreConfig,
-        source: &str,
-        queue: usize,
-        counters: Arc<Counters>,
-        acks: Option<mpsc::UnboundedSender<Vec<Ack>>>,
-        stream: StreamSettings,
+        plan: WriterPlan,
     ) -> Result<(Writer, WriterChannels), StoreError> {
+        let WriterPlan {
+            source,
+            queue,
+            counters,
+            acks,
+            stream,
+            retention,
+        } = plan;
+        let source = source.as_str();
         let conn = store.write_connection().await?;
         let head_seq = store.head().await?;
         let high: Option<i64> =
@@ -579,6 +644,7 @@ impl Writer {
         });
         let writer = Writer {
             conn,
+            retention,
             sequencer: Sequencer::resume(head_seq, high),
             stream,
             verified,
@@ -609,10 +675,16 @@ impl Writer {
         let mut tick = tokio::time::interval(release_tick(self.stream.rule.settle_us));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ticking = self.stream.order == Order::EventTime;
+        let mut prune = tokio::time::interval(self.retention.every());
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while ingest_open || ctrl_open {
             let mut batch = Batch::default();
             tokio::select! {
                 biased;
+                _ = prune.tick() => {
+                    self.prune().await?;
+                    continue;
+                }
                 _ = tick.tick(), if ticking => {
                     self.release_idle().await?;
                     continue;
@@ -656,6 +728,61 @@ impl Writer {
                 },
             }
         }
+    }
+
+    /// Deletes delivered events older than the retention: every configured
+    /// sink's cursor has passed them, they are not dead letters, not the
+    /// head row (it keeps `seq` going), and not inside the poll overlap.
+    /// Freed pages go to SQLite's freelist and are reused by new events, so
+    /// under a steady load the file stops growing (no VACUUM needed).
+    async fn prune(&mut self) -> Result<(), StoreError> {
+        let r = &self.retention;
+        if r.sinks.is_empty() {
+            return Ok(());
+        }
+        let now = now_us();
+        let mut cutoff = now - r.keep_us;
+        if let Some(guard) = r.poll_guard_us {
+            cutoff = cutoff.min(self.verified.unwrap_or(i64::MIN).saturating_sub(guard));
+        }
+        let cursors: Vec<i64> = {
+            let mut v = Vec::new();
+            for sink in &r.sinks {
+                v.push(
+                    sqlx::query_scalar("SELECT seq FROM cursors WHERE sink = ?")
+                        .bind(sink.as_str())
+                        .fetch_optional(&mut self.conn)
+                        .await?
+                        .unwrap_or(0),
+                );
+            }
+            v
+        };
+        let passed = cursors
+            .into_iter()
+            .min()
+            .unwrap_or(0)
+            .min(self.sequencer.head() - 1);
+        if passed <= 0 {
+            return Ok(());
+        }
+        let done = sqlx::query(
+            "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE seq IS NOT NULL \
+             AND seq <= ? AND occurred_at_us < ? \
+             AND seq NOT IN (SELECT seq FROM dead_letters) LIMIT 20000)",
+        )
+        .bind(passed)
+        .bind(cutoff)
+        .execute(&mut self.conn)
+        .await?;
+        if done.rows_affected() > 0 {
+            Counters::add(&self.counters.pruned, done.rows_affected());
+            tracing::debug!(
+                events = done.rows_affected(),
+                "pruned events past the retention"
+            );
+        }
+        Ok(())
     }
 
     /// Releases what the watermark now allows when no batch is coming.

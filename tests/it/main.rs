@@ -5,6 +5,7 @@ mod cli;
 mod faults;
 mod gap;
 mod ingest;
+mod ops;
 mod output;
 mod poll;
 mod support;

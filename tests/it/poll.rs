@@ -12,7 +12,7 @@ use gapless::metrics::Counters;
 use gapless::sim::vcd::{SimConfig, VcdSim};
 use gapless::source::api::VcdClient;
 use gapless::source::poll::{Poller, Rules, plan};
-use gapless::store::{Store, StreamSettings, Writer};
+use gapless::store::{Retention, Store, StreamSettings, Writer, WriterPlan};
 use tokio_util::sync::CancellationToken;
 
 /// A poller wired to a store, a running writer and the simulator.
@@ -45,17 +45,19 @@ async fn rig(sim: &VcdSim, poll: PollConfig) -> Rig {
     };
     let store = Store::open(&config).await.unwrap();
     let counters = Arc::new(Counters::default());
-    let (writer, channels) = Writer::new(
-        &store,
-        &config,
-        "sim",
-        256,
-        counters.clone(),
-        None,
-        StreamSettings::arrival(),
-    )
-    .await
-    .unwrap();
+    let plan = WriterPlan {
+        source: "sim".into(),
+        queue: 256,
+        counters: counters.clone(),
+        acks: None,
+        stream: StreamSettings::arrival(),
+        retention: Retention {
+            keep_us: i64::MAX / 2,
+            sinks: vec![],
+            poll_guard_us: None,
+        },
+    };
+    let (writer, channels) = Writer::new(&store, &config, plan).await.unwrap();
     tokio::spawn(writer.run());
     let client = Arc::new(VcdClient::new(login(sim), counters.clone()).unwrap());
     let poller = Poller {

@@ -1,0 +1,132 @@
+//! Operating a store: `gapless status` on known content, and retention.
+
+use std::time::Duration;
+
+use gapless::sim::broker::EmbeddedBroker;
+use gapless::sim::events::Noise;
+use gapless::sim::publisher::Publisher;
+
+use crate::support::*;
+
+fn config_with(
+    dir: &std::path::Path,
+    broker: &EmbeddedBroker,
+    store_extra: &str,
+) -> std::path::PathBuf {
+    let path = config(dir, &broker.url(), true, "gapless-ops");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("[store]\n", &format!("[store]\n{store_extra}")),
+    )
+    .unwrap();
+    path
+}
+
+fn status(config: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gapless"))
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn publish(broker: &EmbeddedBroker, messages: Vec<(String, Vec<u8>)>) {
+    let mut p = Publisher::connect("127.0.0.1", broker.addr().port(), "ops-pub")
+        .await
+        .unwrap();
+    p.publish_all(messages, None).await.unwrap();
+    p.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_head_cursors_counts_and_rejections() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let config = config_with(dir.path(), &broker, "");
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    let mut messages = event_messages(0x0b_01, 0..40);
+    messages.push(("publish/x/y".into(), Noise::BrokenJson.body(1)));
+    messages.push(("publish/x/y".into(), Noise::MissingId.body(2)));
+    publish(&broker, messages).await;
+    wait_lines(
+        &dir.path().join("events.jsonl"),
+        40,
+        Duration::from_secs(30),
+        &mut gapless,
+    );
+
+    let s = status(&config);
+    assert_eq!(s["head_seq"], 40);
+    assert_eq!(s["events"], 40);
+    assert_eq!(s["rejected"], 2);
+    assert_eq!(s["sinks"][0]["name"], "file");
+    assert_eq!(s["sinks"][0]["cursor"], 40);
+    assert_eq!(s["sinks"][0]["lag"], 0);
+    let reasons: Vec<&str> = s["last_rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        vec!["missing_id", "malformed_json"],
+        "newest first"
+    );
+    assert!(s["verified_until"].is_null());
+    gapless.stop();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gapless"))
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("head seq 40") && text.contains("lag      0"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_delivered_events_and_seq_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let config = config_with(dir.path(), &broker, "retention = \"1s\"\n");
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    let file = dir.path().join("events.jsonl");
+    publish(&broker, event_messages(0x0b_02, 0..200)).await;
+    wait_lines(&file, 200, Duration::from_secs(30), &mut gapless);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while status(&config)["events"].as_i64().unwrap() > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing pruned: {}",
+            status(&config)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let s = status(&config);
+    assert_eq!(s["head_seq"], 200, "the head row is kept");
+
+    // New events continue the stream after the kept head.
+    publish(&broker, event_messages(0x0b_02, 200..220)).await;
+    wait_lines(&file, 220, Duration::from_secs(30), &mut gapless);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let summary = gapless.stop();
+    assert_exactly_once(&file, 0x0b_02, 220);
+    assert!(
+        summary["counters"]["pruned"].as_u64().unwrap() >= 199,
+        "{summary}"
+    );
+}
