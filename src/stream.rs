@@ -242,30 +242,31 @@ mod tests {
     #[test]
     fn releases_sort_by_time_then_id_and_flag_late_arrivals() {
         let mut s = Sequencer::resume(0, None);
-        let step = s.release(
-            vec![c("b", 5), c("a", 5), c("z", 1), c("x", 9)],
-            Some(6),
-            0,
-            i64::MAX / 2,
+        let mut step = |cands, w| -> Vec<(String, i64, bool)> {
+            let step = s.release(cands, Some(w), 0, i64::MAX / 2);
+            step.released
+                .into_iter()
+                .map(|r| (r.id, r.seq, r.late))
+                .collect()
+        };
+        let first = step(vec![c("b", 5), c("a", 5), c("z", 1), c("x", 9)], 6);
+        assert_eq!(
+            first,
+            vec![
+                ("z".into(), 1, false),
+                ("a".into(), 2, false),
+                ("b".into(), 3, false)
+            ]
         );
-        let ids: Vec<_> = step
-            .released
-            .iter()
-            .map(|r| (r.id.as_str(), r.seq, r.late))
-            .collect();
-        assert_eq!(ids, vec![("z", 1, false), ("a", 2, false), ("b", 3, false)]);
-        let step = s.release(
-            vec![c("x", 9), c("y", 6), c("w", 2)],
-            Some(10),
-            0,
-            i64::MAX / 2,
+        let second = step(vec![c("x", 9), c("y", 6), c("w", 2)], 10);
+        assert_eq!(
+            second,
+            vec![
+                ("w".into(), 4, true),
+                ("y".into(), 5, true),
+                ("x".into(), 6, false)
+            ]
         );
-        let ids: Vec<_> = step
-            .released
-            .iter()
-            .map(|r| (r.id.as_str(), r.seq, r.late))
-            .collect();
-        assert_eq!(ids, vec![("w", 4, true), ("y", 5, true), ("x", 6, false)]);
     }
 
     #[test]

@@ -24,17 +24,12 @@ fn config_with(
 }
 
 fn status(config: &std::path::Path) -> serde_json::Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gapless"))
-        .args(["status", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&run_ok(
+        gapless_cmd()
+            .args(["status", "--json", "--config"])
+            .arg(config),
+    ))
+    .unwrap()
 }
 
 async fn publish(broker: &EmbeddedBroker, messages: Vec<(String, Vec<u8>)>) {

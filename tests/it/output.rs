@@ -1,7 +1,7 @@
 //! The output format: every line a sink writes is a valid CloudEvents 1.0
 //! JSON event (checked against the schema in tests/fixtures).
 
-use std::process::Command;
+use crate::support::{gapless_cmd, run_ok};
 
 #[test]
 fn every_output_line_is_a_valid_cloudevent() {
@@ -22,15 +22,10 @@ fn every_output_line_is_a_valid_cloudevent() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_gapless"))
-        .args(["demo", "--events", "60", "--rate", "0", "--quiet", "--keep"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        gapless_cmd()
+            .args(["demo", "--events", "60", "--rate", "0", "--quiet", "--keep"])
+            .arg(dir.path()),
     );
     let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
     let mut lines = 0;

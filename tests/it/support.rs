@@ -343,3 +343,20 @@ pub fn assert_exactly_once(path: &Path, salt: u64, n: u64) {
         );
     }
 }
+
+/// The gapless binary as a command.
+pub fn gapless_cmd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gapless"))
+}
+
+/// Runs a command to completion; fails the test with its stderr unless it
+/// exits 0; returns its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -276,19 +276,13 @@ async fn a_refused_event_is_dead_lettered_and_dlq_retry_delivers_it() {
     );
 
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gapless"))
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .args(["--sink", "hook"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        run_ok(
+            gapless_cmd()
+                .args(args)
+                .arg("--config")
+                .arg(&config)
+                .args(["--sink", "hook"]),
+        )
     };
     let list = cli(&["dlq", "list"]);
     assert!(
