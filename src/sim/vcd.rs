@@ -186,6 +186,11 @@ impl VcdSim {
         self.inner.tokens.lock().unwrap().clear();
     }
 
+    /// Every session token issued so far (for leak checks).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.inner.tokens.lock().unwrap().keys().cloned().collect()
+    }
+
     /// True if `token` is a current, unexpired session token.
     pub fn token_valid(&self, token: &str) -> bool {
         self.inner.token_valid(token)

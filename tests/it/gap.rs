@@ -257,3 +257,34 @@ async fn restart_resumes_from_the_persisted_watermark_without_redelivery() {
     gapless.stop();
     assert_ground_truth(&world.file(), &world.sim);
 }
+
+/// At debug level (ours and the libraries'), neither the VCD password nor
+/// any session token appears in the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_logs_never_show_the_password_or_tokens() {
+    let world = World::new(SimConfig::default()).await;
+    let mut gapless = Gapless::start_env_level(
+        world.dir.path(),
+        &world.config,
+        &[(PASSWORD_ENV, &world.sim.config().password)],
+        "debug",
+    );
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    world.sim.create_events(50).await.unwrap();
+    wait_lines(&world.file(), 50, Duration::from_secs(30), &mut gapless);
+    gapless.wait_log("poll window verified", 1, Duration::from_secs(10));
+    let log = gapless.log_text();
+    gapless.stop();
+    assert!(log.contains("DEBUG"), "the run did log at debug level");
+    assert!(
+        !log.contains(&world.sim.config().password),
+        "the password leaked"
+    );
+    let tokens = world.sim.issued_tokens();
+    assert!(!tokens.is_empty());
+    for t in tokens {
+        assert!(!log.contains(&t), "a session token leaked");
+        let payload = t.split('.').nth(1).unwrap();
+        assert!(!log.contains(payload), "a token's payload leaked");
+    }
+}

@@ -186,6 +186,16 @@ impl Gapless {
 
     /// Starts gapless with extra environment variables (secrets).
     pub fn start_env(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Gapless {
+        Self::start_env_level(dir, config, env, "info,mqtt5=warn")
+    }
+
+    /// Starts gapless with extra environment variables and a log filter.
+    pub fn start_env_level(
+        dir: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+        level: &str,
+    ) -> Gapless {
         static RUNS: AtomicUsize = AtomicUsize::new(0);
         let log = dir.join(format!(
             "gapless-{}.log",
@@ -194,7 +204,7 @@ impl Gapless {
         let summary = dir.join("summary.json");
         let _ = std::fs::remove_file(&summary);
         let child = Command::new(env!("CARGO_BIN_EXE_gapless"))
-            .args(["--log-level", "info,mqtt5=warn", "run", "--config"])
+            .args(["--log-level", level, "run", "--config"])
             .arg(config)
             .arg("--summary")
             .arg(&summary)
