@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use gapless::sim::vcd::{SimConfig, VcdSim};
 
+mod common;
+
 const PASSWORD_ENV: &str = "GAPLESS_BENCH_VCD_PASSWORD";
 
 struct Run {
@@ -110,40 +112,27 @@ path = "{file}"
 
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args().skip(1);
-    let events: u64 = args.next().map_or(50_000, |a| a.parse().expect("EVENTS"));
-    let runs: usize = args.next().map_or(3, |a| a.parse().expect("RUNS"));
-    let gapless = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("gapless");
-    assert!(
-        gapless.exists(),
-        "build the binary first: cargo build --release"
-    );
-    let mut results = Vec::new();
-    println!("| run | seconds | events/s | pages | pages/s |\n|---|---|---|---|---|");
-    for run in 1..=runs {
-        let r = one_run(events, &gapless).await;
-        println!(
-            "| {run} | {:.2} | {:.0} | {} | {:.0} |",
+    let (events, runs) = common::args(50_000);
+    let gapless = common::gapless_binary();
+    let row = |label: &str, r: &Run| {
+        format!(
+            "| {label} | {:.2} | {:.0} | {} | {:.0} |",
             r.seconds,
             events as f64 / r.seconds,
             r.pages,
             r.pages as f64 / r.seconds
-        );
+        )
+    };
+    let mut results = Vec::new();
+    println!("| run | seconds | events/s | pages | pages/s |\n|---|---|---|---|---|");
+    for run in 1..=runs {
+        let r = one_run(events, &gapless).await;
+        println!("{}", row(&run.to_string(), &r));
         results.push(r);
     }
     results.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
-    let m = &results[results.len() / 2];
     println!(
-        "| **median** | {:.2} | {:.0} | {} | {:.0} |\n({events} events, page size 128, MQTT down, 127.0.0.1)",
-        m.seconds,
-        events as f64 / m.seconds,
-        m.pages,
-        m.pages as f64 / m.seconds
+        "{}\n({events} events, page size 128, MQTT down, 127.0.0.1)",
+        row("**median**", &results[results.len() / 2])
     );
 }

@@ -20,6 +20,8 @@ use gapless::sim::broker::EmbeddedBroker;
 use gapless::sim::events;
 use gapless::sim::publisher::Publisher;
 
+mod common;
+
 type Log = Arc<Mutex<Vec<(i64, i64)>>>;
 
 /// Records (receipt µs, event time µs) and answers 204 at once.
@@ -116,20 +118,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args().skip(1);
-    let n: u64 = args.next().map_or(20_000, |a| a.parse().expect("EVENTS"));
-    let runs: usize = args.next().map_or(3, |a| a.parse().expect("RUNS"));
-    let gapless = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("gapless");
-    assert!(
-        gapless.exists(),
-        "build the binary first: cargo build --release"
-    );
+    let (n, runs) = common::args(20_000);
+    let gapless = common::gapless_binary();
 
     println!("throughput ({n} events, order = \"arrival\", one webhook, single in-flight):");
     let mut rates = Vec::new();

@@ -146,6 +146,19 @@ pub struct VcdClient {
     counters: Arc<Counters>,
 }
 
+/// The response itself when it is a 2xx, else the error for `what`.
+fn success(resp: reqwest::Response, what: &'static str) -> Result<reqwest::Response, ApiError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    Err(ApiError::Status {
+        what,
+        status,
+        retry_after: retry_after(&resp),
+    })
+}
+
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     let v = resp
         .headers()
@@ -228,13 +241,7 @@ impl VcdClient {
                 status,
             });
         }
-        if !status.is_success() {
-            return Err(ApiError::Status {
-                what: "login",
-                status,
-                retry_after: retry_after(&resp),
-            });
-        }
+        let resp = success(resp, "login")?;
         let jwt = resp
             .headers()
             .get("x-vmware-vcloud-access-token")
@@ -273,13 +280,7 @@ impl VcdClient {
                 status,
             });
         }
-        if !status.is_success() {
-            return Err(ApiError::Status {
-                what: "token login",
-                status,
-                retry_after: retry_after(&resp),
-            });
-        }
+        let resp = success(resp, "token login")?;
         let body: OAuthToken = resp
             .json()
             .await
@@ -333,13 +334,7 @@ impl VcdClient {
                 self.login().await?;
                 continue;
             }
-            if !status.is_success() {
-                return Err(ApiError::Status {
-                    what: "auditTrail",
-                    status,
-                    retry_after: retry_after(&resp),
-                });
-            }
+            let resp = success(resp, "auditTrail")?;
             let has_next = resp
                 .headers()
                 .get_all(reqwest::header::LINK)
