@@ -110,27 +110,19 @@ initial_lookback = "1m"
     path
 }
 
-/// Checks the file against the simulator's ground truth: each event once, seq 1..N.
+/// Checks the file against the simulator's ground truth: each event once,
+/// seq 1..N, and every event not flagged late in (time, id) order.
 fn assert_ground_truth(file: &Path, sim: &VcdSim) {
-    let text = std::fs::read_to_string(file).unwrap();
-    let mut ids = std::collections::HashSet::new();
-    for (i, line) in text.lines().enumerate() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert_eq!(
-            v["seq"].as_u64(),
-            Some(i as u64 + 1),
-            "seq hole at line {}",
-            i + 1
-        );
-        assert!(
-            ids.insert(v["id"].as_str().unwrap().to_string()),
-            "duplicate {}",
-            v["id"]
-        );
-    }
     let truth: std::collections::HashSet<String> = sim.ground_truth().into_iter().collect();
-    assert_eq!(ids.len(), truth.len(), "line count");
-    assert_eq!(ids, truth);
+    let check = gapless::demo::check_file(file, &truth).unwrap();
+    assert!(check.seq_ok, "seq hole or reorder: {check:?}");
+    assert_eq!(check.duplicated, 0, "duplicate ids: {check:?}");
+    assert_eq!(check.missing, 0, "missing events: {check:?}");
+    assert_eq!(check.lines, truth.len(), "line count");
+    assert!(
+        check.order_ok,
+        "events not flagged late are out of (time, id) order: {check:?}"
+    );
 }
 
 /// 20% of MQTT messages dropped (plus duplicates and reordering): after the
