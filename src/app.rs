@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{Admin, SinkWatch};
 use crate::config::Config;
 use crate::event::now_us;
 use crate::metrics::{Counters, Snapshot};
@@ -33,6 +34,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Api(#[from] crate::source::api::ApiError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 /// Knobs of a run that are not configuration.
@@ -134,12 +137,33 @@ pub async fn run(
             head: channels.head.clone(),
             source_uri: config.source.uri().to_string(),
             counters: counters.clone(),
+            stats: counters.sink(&sink.name),
         };
         let name = format!("sink {}", sink.name);
         tasks.spawn(async move { (name, task.run().await.map(drop).map_err(|e| e.to_string())) });
     }
     let head = channels.head.clone();
     drop(channels.handle);
+    if let Some(addr) = config.admin.addr()? {
+        let admin = Admin {
+            counters: counters.clone(),
+            store: store.clone(),
+            store_path: config.store.path.clone(),
+            head: head.clone(),
+            source: config.source.uri().to_string(),
+            poll_alert_after: vcd.is_some().then_some(config.poll.alert_after.0),
+            sinks: config
+                .sinks
+                .iter()
+                .map(|s| SinkWatch {
+                    name: s.name.clone(),
+                    alert_after: s.alert_after.0,
+                })
+                .collect(),
+        };
+        let server = admin.serve(addr, shutdown.clone()).await?;
+        tasks.spawn(async move { ("admin".into(), server.await.map_err(|e| e.to_string())) });
+    }
 
     let credentials = match vcd {
         Some((client, credentials, refresher)) => {

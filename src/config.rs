@@ -407,8 +407,14 @@ pub struct SinkConfig {
     pub on_failure: crate::sink::retry::OnFailure,
     /// Webhook: delays between retries; the last repeats forever.
     pub retry_schedule: Option<Vec<HumanDuration>>,
+    /// `/readyz` fails once the sink has been stuck on one event this long.
+    #[serde(default = "default_sink_alert_after")]
+    pub alert_after: HumanDuration,
 }
 
+fn default_sink_alert_after() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5 * 60))
+}
 fn default_webhook_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
 }
@@ -454,8 +460,14 @@ pub struct PollConfig {
     /// Retries of 429/5xx/network errors per run before the run gives up.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// `/readyz` fails once poll runs have failed for this long.
+    #[serde(default = "default_poll_alert_after")]
+    pub alert_after: HumanDuration,
 }
 
+fn default_poll_alert_after() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15 * 60))
+}
 fn default_schedule() -> String {
     "0 * * * * *".into()
 }
@@ -515,6 +527,41 @@ impl Default for StreamConfig {
     }
 }
 
+/// The admin HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port` to listen on; `""` turns the endpoint off.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every [admin] key has a default")
+    }
+}
+
+impl AdminConfig {
+    /// The socket address to bind, `None` when the endpoint is off.
+    pub fn addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen.parse().map(Some).map_err(|_| {
+            ConfigError::invalid(
+                "admin.listen",
+                format!("`{}` is not an IP address and port", self.listen),
+                "write e.g. \"127.0.0.1:9464\" (or \"[::1]:9464\"), or \"\" to turn the endpoint off",
+            )
+        })
+    }
+}
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -530,6 +577,8 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default, rename = "sink")]
     pub sinks: Vec<SinkConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// How long shutdown may take to drain before gapless gives up.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,
@@ -768,6 +817,7 @@ impl Config {
     }
 
     fn validate(&self, secrets: bool) -> Result<(), ConfigError> {
+        self.admin.addr()?;
         if self.source.name.trim().is_empty() {
             return Err(ConfigError::invalid(
                 "source.name",

@@ -200,6 +200,9 @@ settle = "4s"
 path = "{store}"
 synchronous = "normal"
 
+[admin]
+listen = ""
+
 {stdout_sink}
 [[sink]]
 name = "file"

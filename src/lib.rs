@@ -7,6 +7,7 @@
 //! [`sink`] delivers them from the store, each sink from its own cursor.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod demo;

@@ -1,10 +1,13 @@
-//! Process-wide counters.
+//! Process-wide counters and health states.
 //!
-//! One shared, lock-free set of numbers that every task bumps and that the
-//! end-of-run summary (and, later, `/metrics`) reads. Counting is cheap
-//! enough for the hot path: relaxed atomics, no allocation.
+//! One shared set of numbers that every task bumps and that the end-of-run
+//! summary and the admin endpoint (`/metrics`, `/readyz`) read. Counting is
+//! cheap enough for the hot path: relaxed atomics, no allocation. The cold
+//! paths (rejections by reason, per-sink figures) sit behind a mutex.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -20,6 +23,10 @@ pub struct Counters {
     pub poll_known: AtomicU64,
     /// Messages refused (kept in `rejected`).
     pub rejected: AtomicU64,
+    /// The same, by reason (`RejectReason::as_str`).
+    pub rejected_by_reason: Mutex<BTreeMap<&'static str, u64>>,
+    /// Events given a `seq` (released to the sinks).
+    pub released: AtomicU64,
     /// Well-formed messages carrying no event (e.g. VCD `TASK`).
     pub skipped: AtomicU64,
     /// Committed write batches.
@@ -30,6 +37,10 @@ pub struct Counters {
     pub connects: AtomicU64,
     /// Lost MQTT connections and failed attempts.
     pub connection_errors: AtomicU64,
+    /// Established MQTT connections that were lost.
+    pub disconnects: AtomicU64,
+    /// Whether the MQTT source is connected and subscribed right now.
+    pub mqtt_ready: AtomicBool,
     /// Subscriptions the broker granted (one per SUBACK without failures).
     pub subscribed: AtomicU64,
     /// Events first seen through the poller: MQTT had missed them.
@@ -40,6 +51,9 @@ pub struct Counters {
     pub poll_runs: AtomicU64,
     /// Failed poll runs.
     pub poll_errors: AtomicU64,
+    /// Since when poll runs have been failing (µs since the epoch, 0 = the
+    /// last run succeeded or none ran yet).
+    pub poll_failing_since_us: AtomicI64,
     /// REST logins (initial and renewals).
     pub logins: AtomicU64,
     /// Events released with `late = true`.
@@ -57,6 +71,20 @@ pub struct Counters {
     pub last_commit_us: AtomicI64,
     /// When a sink last delivered a batch (µs since the epoch).
     pub last_delivered_us: AtomicI64,
+    /// Per-sink figures, by sink name.
+    pub sinks: Mutex<BTreeMap<String, Arc<SinkStats>>>,
+}
+
+/// One sink's own figures: what `/metrics` reports per sink and what
+/// `/readyz` checks (a sink stuck on one event).
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    pub delivered: AtomicU64,
+    pub retries: AtomicU64,
+    pub dead_letters: AtomicU64,
+    /// Since when the sink has been retrying the event at its cursor (µs
+    /// since the epoch, 0 = not blocked).
+    pub blocked_since_us: AtomicI64,
 }
 
 /// A point-in-time copy of the counters, for summaries.
@@ -67,11 +95,13 @@ pub struct Snapshot {
     pub duplicates: u64,
     pub poll_known: u64,
     pub rejected: u64,
+    pub released: u64,
     pub skipped: u64,
     pub batches: u64,
     pub delivered: u64,
     pub connects: u64,
     pub connection_errors: u64,
+    pub disconnects: u64,
     pub subscribed: u64,
     pub recovered: u64,
     pub polled: u64,
@@ -102,6 +132,49 @@ impl Counters {
         self.last_received_us.store(now_us, Relaxed);
     }
 
+    /// Counts one refused message under its reason.
+    pub fn rejected_for(&self, reason: &'static str) {
+        self.rejected.fetch_add(1, Relaxed);
+        *lock(&self.rejected_by_reason).entry(reason).or_default() += 1;
+    }
+
+    /// Rejections so far, by reason.
+    pub fn rejected_reasons(&self) -> Vec<(&'static str, u64)> {
+        lock(&self.rejected_by_reason)
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
+    /// The figures of the sink `name`, created on first use.
+    pub fn sink(&self, name: &str) -> Arc<SinkStats> {
+        lock(&self.sinks)
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Every sink's figures, by name.
+    pub fn sink_stats(&self) -> Vec<(String, Arc<SinkStats>)> {
+        lock(&self.sinks)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Records the outcome of a poll run at `now_us`.
+    pub fn poll_result(&self, ok: bool, now_us: i64) {
+        if ok {
+            self.poll_runs.fetch_add(1, Relaxed);
+            self.poll_failing_since_us.store(0, Relaxed);
+        } else {
+            self.poll_errors.fetch_add(1, Relaxed);
+            let _ = self
+                .poll_failing_since_us
+                .compare_exchange(0, now_us, Relaxed, Relaxed);
+        }
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             received: self.received.load(Relaxed),
@@ -109,11 +182,13 @@ impl Counters {
             duplicates: self.duplicates.load(Relaxed),
             poll_known: self.poll_known.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
+            released: self.released.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
             batches: self.batches.load(Relaxed),
             delivered: self.delivered.load(Relaxed),
             connects: self.connects.load(Relaxed),
             connection_errors: self.connection_errors.load(Relaxed),
+            disconnects: self.disconnects.load(Relaxed),
             subscribed: self.subscribed.load(Relaxed),
             recovered: self.recovered.load(Relaxed),
             polled: self.polled.load(Relaxed),
@@ -130,4 +205,10 @@ impl Counters {
             last_delivered_us: self.last_delivered_us.load(Relaxed),
         }
     }
+}
+
+/// A poisoned lock only means another task panicked mid-update of a counter
+/// map; the numbers are still worth reading.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

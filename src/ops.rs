@@ -182,13 +182,7 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
     let now = crate::event::now_us();
     Ok(Status {
         store: config.store.path.display().to_string(),
-        store_bytes: ["", "-wal"]
-            .iter()
-            .filter_map(|ext| {
-                std::fs::metadata(format!("{}{ext}", config.store.path.display())).ok()
-            })
-            .map(|m| m.len())
-            .sum(),
+        store_bytes: crate::store::size_on_disk(&config.store.path),
         head_seq: head,
         events,
         unreleased,

@@ -59,6 +59,15 @@ fn connect_options(path: &Path, sync: Synchronous) -> SqliteConnectOptions {
         .pragma("temp_store", "memory")
 }
 
+/// Bytes the store occupies on disk: the database and its write-ahead log.
+pub fn size_on_disk(path: &std::path::Path) -> u64 {
+    ["", "-wal"]
+        .iter()
+        .filter_map(|ext| std::fs::metadata(format!("{}{ext}", path.display())).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 impl Store {
     /// Opens (creating if needed) the store and applies pending migrations.
     pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
@@ -883,6 +892,7 @@ impl Writer {
         }
         let late = step.released.iter().filter(|r| r.late).count() as u64;
         Counters::add(&counters.late, late);
+        Counters::add(&counters.released, step.released.len() as u64);
         Ok(step.released.len() as u64)
     }
 
@@ -913,7 +923,9 @@ impl Writer {
             offered_mqtt - (inserted - recovered),
         );
         Counters::add(&self.counters.poll_known, offered_poll - recovered);
-        Counters::add(&self.counters.rejected, batch.rejected.len() as u64);
+        for r in &batch.rejected {
+            self.counters.rejected_for(r.reason.as_str());
+        }
         Counters::add(&self.counters.skipped, batch.skipped);
         Counters::add(&self.counters.batches, 1);
         self.counters

@@ -12,6 +12,7 @@ pub mod stdout;
 pub mod webhook;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -22,7 +23,7 @@ use self::webhook::WebhookTarget;
 
 use crate::config::{SinkConfig, SinkKind};
 use crate::event::{StoredEvent, now_us};
-use crate::metrics::Counters;
+use crate::metrics::{Counters, SinkStats};
 use crate::store::{Head, SinkOp, Store, StoreError, WriterHandle};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +96,8 @@ pub struct SinkTask {
     pub head: watch::Receiver<Head>,
     pub source_uri: String,
     pub counters: Arc<Counters>,
+    /// This sink's share of the counters (`counters.sink(name)`).
+    pub stats: Arc<SinkStats>,
     /// Cancelled at shutdown: a sink then stops at its first retry wait.
     pub shutdown: CancellationToken,
 }
@@ -163,9 +166,8 @@ impl SinkTask {
 
     fn delivered(&self, n: u64) {
         Counters::add(&self.counters.delivered, n);
-        self.counters
-            .last_delivered_us
-            .store(now_us(), std::sync::atomic::Ordering::Relaxed);
+        Counters::add(&self.stats.delivered, n);
+        self.counters.last_delivered_us.store(now_us(), Relaxed);
     }
 
     /// File and stdout: whole batches, one cursor commit per batch.
@@ -266,6 +268,7 @@ impl SinkTask {
                     Outcome::Delivered => vec![SinkOp::Cursor(event.seq)],
                     Outcome::DeadLettered(op) => {
                         Counters::add(&self.counters.dead_letters, 1);
+                        Counters::add(&self.stats.dead_letters, 1);
                         vec![op, SinkOp::Cursor(event.seq)]
                     }
                     Outcome::Disabled(reason) => {
@@ -290,9 +293,22 @@ impl SinkTask {
         Ok(cursor)
     }
 
+    /// Tries one event until it is settled; the sink counts as blocked
+    /// from its first failed attempt until then.
+    async fn deliver(
+        &self,
+        target: &WebhookTarget,
+        schedule: &RetrySchedule,
+        event: &StoredEvent,
+    ) -> Outcome {
+        let outcome = self.attempt(target, schedule, event).await;
+        self.stats.blocked_since_us.store(0, Relaxed);
+        outcome
+    }
+
     /// Tries one event until it is settled; waits between attempts on the
     /// retry schedule (honouring `Retry-After`).
-    async fn deliver(
+    async fn attempt(
         &self,
         target: &WebhookTarget,
         schedule: &RetrySchedule,
@@ -331,6 +347,10 @@ impl SinkTask {
                 } => (retry_after, reason),
             };
             Counters::add(&self.counters.retries, 1);
+            Counters::add(&self.stats.retries, 1);
+            if attempt == 1 {
+                self.stats.blocked_since_us.store(now_us(), Relaxed);
+            }
             let delay = schedule.delay(attempt, retry_after, rand::random());
             tracing::warn!(sink = %name, seq = event.seq, attempt, %reason, retry_in = ?delay,
                 "delivery failed; the sink is blocked until it succeeds");

@@ -30,6 +30,18 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every reason, so that `/metrics` shows each at 0 before it happens.
+    pub const ALL: [RejectReason; 8] = [
+        RejectReason::Oversized,
+        RejectReason::NotUtf8,
+        RejectReason::MalformedJson,
+        RejectReason::BadEnvelope,
+        RejectReason::UnsupportedPayload,
+        RejectReason::MissingId,
+        RejectReason::MissingTimestamp,
+        RejectReason::BadTimestamp,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::Oversized => "oversized",

@@ -151,14 +151,14 @@ impl Poller {
         loop {
             match self.run_once(&shutdown).await {
                 Ok(stats) => {
-                    Counters::add(&self.counters.poll_runs, 1);
+                    self.counters.poll_result(true, now_us());
                     tracing::debug!(?stats, "poll run done");
                 }
                 Err(PollError::Cancelled) => break,
                 Err(PollError::WriterGone) => break,
                 Err(e @ PollError::Store(_)) => return Err(e),
                 Err(e) => {
-                    Counters::add(&self.counters.poll_errors, 1);
+                    self.counters.poll_result(false, now_us());
                     tracing::warn!(error = %e, "poll run failed; the watermark stays, the next run retries");
                 }
             }

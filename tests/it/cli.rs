@@ -80,3 +80,82 @@ fn demo_passes_its_ground_truth_check() {
     );
     assert_eq!(row("recovered by the poller"), dropped.to_string());
 }
+
+/// Every key of the example config, commented out or not, as the README
+/// names it (`section.key`, `sink[].key`, inline tables expanded).
+fn example_keys(text: &str) -> std::collections::BTreeSet<String> {
+    let mut keys = std::collections::BTreeSet::new();
+    let mut section = String::new();
+    for line in text.lines() {
+        let line = line.trim_start_matches('#').trim();
+        if let Some(name) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+            section = format!("{name}[].");
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = format!("{name}.");
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            continue;
+        }
+        let inline: Vec<&str> = value
+            .trim()
+            .strip_prefix('{')
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, _)| k.trim())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !inline.is_empty()
+            && inline
+                .iter()
+                .all(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        {
+            keys.extend(inline.iter().map(|k| format!("{section}{key}.{k}")));
+        } else {
+            keys.insert(format!("{section}{key}"));
+        }
+    }
+    keys
+}
+
+/// Every key named in the README's configuration reference table.
+fn readme_keys(text: &str) -> std::collections::BTreeSet<String> {
+    let start = text
+        .find("### Configuration reference")
+        .expect("reference section");
+    let section = &text[start..];
+    let end = section[4..].find("\n## ").map_or(section.len(), |i| i + 4);
+    section[..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split(" |").next())
+        .flat_map(|cell| cell.split(" / "))
+        .map(|k| k.trim_matches('`').to_string())
+        .collect()
+}
+
+/// The README's reference and the example file name the same keys, so
+/// neither can drift from the other (and the example parses: see above).
+#[test]
+fn readme_reference_and_example_config_name_the_same_keys() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let example = example_keys(
+        &std::fs::read_to_string(format!("{root}/config/gapless.example.toml")).unwrap(),
+    );
+    let readme = readme_keys(&std::fs::read_to_string(format!("{root}/README.md")).unwrap());
+    assert!(example.len() > 40, "{example:?}");
+    let only_example: Vec<_> = example.difference(&readme).collect();
+    let only_readme: Vec<_> = readme.difference(&example).collect();
+    assert!(
+        only_example.is_empty() && only_readme.is_empty(),
+        "in the example only: {only_example:?}\nin the README only: {only_readme:?}"
+    );
+}

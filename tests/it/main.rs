@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per concern, real parts only
 //! (mosquitto, the gapless binary, SQLite files on disk).
 
+mod admin;
 mod cli;
 mod faults;
 mod gap;

@@ -134,10 +134,11 @@ impl Drop for Mosquitto {
     }
 }
 
-/// The `[store]` and file `[[sink]]` tables every test config ends with.
+/// The `[store]` and file `[[sink]]` tables every test config ends with;
+/// the admin endpoint is off (tests run side by side).
 pub fn store_and_file_sink(dir: &Path) -> String {
     format!(
-        "[store]\npath = \"{}\"\nsynchronous = \"normal\"\n\n\
+        "[store]\npath = \"{}\"\nsynchronous = \"normal\"\n\n[admin]\nlisten = \"\"\n\n\
          [[sink]]\nname = \"file\"\nkind = \"file\"\npath = \"{}\"\n",
         dir.join("gapless.db").display(),
         dir.join("events.jsonl").display(),

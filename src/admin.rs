@@ -1,0 +1,514 @@
+//! The admin HTTP endpoint: `/healthz`, `/readyz` and Prometheus `/metrics`.
+//!
+//! An unattended daemon must say from outside whether it is alive, whether
+//! it is doing its job, and how far behind each sink is. The readiness rule
+//! and the metric set are pure functions of a [`Facts`] snapshot (counters
+//! plus a few store reads), so unit tests drive them without sockets; the
+//! HTTP shell only gathers facts and renders.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::now_us;
+use crate::metrics::Counters;
+use crate::source::RejectReason;
+use crate::store::{Head, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(
+        "cannot listen on {addr} (`admin.listen`): {source}\n  hint: another process (a second gapless?) holds the port; set [admin] listen to a free address, or \"\" to turn the endpoint off"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin endpoint: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What `/readyz` needs to know about one sink.
+#[derive(Clone, Debug)]
+pub struct SinkWatch {
+    pub name: String,
+    pub alert_after: Duration,
+}
+
+/// Everything the endpoint reads; built once at start-up.
+#[derive(Clone)]
+pub struct Admin {
+    pub counters: Arc<Counters>,
+    pub store: Store,
+    pub store_path: PathBuf,
+    pub head: watch::Receiver<Head>,
+    pub source: String,
+    /// `poll.alert_after`, when a poller runs.
+    pub poll_alert_after: Option<Duration>,
+    pub sinks: Vec<SinkWatch>,
+}
+
+/// One sink's state at the moment of a request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SinkFacts {
+    pub name: String,
+    pub cursor: i64,
+    pub delivered: u64,
+    pub retries: u64,
+    pub dead_letters: u64,
+    /// µs since the epoch; 0 = not blocked.
+    pub blocked_since_us: i64,
+    pub alert_after_us: i64,
+    /// Why the sink is disabled (HTTP 410), if it is.
+    pub disabled: Option<String>,
+}
+
+/// The daemon's state at the moment of a request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Facts {
+    pub now_us: i64,
+    pub counters: crate::metrics::Snapshot,
+    pub rejected: Vec<(&'static str, u64)>,
+    pub mqtt_ready: bool,
+    /// `(failing since µs or 0, alert_after µs)` when a poller runs.
+    pub poll: Option<(i64, i64)>,
+    pub verified_until_us: Option<i64>,
+    pub head: i64,
+    pub store_bytes: u64,
+    pub sinks: Vec<SinkFacts>,
+}
+
+/// Why the daemon is not ready; empty when it is.
+pub fn problems(f: &Facts) -> Vec<String> {
+    let mut out = Vec::new();
+    if !f.mqtt_ready {
+        out.push("mqtt: not connected and subscribed".to_string());
+    }
+    if let Some((since, alert)) = f.poll
+        && since > 0
+        && f.now_us - since > alert
+    {
+        out.push(format!(
+            "poll: failing for {}s (poll.alert_after = {}s)",
+            (f.now_us - since) / 1_000_000,
+            alert / 1_000_000
+        ));
+    }
+    for s in &f.sinks {
+        if let Some(reason) = &s.disabled {
+            out.push(format!("sink {}: disabled ({reason})", s.name));
+        } else if s.blocked_since_us > 0 && f.now_us - s.blocked_since_us > s.alert_after_us {
+            out.push(format!(
+                "sink {}: blocked on seq {} for {}s (alert_after = {}s)",
+                s.name,
+                s.cursor + 1,
+                (f.now_us - s.blocked_since_us) / 1_000_000,
+                s.alert_after_us / 1_000_000
+            ));
+        }
+    }
+    out
+}
+
+/// Every metric, its kind and help text: the one list `/metrics` renders
+/// and the README documents (a test keeps them in step).
+pub const METRICS: &[(&str, Kind, &str)] = &[
+    (
+        "gapless_mqtt_messages_total",
+        Kind::Counter,
+        "MQTT messages received.",
+    ),
+    (
+        "gapless_events_stored_total",
+        Kind::Counter,
+        "Events stored for the first time, by origin (mqtt, poll).",
+    ),
+    (
+        "gapless_duplicates_total",
+        Kind::Counter,
+        "Events already stored, by origin (mqtt: QoS 1 redeliveries; poll: the overlap and what MQTT delivered first).",
+    ),
+    (
+        "gapless_rejected_total",
+        Kind::Counter,
+        "Messages refused and kept in the rejected table, by reason.",
+    ),
+    (
+        "gapless_skipped_total",
+        Kind::Counter,
+        "Well-formed messages that carry no event (e.g. VCD tasks).",
+    ),
+    (
+        "gapless_released_total",
+        Kind::Counter,
+        "Events given a seq in the ordered stream.",
+    ),
+    (
+        "gapless_late_total",
+        Kind::Counter,
+        "Events released after newer events (late = true).",
+    ),
+    (
+        "gapless_pruned_total",
+        Kind::Counter,
+        "Events deleted by the retention.",
+    ),
+    (
+        "gapless_stream_head_seq",
+        Kind::Gauge,
+        "The last released seq.",
+    ),
+    (
+        "gapless_sink_delivered_total",
+        Kind::Counter,
+        "Events a sink delivered, by sink.",
+    ),
+    (
+        "gapless_sink_lag_events",
+        Kind::Gauge,
+        "Released events a sink has not delivered yet (head seq - cursor), by sink.",
+    ),
+    (
+        "gapless_sink_retries_total",
+        Kind::Counter,
+        "Failed delivery attempts that were retried, by sink.",
+    ),
+    (
+        "gapless_sink_dead_letters_total",
+        Kind::Counter,
+        "Events a sink dead-lettered, by sink.",
+    ),
+    (
+        "gapless_sink_blocked",
+        Kind::Gauge,
+        "1 while a sink retries the event at its cursor or is disabled, by sink.",
+    ),
+    (
+        "gapless_sink_blocked_seconds",
+        Kind::Gauge,
+        "How long a sink has been retrying the event at its cursor, by sink.",
+    ),
+    (
+        "gapless_poll_runs_total",
+        Kind::Counter,
+        "Completed poll runs.",
+    ),
+    (
+        "gapless_poll_errors_total",
+        Kind::Counter,
+        "Failed poll runs.",
+    ),
+    (
+        "gapless_poll_events_total",
+        Kind::Counter,
+        "Events read from the REST history (seen before or not).",
+    ),
+    (
+        "gapless_poll_window_lag_seconds",
+        Kind::Gauge,
+        "Now minus the verified watermark: how far back the history is confirmed complete.",
+    ),
+    (
+        "gapless_rest_logins_total",
+        Kind::Counter,
+        "REST logins (initial and renewals).",
+    ),
+    (
+        "gapless_mqtt_connects_total",
+        Kind::Counter,
+        "MQTT connections established.",
+    ),
+    (
+        "gapless_mqtt_disconnects_total",
+        Kind::Counter,
+        "Established MQTT connections that were lost.",
+    ),
+    (
+        "gapless_mqtt_connection_errors_total",
+        Kind::Counter,
+        "Failed MQTT connection attempts and lost connections.",
+    ),
+    (
+        "gapless_mqtt_subscribed",
+        Kind::Gauge,
+        "1 while the MQTT source is connected and subscribed.",
+    ),
+    (
+        "gapless_store_size_bytes",
+        Kind::Gauge,
+        "Bytes the store occupies on disk (database and WAL).",
+    ),
+];
+
+/// A metric's Prometheus type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// Renders `facts` in the Prometheus text format.
+pub fn render(f: &Facts) -> String {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        for (name, kind, help) in METRICS {
+            match kind {
+                Kind::Counter => describe_counter!(*name, *help),
+                Kind::Gauge => describe_gauge!(*name, *help),
+            }
+        }
+        let c = &f.counters;
+        counter!("gapless_mqtt_messages_total").absolute(c.received);
+        let mqtt_stored = c.stored.saturating_sub(c.recovered);
+        counter!("gapless_events_stored_total", "origin" => "mqtt").absolute(mqtt_stored);
+        counter!("gapless_events_stored_total", "origin" => "poll").absolute(c.recovered);
+        counter!("gapless_duplicates_total", "origin" => "mqtt").absolute(c.duplicates);
+        counter!("gapless_duplicates_total", "origin" => "poll").absolute(c.poll_known);
+        for (reason, n) in &f.rejected {
+            counter!("gapless_rejected_total", "reason" => *reason).absolute(*n);
+        }
+        counter!("gapless_skipped_total").absolute(c.skipped);
+        counter!("gapless_released_total").absolute(c.released);
+        counter!("gapless_late_total").absolute(c.late);
+        counter!("gapless_pruned_total").absolute(c.pruned);
+        gauge!("gapless_stream_head_seq").set(f.head as f64);
+        for s in &f.sinks {
+            let name = s.name.clone();
+            counter!("gapless_sink_delivered_total", "sink" => name.clone()).absolute(s.delivered);
+            gauge!("gapless_sink_lag_events", "sink" => name.clone())
+                .set((f.head - s.cursor).max(0) as f64);
+            counter!("gapless_sink_retries_total", "sink" => name.clone()).absolute(s.retries);
+            counter!("gapless_sink_dead_letters_total", "sink" => name.clone())
+                .absolute(s.dead_letters);
+            let blocked = s.blocked_since_us > 0 || s.disabled.is_some();
+            gauge!("gapless_sink_blocked", "sink" => name.clone()).set(f64::from(blocked));
+            let blocked_s = if s.blocked_since_us > 0 {
+                (f.now_us - s.blocked_since_us) as f64 / 1e6
+            } else {
+                0.0
+            };
+            gauge!("gapless_sink_blocked_seconds", "sink" => name).set(blocked_s);
+        }
+        counter!("gapless_poll_runs_total").absolute(c.poll_runs);
+        counter!("gapless_poll_errors_total").absolute(c.poll_errors);
+        counter!("gapless_poll_events_total").absolute(c.polled);
+        if let Some(v) = f.verified_until_us {
+            gauge!("gapless_poll_window_lag_seconds").set((f.now_us - v) as f64 / 1e6);
+        }
+        counter!("gapless_rest_logins_total").absolute(c.logins);
+        counter!("gapless_mqtt_connects_total").absolute(c.connects);
+        counter!("gapless_mqtt_disconnects_total").absolute(c.disconnects);
+        counter!("gapless_mqtt_connection_errors_total").absolute(c.connection_errors);
+        gauge!("gapless_mqtt_subscribed").set(f64::from(f.mqtt_ready));
+        gauge!("gapless_store_size_bytes").set(f.store_bytes as f64);
+    });
+    handle.render()
+}
+
+impl Admin {
+    /// Gathers the facts: counters from memory, cursors and the verified
+    /// watermark from the store (a few indexed reads).
+    pub async fn facts(&self) -> Result<Facts, StoreError> {
+        let now = now_us();
+        let stats = self.counters.sink_stats();
+        let mut sinks = Vec::with_capacity(self.sinks.len());
+        for w in &self.sinks {
+            let s = stats
+                .iter()
+                .find(|(n, _)| *n == w.name)
+                .map(|(_, s)| s.clone())
+                .unwrap_or_default();
+            sinks.push(SinkFacts {
+                name: w.name.clone(),
+                cursor: self.store.cursor(&w.name).await?,
+                delivered: s.delivered.load(Relaxed),
+                retries: s.retries.load(Relaxed),
+                dead_letters: s.dead_letters.load(Relaxed),
+                blocked_since_us: s.blocked_since_us.load(Relaxed),
+                alert_after_us: w.alert_after.as_micros() as i64,
+                disabled: self.store.sink_disabled(&w.name).await?,
+            });
+        }
+        let poll = self.poll_alert_after.map(|a| {
+            (
+                self.counters.poll_failing_since_us.load(Relaxed),
+                a.as_micros() as i64,
+            )
+        });
+        Ok(Facts {
+            now_us: now,
+            counters: self.counters.snapshot(),
+            rejected: {
+                let seen = self.counters.rejected_reasons();
+                let mut all: Vec<_> = RejectReason::ALL.iter().map(|r| (r.as_str(), 0)).collect();
+                for (reason, n) in seen {
+                    match all.iter_mut().find(|(r, _)| *r == reason) {
+                        Some(slot) => slot.1 = n,
+                        None => all.push((reason, n)),
+                    }
+                }
+                all
+            },
+            mqtt_ready: self.counters.mqtt_ready.load(Relaxed),
+            poll,
+            verified_until_us: match poll {
+                Some(_) => self.store.verified_until(&self.source).await?,
+                None => None,
+            },
+            head: self.head.borrow().seq,
+            store_bytes: crate::store::size_on_disk(&self.store_path),
+            sinks,
+        })
+    }
+
+    /// Binds `addr` now (so a taken port fails start-up), then serves until
+    /// `shutdown`.
+    pub async fn serve(
+        self,
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Result<impl Future<Output = Result<(), AdminError>>, AdminError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AdminError::Bind { addr, source })?;
+        let bound = listener.local_addr().map_err(AdminError::Serve)?;
+        tracing::info!(addr = %bound, "admin endpoint listening (/healthz, /readyz, /metrics)");
+        let app = axum::Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_page))
+            .with_state(Arc::new(self));
+        Ok(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+                .map_err(AdminError::Serve)
+        })
+    }
+}
+
+fn store_failure(e: StoreError) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("store unreadable: {e}\n"),
+    )
+        .into_response()
+}
+
+async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
+    let facts = match admin.facts().await {
+        Ok(f) => f,
+        Err(e) => return store_failure(e),
+    };
+    let problems = problems(&facts);
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{}\n", problems.join("\n")),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics_page(State(admin): State<Arc<Admin>>) -> Response {
+    match admin.facts().await {
+        Ok(f) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            render(&f),
+        )
+            .into_response(),
+        Err(e) => store_failure(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready_facts() -> Facts {
+        Facts {
+            now_us: 1_000_000_000,
+            mqtt_ready: true,
+            poll: Some((0, 60_000_000)),
+            sinks: vec![SinkFacts {
+                name: "hook".into(),
+                cursor: 7,
+                alert_after_us: 30_000_000,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ready_when_subscribed_polling_and_sinks_moving() {
+        assert!(problems(&ready_facts()).is_empty());
+    }
+
+    #[test]
+    fn each_condition_makes_it_unready_only_past_its_threshold() {
+        let mut f = ready_facts();
+        f.mqtt_ready = false;
+        assert_eq!(problems(&f).len(), 1);
+
+        let mut f = ready_facts();
+        f.poll = Some((f.now_us - 59_000_000, 60_000_000));
+        assert!(problems(&f).is_empty(), "failing, but not for long");
+        f.poll = Some((f.now_us - 61_000_000, 60_000_000));
+        assert!(problems(&f)[0].starts_with("poll: failing for 61s"));
+
+        let mut f = ready_facts();
+        f.sinks[0].blocked_since_us = f.now_us - 29_000_000;
+        assert!(problems(&f).is_empty(), "retrying, but not for long");
+        f.sinks[0].blocked_since_us = f.now_us - 31_000_000;
+        assert!(problems(&f)[0].contains("blocked on seq 8"));
+
+        let mut f = ready_facts();
+        f.sinks[0].disabled = Some("HTTP 410".into());
+        assert!(problems(&f)[0].contains("disabled"));
+    }
+
+    #[test]
+    fn every_metric_is_rendered_with_help_and_lag_is_head_minus_cursor() {
+        let mut f = ready_facts();
+        f.head = 10;
+        f.verified_until_us = Some(f.now_us - 5_000_000);
+        f.rejected = vec![("malformed_json", 3)];
+        f.counters.stored = 9;
+        f.counters.recovered = 2;
+        let text = render(&f);
+        for (name, kind, _) in METRICS {
+            let kind = match kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}")),
+                "{name} missing:\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no help"
+            );
+        }
+        assert!(text.contains("gapless_sink_lag_events{sink=\"hook\"} 3"));
+        assert!(text.contains("gapless_events_stored_total{origin=\"mqtt\"} 7"));
+        assert!(text.contains("gapless_events_stored_total{origin=\"poll\"} 2"));
+        assert!(text.contains("gapless_rejected_total{reason=\"malformed_json\"} 3"));
+        assert!(text.contains("gapless_poll_window_lag_seconds 5"));
+    }
+}
