@@ -165,6 +165,21 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Events deleted by the retention.",
     ),
     (
+        "gapless_validation_queued_total",
+        Kind::Counter,
+        "ScaleIT: events held back until their schema could be fetched.",
+    ),
+    (
+        "gapless_unvalidated_total",
+        Kind::Counter,
+        "ScaleIT: events released without validation (schema service down, on_schema_unavailable = ingest).",
+    ),
+    (
+        "gapless_schema_fetches_total",
+        Kind::Counter,
+        "ScaleIT: schema requests sent to app APIs.",
+    ),
+    (
         "gapless_stream_head_seq",
         Kind::Gauge,
         "The last released seq.",
@@ -283,6 +298,9 @@ pub fn render(f: &Facts) -> String {
         counter!("gapless_released_total").absolute(c.released);
         counter!("gapless_late_total").absolute(c.late);
         counter!("gapless_pruned_total").absolute(c.pruned);
+        counter!("gapless_validation_queued_total").absolute(c.validation_queued);
+        counter!("gapless_unvalidated_total").absolute(c.unvalidated);
+        counter!("gapless_schema_fetches_total").absolute(c.schema_fetches);
         gauge!("gapless_stream_head_seq").set(f.head as f64);
         for s in &f.sinks {
             let name = s.name.clone();

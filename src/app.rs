@@ -22,6 +22,7 @@ use crate::source::Parser;
 use crate::source::api::VcdClient;
 use crate::source::mqtt::{Credentials, MqttAuth, MqttSource};
 use crate::source::poll::Poller;
+use crate::source::schema::SchemaRegistry;
 use crate::source::session;
 use crate::store::{Retention, Store, StoreError, StreamSettings, Writer, WriterPlan};
 use crate::stream::{Live, Rule};
@@ -36,6 +37,8 @@ pub enum AppError {
     Api(#[from] crate::source::api::ApiError),
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    #[error("schema registry: {0}")]
+    Schema(String),
 }
 
 /// Knobs of a run that are not configuration.
@@ -143,7 +146,7 @@ pub async fn run(
         tasks.spawn(async move { (name, task.run().await.map(drop).map_err(|e| e.to_string())) });
     }
     let head = channels.head.clone();
-    drop(channels.handle);
+    let writer_handle = channels.handle;
     if let Some(addr) = config.admin.addr()? {
         let admin = Admin {
             counters: counters.clone(),
@@ -196,6 +199,17 @@ pub async fn run(
             bearer: None,
         }),
     };
+    let schemas = SchemaRegistry::from_config(&config.source, counters.clone())
+        .map_err(|e| AppError::Schema(e.to_string()))?;
+    if let Some(registry) = &schemas {
+        let registry = registry.clone();
+        let (store, writer, shutdown) = (store.clone(), writer_handle.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let r = registry.run(store, writer, shutdown).await;
+            ("schema registry".into(), r.map_err(|e| e.to_string()))
+        });
+    }
+    drop(writer_handle);
     let source = MqttSource {
         config: config.mqtt.clone(),
         parser: Parser::from_config(&config.source),
@@ -203,6 +217,7 @@ pub async fn run(
         counters: counters.clone(),
         ingest: channels.ingest,
         live: live_tx,
+        schemas,
     };
     let source_shutdown = shutdown.clone();
     tasks.spawn(async move {

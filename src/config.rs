@@ -133,6 +133,8 @@ pub enum SourceKind {
     Vcd,
     /// Any JSON over MQTT; identity and time found by JSON pointers.
     Mqtt,
+    /// ScaleIT app-to-app messages (reference/scaleit.md).
+    Scaleit,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -168,6 +170,40 @@ pub struct SourceConfig {
     pub api_version: String,
     #[serde(default)]
     pub tls: SourceTls,
+    /// ScaleIT: the apps to subscribe to (`app/<app>/#` each); empty = `app/#`.
+    #[serde(default)]
+    pub apps: Vec<String>,
+    /// ScaleIT: the app API URL, `{app}` replaced by the app name; a
+    /// schema's URL is this + `/api/messages/` + the body's `$schema`.
+    pub schema_base_url: Option<String>,
+    /// ScaleIT: a directory of schemas (`<dir>/<app>/<ref>`, then `<dir>/<ref>`),
+    /// tried before `schema_base_url`.
+    pub schema_dir: Option<PathBuf>,
+    /// ScaleIT: a body without `$schema` is rejected unless this is false.
+    #[serde(default = "default_true")]
+    pub require_schema: bool,
+    /// ScaleIT: what happens to a message whose schema cannot be fetched.
+    #[serde(default)]
+    pub on_schema_unavailable: SchemaUnavailable,
+    /// ScaleIT: the same topic and body within this window is one event.
+    #[serde(default = "default_dedup_window")]
+    pub dedup_window: HumanDuration,
+}
+
+/// What to do with a message whose schema service is down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaUnavailable {
+    /// Store it, hold it back from the stream, validate it once the schema
+    /// can be fetched (invalid ones then move to `rejected`).
+    #[default]
+    Queue,
+    /// Store and release it marked `validation = "unvalidated"`.
+    Ingest,
+}
+
+fn default_dedup_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10 * 60))
 }
 
 fn default_api_version() -> String {
@@ -241,7 +277,8 @@ pub struct MqttConfig {
     /// With a VCD login: how the token is presented to the broker.
     #[serde(default)]
     pub auth: MqttAuthMode,
-    #[serde(default = "default_topics")]
+    /// Empty in the file means the profile's default (see `derive_mqtt`).
+    #[serde(default)]
     pub topics: Vec<String>,
     #[serde(default = "default_client_id")]
     pub client_id: String,
@@ -273,9 +310,6 @@ impl Default for MqttConfig {
     }
 }
 
-fn default_topics() -> Vec<String> {
-    vec!["publish/#".into()]
-}
 fn default_client_id() -> String {
     format!("gapless-{}", std::process::id())
 }
@@ -693,6 +727,13 @@ impl Config {
     /// For a VCD source with a REST URL, the broker is the cell's
     /// (`wss://<host>/messaging/mqtt`) unless `[mqtt] url` says otherwise.
     fn derive_mqtt(&mut self) -> Result<(), ConfigError> {
+        if self.mqtt.topics.is_empty() {
+            self.mqtt.topics = match (self.source.kind, self.source.apps.as_slice()) {
+                (SourceKind::Scaleit, []) => vec!["app/#".into()],
+                (SourceKind::Scaleit, apps) => apps.iter().map(|a| format!("app/{a}/#")).collect(),
+                _ => vec!["publish/#".into()],
+            };
+        }
         if !self.mqtt.url.is_empty() {
             return Ok(());
         }
@@ -818,6 +859,7 @@ impl Config {
 
     fn validate(&self, secrets: bool) -> Result<(), ConfigError> {
         self.admin.addr()?;
+        self.validate_scaleit()?;
         if self.source.name.trim().is_empty() {
             return Err(ConfigError::invalid(
                 "source.name",
@@ -1015,6 +1057,75 @@ impl Config {
                 "source.url",
                 "the REST poller exists only for kind = \"vcd\"",
                 "remove source.url, or set source.kind = \"vcd\"",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The ScaleIT keys belong to `kind = "scaleit"`, and validation needs
+    /// somewhere to find schemas.
+    fn validate_scaleit(&self) -> Result<(), ConfigError> {
+        let s = &self.source;
+        if s.kind != SourceKind::Scaleit {
+            for (key, set) in [
+                ("source.apps", !s.apps.is_empty()),
+                ("source.schema_base_url", s.schema_base_url.is_some()),
+                ("source.schema_dir", s.schema_dir.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "only applies to kind = \"scaleit\"",
+                        "remove it, or set source.kind = \"scaleit\"",
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        if s.url.is_some() {
+            return Err(ConfigError::invalid(
+                "source.url",
+                "is the VCD REST URL; a ScaleIT source has none",
+                "remove source.url; schemas come from source.schema_base_url or source.schema_dir",
+            ));
+        }
+        if let Some(app) = s
+            .apps
+            .iter()
+            .find(|a| a.is_empty() || a.contains(['/', '+', '#']))
+        {
+            return Err(ConfigError::invalid(
+                "source.apps",
+                format!("`{app}` is not an app name"),
+                "list app names as they appear in topics, e.g. apps = [\"de-ondics-pacman\"]",
+            ));
+        }
+        if let Some(base) = &s.schema_base_url {
+            let probe = base.replace("{app}", "app");
+            if !(probe.starts_with("http://") || probe.starts_with("https://"))
+                || url::Url::parse(&probe).is_err()
+            {
+                return Err(ConfigError::invalid(
+                    "source.schema_base_url",
+                    format!("`{base}` is not an http(s) URL"),
+                    "the app API URL, `{app}` standing for the app name, e.g. \"http://{app}.apps.example.com\"",
+                ));
+            }
+        }
+        if s.require_schema && s.schema_base_url.is_none() && s.schema_dir.is_none() {
+            return Err(ConfigError::invalid(
+                "source.schema_base_url",
+                "is missing: bodies must name a $schema (require_schema = true), but there is nowhere to find schemas",
+                "set schema_base_url = \"http://{app}.apps.example.com\" or schema_dir = \"/etc/gapless/schemas\", or require_schema = false",
+            ));
+        }
+        if s.dedup_window.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "source.dedup_window",
+                "is 0: QoS 1 redeliveries would become new events",
+                "the default, \"10m\", outlasts any redelivery",
             ));
         }
         Ok(())

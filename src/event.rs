@@ -40,6 +40,49 @@ pub struct Event {
     pub origin: Origin,
     /// The original event object as JSON text.
     pub payload: String,
+    /// What only some profiles have (ScaleIT); boxed so the others stay small.
+    pub ext: Option<Box<EventExt>>,
+}
+
+/// Per-message attributes of sources without ids or a single origin
+/// (ScaleIT): the CloudEvent `source` and `dataschema`, the content
+/// identity with its dedup window, and the schema validation state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventExt {
+    /// CloudEvent `source` for this event (`app/<app>/<stack>`).
+    pub source: String,
+    pub app: String,
+    /// The body's `$schema` reference, as written.
+    pub schema_ref: Option<String>,
+    /// The resolved schema location (CloudEvent `dataschema`).
+    pub dataschema: Option<String>,
+    /// Hash of topic and body: the same key within `dedup_window_us` of a
+    /// stored event is a redelivery of it.
+    pub dedup_key: String,
+    pub dedup_window_us: i64,
+    pub validation: Validation,
+}
+
+/// Where an event stands with its JSON Schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validation {
+    /// Checked against its schema.
+    Valid,
+    /// Released without a check (no schema configured, or the schema service
+    /// was down under `on_schema_unavailable = "ingest"`).
+    Unvalidated,
+    /// Stored, held back from the stream until its schema can be fetched.
+    Pending,
+}
+
+impl Validation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Validation::Valid => "valid",
+            Validation::Unvalidated => "unvalidated",
+            Validation::Pending => "pending",
+        }
+    }
 }
 
 /// Turns a source event id into its identity: any `urn:vcloud:<kind>:`
@@ -86,6 +129,14 @@ pub struct StoredEvent {
     pub subject: Option<String>,
     pub payload: String,
     pub late: bool,
+    /// Per-event CloudEvent `source` (ScaleIT); `None` = the configured one.
+    #[sqlx(default)]
+    pub ce_source: Option<String>,
+    #[sqlx(default)]
+    pub dataschema: Option<String>,
+    /// `valid` / `unvalidated` for validated profiles, `None` otherwise.
+    #[sqlx(default)]
+    pub validation: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -98,12 +149,16 @@ struct CloudEvent<'a> {
     time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dataschema: Option<&'a str>,
     datacontenttype: &'static str,
     data: &'a RawValue,
     seq: i64,
     origin: &'a str,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     late: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validation: Option<&'a str>,
 }
 
 /// The payload column holds JSON the source parsed; if it were ever not JSON
@@ -122,15 +177,17 @@ impl StoredEvent {
         let ce = CloudEvent {
             specversion: "1.0",
             id: &self.id,
-            source,
+            source: self.ce_source.as_deref().unwrap_or(source),
             event_type: self.event_type.replace('/', "."),
             time: rfc3339_us(self.occurred_at_us),
             subject: self.subject.as_deref(),
+            dataschema: self.dataschema.as_deref(),
             datacontenttype: "application/json",
             data: &data,
             seq: self.seq,
             origin: &self.origin,
             late: self.late,
+            validation: self.validation.as_deref(),
         };
         serde_json::to_string(&ce).expect("CloudEvent serialises")
     }
@@ -178,6 +235,9 @@ mod tests {
             subject: Some("urn:vcloud:vapp:1".into()),
             payload: r#"{"eventId":"abc","n":[1,2]}"#.into(),
             late: false,
+            ce_source: None,
+            dataschema: None,
+            validation: None,
         };
         let v: serde_json::Value = serde_json::from_str(&e.to_cloudevent("vcd-lab")).unwrap();
         assert_eq!(v["specversion"], "1.0");
@@ -210,6 +270,9 @@ mod tests {
             subject: None,
             payload: "<xml/>".into(),
             late: false,
+            ce_source: None,
+            dataschema: None,
+            validation: None,
         };
         let v: serde_json::Value = serde_json::from_str(&e.to_cloudevent("s")).unwrap();
         assert_eq!(v["data"], "<xml/>");

@@ -27,6 +27,12 @@ pub struct Counters {
     pub rejected_by_reason: Mutex<BTreeMap<&'static str, u64>>,
     /// Events given a `seq` (released to the sinks).
     pub released: AtomicU64,
+    /// ScaleIT: events held back until their schema could be fetched.
+    pub validation_queued: AtomicU64,
+    /// ScaleIT: events released unvalidated (schema service down, `ingest`).
+    pub unvalidated: AtomicU64,
+    /// ScaleIT: schema requests sent to app APIs.
+    pub schema_fetches: AtomicU64,
     /// Well-formed messages carrying no event (e.g. VCD `TASK`).
     pub skipped: AtomicU64,
     /// Committed write batches.
@@ -96,6 +102,9 @@ pub struct Snapshot {
     pub poll_known: u64,
     pub rejected: u64,
     pub released: u64,
+    pub validation_queued: u64,
+    pub unvalidated: u64,
+    pub schema_fetches: u64,
     pub skipped: u64,
     pub batches: u64,
     pub delivered: u64,
@@ -183,6 +192,9 @@ impl Counters {
             poll_known: self.poll_known.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             released: self.released.load(Relaxed),
+            validation_queued: self.validation_queued.load(Relaxed),
+            unvalidated: self.unvalidated.load(Relaxed),
+            schema_fetches: self.schema_fetches.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
             batches: self.batches.load(Relaxed),
             delivered: self.delivered.load(Relaxed),

@@ -7,7 +7,7 @@
 //! their cursor commits to the writer instead of writing themselves, so
 //! there is never lock contention on the write path.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +59,13 @@ fn connect_options(path: &Path, sync: Synchronous) -> SqliteConnectOptions {
         .pragma("temp_store", "memory")
 }
 
+/// The columns a [`StoredEvent`] is read from.
+macro_rules! stored_columns {
+    () => {
+        "seq, id, origin, occurred_at_us, type, subject, payload, late, ce_source, dataschema, validation"
+    };
+}
+
 /// Bytes the store occupies on disk: the database and its write-ahead log.
 pub fn size_on_disk(path: &std::path::Path) -> u64 {
     ["", "-wal"]
@@ -93,6 +100,31 @@ impl Store {
         )
     }
 
+    /// Events held back for their schema, received after `after_us`,
+    /// oldest first: (id, CloudEvent source, payload, received µs).
+    pub async fn pending_events(
+        &self,
+        after_us: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String, String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, COALESCE(ce_source, ''), payload, received_at_us FROM events \
+             WHERE validation = 'pending' AND received_at_us > ? ORDER BY received_at_us LIMIT ?",
+        )
+        .bind(after_us)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// A cached schema: (etag, body).
+    pub async fn schema(&self, url: &str) -> Result<Option<(Option<String>, String)>, StoreError> {
+        Ok(sqlx::query_as("SELECT etag, body FROM schemas WHERE url = ?")
+            .bind(url)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     /// A sink's cursor: the last `seq` its target accepted (0 = none).
     pub async fn cursor(&self, sink: &str) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT seq FROM cursors WHERE sink = ?")
@@ -109,8 +141,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT seq, id, origin, occurred_at_us, type, subject, payload, late \
-             FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            concat!("SELECT ", stored_columns!(), " FROM events WHERE seq > ? ORDER BY seq LIMIT ?"),
         )
         .bind(seq)
         .bind(limit)
@@ -168,7 +199,7 @@ impl Store {
     /// The released event at `seq`.
     pub async fn event_at(&self, seq: i64) -> Result<Option<StoredEvent>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT seq, id, origin, occurred_at_us, type, subject, payload, late FROM events WHERE seq = ?",
+            concat!("SELECT ", stored_columns!(), " FROM events WHERE seq = ?"),
         )
         .bind(seq)
         .fetch_optional(&self.pool)
@@ -344,6 +375,34 @@ enum Control {
         ops: Vec<SinkOp>,
         done: oneshot::Sender<()>,
     },
+    Schema {
+        ops: Vec<SchemaOp>,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// A schema registry's writes (see [`crate::source::schema`]).
+#[derive(Debug)]
+pub enum SchemaOp {
+    /// The held-back (`pending`) event `id` may be released: it validated,
+    /// or goes out unvalidated.
+    Release {
+        id: String,
+        validation: crate::event::Validation,
+        dataschema: Option<String>,
+    },
+    /// The held-back event `id` is invalid: it moves to `rejected`.
+    Reject {
+        id: String,
+        reason: crate::source::RejectReason,
+        detail: String,
+    },
+    /// A fetched schema, kept so a restart validates without the service.
+    Put {
+        url: String,
+        etag: Option<String>,
+        body: String,
+    },
 }
 
 /// A sink's writes, committed through the writer in the order given.
@@ -395,6 +454,16 @@ impl WriterHandle {
             .await?
             .await
             .map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Durably applies a schema registry's writes, in one transaction.
+    pub async fn schema_ops(&self, ops: Vec<SchemaOp>) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.ctrl
+            .send(Control::Schema { ops, done })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        wait.await.map_err(|_| StoreError::WriterGone)
     }
 
     /// Queues a sink's writes without waiting for their commit; the returned
@@ -513,6 +582,8 @@ struct Batch {
     skipped: u64,
     acks: Vec<Ack>,
     sink_ops: Vec<(String, SinkOp)>,
+    schema_ops: Vec<SchemaOp>,
+    /// Fired after the commit of the sink and schema ops.
     sink_done: Vec<oneshot::Sender<()>>,
     verified: Option<i64>,
     verified_done: Vec<oneshot::Sender<()>>,
@@ -545,6 +616,10 @@ impl Batch {
             Control::Sink { sink, ops, done } => {
                 self.sink_ops
                     .extend(ops.into_iter().map(|op| (sink.clone(), op)));
+                self.sink_done.push(done);
+            }
+            Control::Schema { ops, done } => {
+                self.schema_ops.extend(ops);
                 self.sink_done.push(done);
             }
         }
@@ -616,6 +691,13 @@ async fn write_sink_op(
 const INSERT_CHUNK: usize = 64;
 /// Ids per `IN (...)` lookup.
 const LOOKUP_CHUNK: usize = 256;
+
+/// A ScaleIT event waiting for its schema: stored, not released yet.
+fn pending(e: &Event) -> bool {
+    e.ext
+        .as_ref()
+        .is_some_and(|x| x.validation == crate::event::Validation::Pending)
+}
 
 fn placeholders(rows: usize, cols: usize) -> String {
     let row = format!("({})", vec!["?"; cols].join(","));
@@ -851,7 +933,8 @@ impl Writer {
         let held_since = now - stream.rule.max_hold_us;
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
             "SELECT id, occurred_at_us, received_at_us FROM events \
-             WHERE seq IS NULL AND (occurred_at_us <= ? OR received_at_us <= ?)",
+             WHERE seq IS NULL AND validation IS NOT 'pending' \
+             AND (occurred_at_us <= ? OR received_at_us <= ?)",
         )
         .bind(watermark.unwrap_or(i64::MIN))
         .bind(held_since)
@@ -948,6 +1031,116 @@ impl Writer {
         Ok(())
     }
 
+    /// Applies one schema registry write inside the batch's transaction.
+    /// Only rows still `pending` are touched, so a repeated op is harmless.
+    async fn write_schema_op(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        op: SchemaOp,
+        now: i64,
+        order: Order,
+        sequencer: &mut Sequencer,
+        counters: &Counters,
+    ) -> Result<(), StoreError> {
+        match op {
+            SchemaOp::Release {
+                id,
+                validation,
+                dataschema,
+            } => {
+                let done = sqlx::query(
+                    "UPDATE events SET validation = ?, dataschema = COALESCE(?, dataschema) \
+                     WHERE id = ? AND validation = 'pending'",
+                )
+                .bind(validation.as_str())
+                .bind(dataschema)
+                .bind(id.as_str())
+                .execute(&mut **tx)
+                .await?;
+                // In arrival order it takes the next seq now (event-time
+                // order releases it with the watermark); it arrived earlier.
+                if done.rows_affected() == 1 && order == Order::Arrival {
+                    sqlx::query("UPDATE events SET seq = ?, late = 1 WHERE id = ?")
+                        .bind(sequencer.next_seq())
+                        .bind(id.as_str())
+                        .execute(&mut **tx)
+                        .await?;
+                }
+            }
+            SchemaOp::Reject { id, reason, detail } => {
+                let moved = sqlx::query(
+                    "INSERT INTO rejected (topic, reason, detail, bytes, size, at_us) \
+                     SELECT COALESCE(ce_source, '') || '/' || type || COALESCE('/' || subject, ''), \
+                     ?, ?, CAST(payload AS BLOB), length(CAST(payload AS BLOB)), ? \
+                     FROM events WHERE id = ? AND validation = 'pending'",
+                )
+                .bind(reason.as_str())
+                .bind(detail.as_str())
+                .bind(now)
+                .bind(id.as_str())
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query("DELETE FROM events WHERE id = ? AND validation = 'pending'")
+                    .bind(id.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+                if moved.rows_affected() == 1 {
+                    counters.rejected_for(reason.as_str());
+                }
+            }
+            SchemaOp::Put { url, etag, body } => {
+                sqlx::query(
+                    "INSERT INTO schemas (url, etag, body, fetched_at_us) VALUES (?, ?, ?, ?) \
+                     ON CONFLICT(url) DO UPDATE SET etag = excluded.etag, body = excluded.body, \
+                     fetched_at_us = excluded.fetched_at_us",
+                )
+                .bind(url)
+                .bind(etag)
+                .bind(body)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Content-keyed events (sources without ids): one whose key was
+    /// received within its window before, in the store or earlier in the
+    /// batch, is a redelivery and is dropped.
+    async fn drop_window_duplicates(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), StoreError> {
+        if events.iter().all(|e| e.ext.is_none()) {
+            return Ok(());
+        }
+        let mut latest: HashMap<String, i64> = HashMap::new();
+        let mut kept = Vec::with_capacity(events.len());
+        for e in events.drain(..) {
+            if let Some(x) = &e.ext {
+                let since = e.received_at_us - x.dedup_window_us;
+                let prior = match latest.get(&x.dedup_key) {
+                    Some(t) => Some(*t),
+                    None => sqlx::query_scalar::<_, Option<i64>>(
+                        "SELECT MAX(received_at_us) FROM events \
+                         WHERE dedup_key = ? AND received_at_us >= ?",
+                    )
+                    .bind(x.dedup_key.as_str())
+                    .bind(since)
+                    .fetch_one(&mut **tx)
+                    .await?,
+                };
+                if prior.is_some_and(|t| t >= since) {
+                    continue;
+                }
+                latest.insert(x.dedup_key.clone(), e.received_at_us);
+            }
+            kept.push(e);
+        }
+        *events = kept;
+        Ok(())
+    }
+
     /// Writes one batch in one transaction; returns how many events were
     /// new, and how many of those came from the poller (MQTT had missed them).
     async fn write(&mut self, batch: &mut Batch) -> Result<(u64, u64), StoreError> {
@@ -956,6 +1149,7 @@ impl Writer {
         // In-batch duplicates first, then ids already stored.
         let mut seen = HashSet::with_capacity(batch.events.len());
         batch.events.retain(|e| seen.insert(e.id.clone()));
+        Self::drop_window_duplicates(&mut tx, &mut batch.events).await?;
         let mut existing = HashSet::new();
         let ids: Vec<&str> = batch.events.iter().map(|e| e.id.as_str()).collect();
         for chunk in ids.chunks(LOOKUP_CHUNK) {
@@ -978,8 +1172,9 @@ impl Writer {
         for chunk in fresh.chunks(INSERT_CHUNK) {
             let sql = format!(
                 "INSERT INTO events (id, source, origin, occurred_at_us, received_at_us, type, \
-                 subject, org, payload, seq, late) VALUES {} ON CONFLICT(id) DO NOTHING",
-                placeholders(chunk.len(), 11)
+                 subject, org, payload, seq, late, ce_source, dataschema, dedup_key, validation) \
+                 VALUES {} ON CONFLICT(id) DO NOTHING",
+                placeholders(chunk.len(), 15)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for e in chunk {
@@ -994,10 +1189,14 @@ impl Writer {
                     .bind(e.org.as_deref())
                     .bind(e.payload.as_str())
                     .bind(match self.stream.order {
-                        Order::Arrival => Some(self.sequencer.next_seq()),
-                        Order::EventTime => None,
+                        Order::Arrival if !pending(e) => Some(self.sequencer.next_seq()),
+                        _ => None,
                     })
-                    .bind(self.stream.order == Order::Arrival && e.origin == Origin::Poll);
+                    .bind(self.stream.order == Order::Arrival && e.origin == Origin::Poll)
+                    .bind(e.ext.as_ref().map(|x| x.source.as_str()))
+                    .bind(e.ext.as_ref().and_then(|x| x.dataschema.as_deref()))
+                    .bind(e.ext.as_ref().map(|x| x.dedup_key.as_str()))
+                    .bind(e.ext.as_ref().map(|x| x.validation.as_str()));
             }
             let done = q.execute(&mut *tx).await?;
             debug_assert_eq!(done.rows_affected(), chunk.len() as u64);
@@ -1025,6 +1224,11 @@ impl Writer {
         }
 
         let now = now_us();
+        for op in std::mem::take(&mut batch.schema_ops) {
+            let order = self.stream.order;
+            Self::write_schema_op(&mut tx, op, now, order, &mut self.sequencer, &self.counters)
+                .await?;
+        }
         for (sink, op) in &batch.sink_ops {
             write_sink_op(&mut tx, sink, op, now).await?;
         }

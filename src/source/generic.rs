@@ -67,6 +67,7 @@ impl GenericParser {
             org: None,
             origin: Origin::Mqtt,
             payload: text.to_string(),
+            ext: None,
         }))
     }
 }

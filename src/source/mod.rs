@@ -9,6 +9,8 @@ pub mod api;
 pub mod generic;
 pub mod mqtt;
 pub mod poll;
+pub mod scaleit;
+pub mod schema;
 pub mod session;
 pub mod vcd;
 
@@ -27,11 +29,19 @@ pub enum RejectReason {
     MissingId,
     MissingTimestamp,
     BadTimestamp,
+    /// ScaleIT: the topic is not `app/<app>/<stack>/<message>/...`.
+    BadTopic,
+    /// ScaleIT: the body names no `$schema` (and `require_schema = true`).
+    MissingSchema,
+    /// ScaleIT: the schema service answered 404 (or the file is missing).
+    UnknownSchema,
+    /// ScaleIT: the body does not validate against its schema.
+    SchemaInvalid,
 }
 
 impl RejectReason {
     /// Every reason, so that `/metrics` shows each at 0 before it happens.
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::Oversized,
         RejectReason::NotUtf8,
         RejectReason::MalformedJson,
@@ -40,6 +50,10 @@ impl RejectReason {
         RejectReason::MissingId,
         RejectReason::MissingTimestamp,
         RejectReason::BadTimestamp,
+        RejectReason::BadTopic,
+        RejectReason::MissingSchema,
+        RejectReason::UnknownSchema,
+        RejectReason::SchemaInvalid,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +66,10 @@ impl RejectReason {
             RejectReason::MissingId => "missing_id",
             RejectReason::MissingTimestamp => "missing_timestamp",
             RejectReason::BadTimestamp => "bad_timestamp",
+            RejectReason::BadTopic => "bad_topic",
+            RejectReason::MissingSchema => "missing_schema",
+            RejectReason::UnknownSchema => "unknown_schema",
+            RejectReason::SchemaInvalid => "schema_invalid",
         }
     }
 }
@@ -106,6 +124,7 @@ pub enum Parsed {
 pub enum Parser {
     Vcd(vcd::VcdParser),
     Generic(generic::GenericParser),
+    Scaleit(scaleit::ScaleitParser),
 }
 
 impl Parser {
@@ -116,6 +135,12 @@ impl Parser {
                 id_pointer: c.id_pointer.clone(),
                 time_pointer: c.time_pointer.clone(),
                 type_pointer: c.type_pointer.clone(),
+            }),
+            SourceKind::Scaleit => Parser::Scaleit(scaleit::ScaleitParser {
+                schema_base_url: c.schema_base_url.clone(),
+                require_schema: c.require_schema,
+                dedup_window_us: c.dedup_window.0.as_micros() as i64,
+                validating: c.schema_base_url.is_some() || c.schema_dir.is_some(),
             }),
         }
     }
@@ -137,6 +162,7 @@ impl Parser {
         let result = match self {
             Parser::Vcd(p) => p.parse(text, received_at_us),
             Parser::Generic(p) => p.parse(topic, text, received_at_us),
+            Parser::Scaleit(p) => p.parse(topic, text, received_at_us),
         };
         match result {
             Ok(Decoded::Event(event)) => Parsed::Event(event),

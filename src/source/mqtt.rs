@@ -19,6 +19,7 @@ use rumqttc::{
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::schema::SchemaRegistry;
 use super::{Parsed, Parser, RejectReason, Rejected};
 use crate::config::{MQTT_MAX_PACKET, MqttConfig, Scheme, Secret};
 use crate::event::now_us;
@@ -121,6 +122,8 @@ pub struct MqttSource {
     pub ingest: mpsc::Sender<Ingest>,
     /// Published on every subscribe and loss, for the live watermark.
     pub live: watch::Sender<Live>,
+    /// Validates bodies against their JSON Schema (ScaleIT), memory-only.
+    pub schemas: Option<Arc<SchemaRegistry>>,
 }
 
 /// Builds the rumqttc options for a connect with `auth`.
@@ -423,7 +426,13 @@ impl Session<'_> {
                 now,
             ))
         } else {
-            self.source.parser.parse(&p.topic, &p.payload, now)
+            match (
+                self.source.parser.parse(&p.topic, &p.payload, now),
+                &self.source.schemas,
+            ) {
+                (Parsed::Event(e), Some(schemas)) => schemas.apply(e, &p.topic, now),
+                (item, _) => item,
+            }
         };
         let cost = match &item {
             Parsed::Rejected(r) => {

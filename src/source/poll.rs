@@ -293,6 +293,7 @@ fn to_event(text: &str) -> Parsed {
             org: f.org,
             origin: Origin::Poll,
             payload: text.to_string(),
+            ext: None,
         }),
         Err((reason, detail)) => {
             tracing::warn!(reason = reason.as_str(), %detail, "rejected audit trail event");

@@ -100,6 +100,7 @@ impl VcdParser {
             org: fields.org,
             origin: Origin::Mqtt,
             payload: event_text,
+            ext: None,
         }))
     }
 }

@@ -1,0 +1,233 @@
+//! ScaleIT app-to-app messages (`[source] kind = "scaleit"`).
+//!
+//! Topics are `app/<app>/<stack>/<message>/<more>…`; bodies are minimal JSON
+//! objects with no id and no time, naming their JSON Schema in `$schema`.
+//! So the identity is derived: a hash of topic and body, deduplicated within
+//! a time window (the store's job), plus the receive time to tell a reading
+//! sent again later from a QoS 1 redelivery. This module only parses and
+//! resolves; fetching schemas and validating is [`super::schema`]'s.
+
+use serde_json::Value;
+
+use super::generic::content_id;
+use super::{Decoded, ParseError, RejectReason};
+use crate::event::{Event, EventExt, Origin, Validation};
+
+/// The parser, with what it needs from the config.
+#[derive(Clone, Debug)]
+pub struct ScaleitParser {
+    /// The app API URL template (`{app}` = app name), if schemas come over HTTP.
+    pub schema_base_url: Option<String>,
+    pub require_schema: bool,
+    pub dedup_window_us: i64,
+    /// Whether a schema registry validates events (a schema source is configured).
+    pub validating: bool,
+}
+
+/// The four fixed levels of a ScaleIT topic and what follows them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Topic<'a> {
+    pub app: &'a str,
+    pub stack: &'a str,
+    pub message: &'a str,
+    /// Levels after the message spec, joined by `/` (CloudEvent `subject`).
+    pub rest: Option<&'a str>,
+}
+
+/// Splits `app/<app>/<stack>/<message>/...`; fewer than four levels, another
+/// root, or an empty level is an error naming what is wrong.
+pub fn parse_topic(topic: &str) -> Result<Topic<'_>, String> {
+    let mut parts = topic.splitn(5, '/');
+    let (root, app, stack, message) = (parts.next(), parts.next(), parts.next(), parts.next());
+    let rest = parts.next();
+    match (root, app, stack, message) {
+        (Some("app"), Some(app), Some(stack), Some(message))
+            if !app.is_empty() && !stack.is_empty() && !message.is_empty() =>
+        {
+            Ok(Topic {
+                app,
+                stack,
+                message,
+                rest: rest.filter(|r| !r.is_empty()),
+            })
+        }
+        (Some("app"), ..) => Err(format!(
+            "`{topic}` has fewer than four levels (app/<app>/<stack>/<message>)"
+        )),
+        _ => Err(format!("`{topic}` does not start with app/")),
+    }
+}
+
+/// The schema URL for `reference` of `app`: an absolute reference as is,
+/// else the app API URL + `/api/messages/` + the reference.
+pub fn schema_url(base: &str, app: &str, reference: &str) -> String {
+    if reference.starts_with("http://") || reference.starts_with("https://") {
+        return reference.to_string();
+    }
+    format!(
+        "{}/api/messages/{}",
+        base.replace("{app}", app).trim_end_matches('/'),
+        reference.trim_start_matches('/')
+    )
+}
+
+impl ScaleitParser {
+    pub fn parse(
+        &self,
+        topic: &str,
+        text: &str,
+        received_at_us: i64,
+    ) -> Result<Decoded, ParseError> {
+        let t = parse_topic(topic).map_err(|e| (RejectReason::BadTopic, e))?;
+        let body: Value =
+            serde_json::from_str(text).map_err(|e| (RejectReason::MalformedJson, e.to_string()))?;
+        if !body.is_object() {
+            return Err((
+                RejectReason::MalformedJson,
+                "the body is not a JSON object".into(),
+            ));
+        }
+        let schema_ref = match body.get("$schema") {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(other) => {
+                return Err((
+                    RejectReason::MissingSchema,
+                    format!("`$schema` is {other}, not a reference"),
+                ));
+            }
+            None if self.require_schema => {
+                return Err((
+                    RejectReason::MissingSchema,
+                    "the body has no `$schema` (require_schema = true)".into(),
+                ));
+            }
+            None => None,
+        };
+        let dataschema = match (&schema_ref, &self.schema_base_url) {
+            (Some(r), Some(base)) => Some(schema_url(base, t.app, r)),
+            _ => None,
+        };
+        let validation = if self.validating && schema_ref.is_some() {
+            Validation::Pending
+        } else {
+            Validation::Unvalidated
+        };
+        let key = content_id(topic, text);
+        Ok(Decoded::Event(Event {
+            id: format!("{}-{received_at_us}", &key[..32]),
+            occurred_at_us: received_at_us,
+            received_at_us,
+            event_type: t.message.to_string(),
+            subject: t.rest.map(str::to_string),
+            org: None,
+            origin: Origin::Mqtt,
+            payload: text.to_string(),
+            ext: Some(Box::new(EventExt {
+                source: format!("app/{}/{}", t.app, t.stack),
+                app: t.app.to_string(),
+                schema_ref,
+                dataschema,
+                dedup_key: key,
+                dedup_window_us: self.dedup_window_us,
+                validation,
+            })),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parser() -> ScaleitParser {
+        ScaleitParser {
+            schema_base_url: Some("http://{app}.apps.local:8080/".into()),
+            require_schema: true,
+            dedup_window_us: 600_000_000,
+            validating: true,
+        }
+    }
+
+    fn event(d: Decoded) -> Event {
+        match d {
+            Decoded::Event(e) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn topics_split_into_app_stack_message_and_subject() {
+        assert_eq!(
+            parse_topic("app/de-ondics-pacman/de-ondics-pacman_1/gameover").unwrap(),
+            Topic {
+                app: "de-ondics-pacman",
+                stack: "de-ondics-pacman_1",
+                message: "gameover",
+                rest: None
+            }
+        );
+        let t = parse_topic("app/sensor/s_2/temperature/hall/3").unwrap();
+        assert_eq!((t.message, t.rest), ("temperature", Some("hall/3")));
+        assert!(parse_topic("app/sensor/s_2").unwrap_err().contains("fewer than four"));
+        assert!(parse_topic("app/sensor//temperature").is_err());
+        assert!(parse_topic("publish/x/y/z").unwrap_err().contains("app/"));
+    }
+
+    #[test]
+    fn the_pacman_gameover_maps_to_a_cloudevent_shape() {
+        let body = r#"{"$schema": "gameover.json", "score": 10230, "isHighscore": true}"#;
+        let e = event(
+            parser()
+                .parse("app/de-ondics-pacman/de-ondics-pacman_1/gameover", body, 42)
+                .unwrap(),
+        );
+        let x = e.ext.as_ref().unwrap();
+        assert_eq!(x.source, "app/de-ondics-pacman/de-ondics-pacman_1");
+        assert_eq!(e.event_type, "gameover");
+        assert_eq!(e.subject, None);
+        assert_eq!(e.occurred_at_us, 42);
+        assert_eq!(
+            x.dataschema.as_deref(),
+            Some("http://de-ondics-pacman.apps.local:8080/api/messages/gameover.json")
+        );
+        assert_eq!(x.validation, Validation::Pending);
+        assert!(e.id.ends_with("-42"));
+        assert_eq!(x.dedup_key, content_id("app/de-ondics-pacman/de-ondics-pacman_1/gameover", body));
+    }
+
+    #[test]
+    fn same_body_later_is_another_id_with_the_same_key() {
+        let p = parser();
+        let body = r#"{"$schema":"t.json","v":1}"#;
+        let a = event(p.parse("app/a/s/t", body, 1).unwrap());
+        let b = event(p.parse("app/a/s/t", body, 2).unwrap());
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.ext.unwrap().dedup_key, b.ext.unwrap().dedup_key);
+    }
+
+    #[test]
+    fn bad_messages_are_rejected_with_a_reason() {
+        let p = parser();
+        let reason = |topic: &str, body: &str| p.parse(topic, body, 1).unwrap_err().0;
+        assert_eq!(reason("app/a/s", r#"{"$schema":"x"}"#), RejectReason::BadTopic);
+        assert_eq!(reason("app/a/s/m", "[1]"), RejectReason::MalformedJson);
+        assert_eq!(reason("app/a/s/m", "{"), RejectReason::MalformedJson);
+        assert_eq!(reason("app/a/s/m", r#"{"v":1}"#), RejectReason::MissingSchema);
+        assert_eq!(reason("app/a/s/m", r#"{"$schema":7}"#), RejectReason::MissingSchema);
+        let lenient = ScaleitParser {
+            require_schema: false,
+            ..parser()
+        };
+        let e = event(lenient.parse("app/a/s/m", r#"{"v":1}"#, 1).unwrap());
+        assert_eq!(e.ext.unwrap().validation, Validation::Unvalidated);
+    }
+
+    #[test]
+    fn absolute_schema_references_are_kept() {
+        assert_eq!(
+            schema_url("http://x", "a", "https://schemas.example.com/t.json"),
+            "https://schemas.example.com/t.json"
+        );
+        assert_eq!(schema_url("http://x/", "a", "/t.json"), "http://x/api/messages/t.json");
+    }
+}
