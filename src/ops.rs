@@ -155,7 +155,13 @@ pub struct Status {
     pub verified_until: Option<String>,
     /// Seconds between now and the verified watermark.
     pub verified_age_s: Option<f64>,
+    /// What the stream can claim: verified against a history, or MQTT only.
+    pub completeness: String,
+    /// ScaleIT: events stored but held back until their schema is fetched.
+    pub pending_validation: i64,
     pub sinks: Vec<SinkStatus>,
+    /// Rejected messages kept, per reason.
+    pub rejected_by_reason: Vec<(String, i64)>,
     pub last_rejected: Vec<RejectedRow>,
 }
 
@@ -178,6 +184,16 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
         });
     }
     let last_rejected = store.last_rejected(5).await?;
+    let rejected_by_reason = store.rejected_by_reason().await?;
+    let pending_validation = store.pending_count().await?;
+    let completeness =
+        if config.source.kind == crate::config::SourceKind::Vcd && config.source.url.is_some() {
+            "verified: the poller checks the REST history for what MQTT missed".to_string()
+        } else {
+            "MQTT only: this source has no history endpoint, so messages lost while \
+         disconnected are not recovered (no completeness claim)"
+                .to_string()
+        };
     store.close().await;
     let now = crate::event::now_us();
     Ok(Status {
@@ -190,7 +206,10 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
         rejected,
         verified_until: verified.map(crate::event::rfc3339_us),
         verified_age_s: verified.map(|v| (now - v) as f64 / 1e6),
+        completeness,
+        pending_validation,
         sinks,
+        rejected_by_reason,
         last_rejected,
     })
 }
@@ -211,6 +230,13 @@ impl Status {
             (Some(v), Some(age)) => format!("verified    up to {v} ({age:.0} s ago)\n"),
             _ => "verified    never (no poller, or it has not completed a window yet)\n".into(),
         };
+        s += &format!("source      {}\n", self.completeness);
+        if self.pending_validation > 0 {
+            s += &format!(
+                "validation  {} event(s) held back until their schema can be fetched\n",
+                self.pending_validation
+            );
+        }
         s += "sinks\n";
         for k in &self.sinks {
             s += &format!(
@@ -227,6 +253,9 @@ impl Status {
             );
         }
         s += &format!("rejected    {} kept", self.rejected);
+        for (reason, n) in &self.rejected_by_reason {
+            s += &format!(", {n} {reason}");
+        }
         for r in &self.last_rejected {
             s += &format!(
                 "\n  {}  {:<18} {}  {} ({} bytes)",

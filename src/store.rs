@@ -117,12 +117,23 @@ impl Store {
         .await?)
     }
 
+    /// How many events wait for their schema.
+    pub async fn pending_count(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE validation = 'pending'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// A cached schema: (etag, body).
     pub async fn schema(&self, url: &str) -> Result<Option<(Option<String>, String)>, StoreError> {
-        Ok(sqlx::query_as("SELECT etag, body FROM schemas WHERE url = ?")
-            .bind(url)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT etag, body FROM schemas WHERE url = ?")
+                .bind(url)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// A sink's cursor: the last `seq` its target accepted (0 = none).
@@ -140,9 +151,11 @@ impl Store {
         seq: i64,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        Ok(sqlx::query_as(
-            concat!("SELECT ", stored_columns!(), " FROM events WHERE seq > ? ORDER BY seq LIMIT ?"),
-        )
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            stored_columns!(),
+            " FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+        ))
         .bind(seq)
         .bind(limit)
         .fetch_all(&self.pool)
@@ -198,9 +211,11 @@ impl Store {
 
     /// The released event at `seq`.
     pub async fn event_at(&self, seq: i64) -> Result<Option<StoredEvent>, StoreError> {
-        Ok(sqlx::query_as(
-            concat!("SELECT ", stored_columns!(), " FROM events WHERE seq = ?"),
-        )
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            stored_columns!(),
+            " FROM events WHERE seq = ?"
+        ))
         .bind(seq)
         .fetch_optional(&self.pool)
         .await?)
@@ -1121,14 +1136,16 @@ impl Writer {
                 let since = e.received_at_us - x.dedup_window_us;
                 let prior = match latest.get(&x.dedup_key) {
                     Some(t) => Some(*t),
-                    None => sqlx::query_scalar::<_, Option<i64>>(
-                        "SELECT MAX(received_at_us) FROM events \
+                    None => {
+                        sqlx::query_scalar::<_, Option<i64>>(
+                            "SELECT MAX(received_at_us) FROM events \
                          WHERE dedup_key = ? AND received_at_us >= ?",
-                    )
-                    .bind(x.dedup_key.as_str())
-                    .bind(since)
-                    .fetch_one(&mut **tx)
-                    .await?,
+                        )
+                        .bind(x.dedup_key.as_str())
+                        .bind(since)
+                        .fetch_one(&mut **tx)
+                        .await?
+                    }
                 };
                 if prior.is_some_and(|t| t >= since) {
                     continue;

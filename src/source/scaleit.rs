@@ -168,7 +168,11 @@ mod tests {
         );
         let t = parse_topic("app/sensor/s_2/temperature/hall/3").unwrap();
         assert_eq!((t.message, t.rest), ("temperature", Some("hall/3")));
-        assert!(parse_topic("app/sensor/s_2").unwrap_err().contains("fewer than four"));
+        assert!(
+            parse_topic("app/sensor/s_2")
+                .unwrap_err()
+                .contains("fewer than four")
+        );
         assert!(parse_topic("app/sensor//temperature").is_err());
         assert!(parse_topic("publish/x/y/z").unwrap_err().contains("app/"));
     }
@@ -192,7 +196,10 @@ mod tests {
         );
         assert_eq!(x.validation, Validation::Pending);
         assert!(e.id.ends_with("-42"));
-        assert_eq!(x.dedup_key, content_id("app/de-ondics-pacman/de-ondics-pacman_1/gameover", body));
+        assert_eq!(
+            x.dedup_key,
+            content_id("app/de-ondics-pacman/de-ondics-pacman_1/gameover", body)
+        );
     }
 
     #[test]
@@ -209,11 +216,20 @@ mod tests {
     fn bad_messages_are_rejected_with_a_reason() {
         let p = parser();
         let reason = |topic: &str, body: &str| p.parse(topic, body, 1).unwrap_err().0;
-        assert_eq!(reason("app/a/s", r#"{"$schema":"x"}"#), RejectReason::BadTopic);
+        assert_eq!(
+            reason("app/a/s", r#"{"$schema":"x"}"#),
+            RejectReason::BadTopic
+        );
         assert_eq!(reason("app/a/s/m", "[1]"), RejectReason::MalformedJson);
         assert_eq!(reason("app/a/s/m", "{"), RejectReason::MalformedJson);
-        assert_eq!(reason("app/a/s/m", r#"{"v":1}"#), RejectReason::MissingSchema);
-        assert_eq!(reason("app/a/s/m", r#"{"$schema":7}"#), RejectReason::MissingSchema);
+        assert_eq!(
+            reason("app/a/s/m", r#"{"v":1}"#),
+            RejectReason::MissingSchema
+        );
+        assert_eq!(
+            reason("app/a/s/m", r#"{"$schema":7}"#),
+            RejectReason::MissingSchema
+        );
         let lenient = ScaleitParser {
             require_schema: false,
             ..parser()
@@ -228,6 +244,9 @@ mod tests {
             schema_url("http://x", "a", "https://schemas.example.com/t.json"),
             "https://schemas.example.com/t.json"
         );
-        assert_eq!(schema_url("http://x/", "a", "/t.json"), "http://x/api/messages/t.json");
+        assert_eq!(
+            schema_url("http://x/", "a", "/t.json"),
+            "http://x/api/messages/t.json"
+        );
     }
 }

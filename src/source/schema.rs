@@ -51,7 +51,9 @@ enum Entry {
 /// The verdict on one body.
 #[derive(Debug, PartialEq)]
 pub enum Check {
-    Valid { location: String },
+    Valid {
+        location: String,
+    },
     Invalid(String),
     Unknown(String),
     Unavailable,
@@ -244,7 +246,9 @@ impl SchemaRegistry {
                             detail,
                         }
                     }
-                    Check::Unavailable | Check::NotYet if self.mode == SchemaUnavailable::Ingest => {
+                    Check::Unavailable | Check::NotYet
+                        if self.mode == SchemaUnavailable::Ingest =>
+                    {
                         Counters::add(&self.counters.unvalidated, 1);
                         SchemaOp::Release {
                             id,
@@ -271,7 +275,12 @@ impl SchemaRegistry {
         writer: &WriterHandle,
     ) -> Result<(), StoreError> {
         let key = (app.to_string(), reference.to_string());
-        let stale = match self.cache.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        let stale = match self
+            .cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             None => true,
             Some(Entry::Unavailable { retry_at, .. }) => Instant::now() >= *retry_at,
             Some(_) => false,
@@ -284,7 +293,9 @@ impl SchemaRegistry {
             Entry::Ready { location, .. } => {
                 tracing::info!(app, schema = reference, %location, "schema loaded")
             }
-            Entry::Missing(detail) => tracing::warn!(app, schema = reference, %detail, "schema missing"),
+            Entry::Missing(detail) => {
+                tracing::warn!(app, schema = reference, %detail, "schema missing")
+            }
             Entry::Unavailable { error, .. } => {
                 tracing::warn!(app, schema = reference, %error, retry_in = ?RETRY, "schema service unavailable")
             }
@@ -383,8 +394,7 @@ impl SchemaRegistry {
 /// `<dir>/<app>/<ref>`, then `<dir>/<ref>`; a reference that climbs out of
 /// the directory is not looked up.
 fn local_candidates(dir: &Path, app: &str, reference: &str) -> Vec<PathBuf> {
-    if reference.split('/').any(|p| p == "..") || reference.starts_with('/') || app.contains("..")
-    {
+    if reference.split('/').any(|p| p == "..") || reference.starts_with('/') || app.contains("..") {
         return Vec::new();
     }
     vec![dir.join(app).join(reference), dir.join(reference)]
@@ -411,11 +421,17 @@ mod tests {
     #[test]
     fn errors_name_the_instance_path() {
         let v = gameover();
-        assert_eq!(describe_errors(&v, &json!({"score": 3, "isHighscore": true})), None);
+        assert_eq!(
+            describe_errors(&v, &json!({"score": 3, "isHighscore": true})),
+            None
+        );
         let wrong = describe_errors(&v, &json!({"score": "many"})).unwrap();
         assert!(wrong.starts_with("at /score: "), "{wrong}");
         let missing = describe_errors(&v, &json!({"isHighscore": false})).unwrap();
-        assert!(missing.starts_with("at /: ") && missing.contains("score"), "{missing}");
+        assert!(
+            missing.starts_with("at /: ") && missing.contains("score"),
+            "{missing}"
+        );
     }
 
     #[test]
@@ -423,7 +439,10 @@ mod tests {
         let d = Path::new("/s");
         assert_eq!(
             local_candidates(d, "pacman", "gameover.json"),
-            vec![PathBuf::from("/s/pacman/gameover.json"), PathBuf::from("/s/gameover.json")]
+            vec![
+                PathBuf::from("/s/pacman/gameover.json"),
+                PathBuf::from("/s/gameover.json")
+            ]
         );
         assert!(local_candidates(d, "pacman", "../etc/passwd").is_empty());
         assert!(local_candidates(d, "pacman", "/etc/passwd").is_empty());
@@ -433,6 +452,9 @@ mod tests {
     fn a_schema_that_does_not_compile_is_missing_not_fatal() {
         assert!(matches!(compile("{", "x"), Entry::Missing(_)));
         assert!(matches!(compile(r#"{"type": 12}"#, "x"), Entry::Missing(_)));
-        assert!(matches!(compile(r#"{"type": "object"}"#, "x"), Entry::Ready { .. }));
+        assert!(matches!(
+            compile(r#"{"type": "object"}"#, "x"),
+            Entry::Ready { .. }
+        ));
     }
 }

@@ -9,6 +9,7 @@ mod ingest;
 mod ops;
 mod output;
 mod poll;
+mod scaleit;
 mod support;
 mod tls;
 mod webhook;

@@ -1,0 +1,380 @@
+//! The ScaleIT profile end to end: mosquitto, the gapless binary, and a
+//! schema service on 127.0.0.1 that can be taken down and brought back.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::support::*;
+
+const GAMEOVER: &str = r#"{
+  "$schema": "http://json-schema.org/draft-06/schema#",
+  "title": "gameover",
+  "type": "object",
+  "properties": {
+    "$schema": {"type": "string", "description": "Schema-Referenz"},
+    "score": {"type": "integer", "description": "Punktestand", "description_en": "score"},
+    "isHighscore": {"type": "boolean", "description": "Neuer Rekord?"}
+  },
+  "required": ["score", "isHighscore"]
+}"#;
+
+/// The app API's schema endpoint: `down` answers 503, each request counted.
+struct SchemaService {
+    down: Arc<AtomicBool>,
+    requests: Arc<AtomicUsize>,
+    /// Requests answered 304 Not Modified (the client sent our ETag).
+    not_modified: Arc<AtomicUsize>,
+    url: String,
+}
+
+async fn schema_service(down: bool) -> SchemaService {
+    let down = Arc::new(AtomicBool::new(down));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let not_modified = Arc::new(AtomicUsize::new(0));
+    let (d, r, n) = (down.clone(), requests.clone(), not_modified.clone());
+    let app = axum::Router::new().route(
+        "/api/messages/{name}",
+        get(
+            move |axum::extract::Path(name): axum::extract::Path<String>, headers: HeaderMap| {
+                let (d, r, n) = (d.clone(), r.clone(), n.clone());
+                async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    if d.load(Ordering::SeqCst) {
+                        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
+                    if name != "gameover.json" {
+                        return StatusCode::NOT_FOUND.into_response();
+                    }
+                    if headers.get("if-none-match").is_some_and(|v| v == "\"v1\"") {
+                        n.fetch_add(1, Ordering::SeqCst);
+                        return StatusCode::NOT_MODIFIED.into_response();
+                    }
+                    ([("etag", "\"v1\"")], GAMEOVER).into_response()
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    SchemaService {
+        down,
+        requests,
+        not_modified,
+        url,
+    }
+}
+
+fn scaleit_config(dir: &Path, broker: &str, schemas: &str, extra: &str) -> PathBuf {
+    let path = dir.join("gapless.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[source]
+kind = "scaleit"
+name = "scaleit-it"
+apps = ["de-ondics-pacman"]
+schema_base_url = "{schemas}"
+dedup_window = "3s"
+{extra}
+
+[mqtt]
+url = "{broker}"
+client_id = "gapless-scaleit"
+max_packet_size = "4KiB"
+reconnect_max = "1s"
+
+[stream]
+settle = "300ms"
+
+{tail}"#,
+            tail = store_and_file_sink(dir),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+const PACMAN_1: &str = "app/de-ondics-pacman/de-ondics-pacman_1/gameover";
+const PACMAN_2: &str = "app/de-ondics-pacman/de-ondics-pacman_2/gameover";
+
+fn msg(topic: &str, body: &str) -> (String, Vec<u8>) {
+    (topic.to_string(), body.as_bytes().to_vec())
+}
+
+fn lines(file: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Valid and invalid bodies, wildcard stacks, a subject, an oversized body,
+/// a bad topic, a missing `$schema`; duplicates within and beyond the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validates_dedups_in_window_and_maps_to_cloudevents() {
+    let Some(bin) = mosquitto_bin("scaleit_validation") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(bin, dir.path());
+    let service = schema_service(false).await;
+    let config = scaleit_config(dir.path(), &broker.tcp_url(), &service.url, "");
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+
+    let first = r#"{"$schema": "gameover.json", "score": 10230, "isHighscore": true}"#;
+    let big = format!(
+        r#"{{"$schema": "gameover.json", "score": 1, "isHighscore": false, "pad": "{}"}}"#,
+        "x".repeat(5000)
+    );
+    let mut publisher = broker.publisher("pacman").await;
+    publisher
+        .publish_all(
+            vec![
+                msg(PACMAN_1, first),
+                msg(PACMAN_1, first), // a redelivery: same topic and body
+                msg(
+                    PACMAN_2,
+                    r#"{"$schema": "gameover.json", "score": 7, "isHighscore": false}"#,
+                ),
+                msg(
+                    &format!("{PACMAN_1}/level/3"),
+                    r#"{"$schema": "gameover.json", "score": 3, "isHighscore": false}"#,
+                ),
+                msg(
+                    PACMAN_1,
+                    r#"{"$schema": "gameover.json", "score": "many", "isHighscore": true}"#,
+                ),
+                msg(PACMAN_1, r#"{"$schema": "gameover.json", "score": 5}"#),
+                msg(PACMAN_1, r#"{"score": 5, "isHighscore": true}"#),
+                msg(PACMAN_1, r#"{"$schema": "nothere.json", "score": 5}"#),
+                msg("app/de-ondics-pacman/only-three", first),
+                msg(PACMAN_1, &big),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    let file = dir.path().join("events.jsonl");
+    wait_lines(&file, 3, Duration::from_secs(30), &mut gapless);
+
+    // Beyond the window the same reading is a new event.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    publisher
+        .publish_all(vec![msg(PACMAN_1, first)], None)
+        .await
+        .unwrap();
+    wait_lines(&file, 4, Duration::from_secs(30), &mut gapless);
+    let summary = gapless.stop();
+
+    let events = lines(&file);
+    assert_eq!(events.len(), 4, "{events:#?}");
+    let first_event = &events[0];
+    assert_eq!(
+        first_event["source"],
+        "app/de-ondics-pacman/de-ondics-pacman_1"
+    );
+    assert_eq!(first_event["type"], "gameover");
+    assert_eq!(first_event["data"]["score"], 10230);
+    assert_eq!(first_event["validation"], "valid");
+    assert_eq!(
+        first_event["dataschema"],
+        format!("{}/api/messages/gameover.json", service.url)
+    );
+    assert!(first_event.get("subject").is_none());
+    let sources: Vec<&str> = events
+        .iter()
+        .map(|e| e["source"].as_str().unwrap())
+        .collect();
+    assert!(
+        sources.contains(&"app/de-ondics-pacman/de-ondics-pacman_2"),
+        "{sources:?}"
+    );
+    assert!(
+        events.iter().any(|e| e["subject"] == "level/3"),
+        "{events:#?}"
+    );
+    let repeats: Vec<_> = events
+        .iter()
+        .filter(|e| e["data"]["score"] == 10230)
+        .collect();
+    assert_eq!(repeats.len(), 2, "once in the window, once after it");
+    assert_ne!(repeats[0]["id"], repeats[1]["id"]);
+
+    let c = &summary["counters"];
+    assert_eq!(c["duplicates"], 1, "{summary}");
+    assert_eq!(c["rejected"], 6, "{summary}");
+    assert_eq!(
+        service.requests.load(Ordering::SeqCst),
+        2,
+        "gameover.json once, nothere.json once"
+    );
+
+    let out = run_ok(
+        gapless_cmd()
+            .args(["status", "--json", "--config"])
+            .arg(&config),
+    );
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut reasons: Vec<String> = status["rejected_by_reason"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{}={}", r[0].as_str().unwrap(), r[1]))
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "bad_topic=1",
+            "missing_schema=1",
+            "oversized=1",
+            "schema_invalid=2",
+            "unknown_schema=1"
+        ],
+        "{status}"
+    );
+    let invalid: Vec<String> = status["last_rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["reason"] == "schema_invalid")
+        .map(|r| r["detail"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        invalid.iter().any(|d| d.starts_with("at /score: ")),
+        "{invalid:?}"
+    );
+    assert!(
+        invalid.iter().any(|d| d.contains("isHighscore")),
+        "{invalid:?}"
+    );
+}
+
+/// The schema service is down: messages are stored and held back (not
+/// lost, not released); once it is back they are validated and released,
+/// the invalid one moved to `rejected`. After a restart the stored schema
+/// copy is revalidated with its ETag (304).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_service_down_queues_then_validates() {
+    let Some(bin) = mosquitto_bin("scaleit_schema_down") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(bin, dir.path());
+    let service = schema_service(true).await;
+    let config = scaleit_config(dir.path(), &broker.tcp_url(), &service.url, "");
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+
+    let mut publisher = broker.publisher("pacman").await;
+    publisher
+        .publish_all(
+            vec![
+                msg(
+                    PACMAN_1,
+                    r#"{"$schema": "gameover.json", "score": 1, "isHighscore": false}"#,
+                ),
+                msg(
+                    PACMAN_2,
+                    r#"{"$schema": "gameover.json", "score": 2, "isHighscore": true}"#,
+                ),
+                msg(
+                    PACMAN_1,
+                    r#"{"$schema": "gameover.json", "score": false, "isHighscore": true}"#,
+                ),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    gapless.wait_log("schema service unavailable", 1, Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let file = dir.path().join("events.jsonl");
+    assert_eq!(
+        count_lines(&file),
+        0,
+        "held back while the schema is unknown"
+    );
+
+    service.down.store(false, Ordering::SeqCst);
+    wait_lines(&file, 2, Duration::from_secs(30), &mut gapless);
+    gapless.wait_log("moved to rejected", 1, Duration::from_secs(20));
+    let summary = gapless.stop();
+    assert_eq!(summary["counters"]["rejected"], 1, "{summary}");
+    assert_eq!(summary["counters"]["validation_queued"], 3, "{summary}");
+    let events = lines(&file);
+    assert!(
+        events.iter().all(|e| e["validation"] == "valid"),
+        "{events:#?}"
+    );
+
+    // Restart: the stored copy is checked with its ETag (304), not re-sent.
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    publisher
+        .publish_all(
+            vec![msg(
+                PACMAN_1,
+                r#"{"$schema": "gameover.json", "score": 9, "isHighscore": true}"#,
+            )],
+            None,
+        )
+        .await
+        .unwrap();
+    wait_lines(&file, 3, Duration::from_secs(30), &mut gapless);
+    gapless.stop();
+    assert_eq!(service.not_modified.load(Ordering::SeqCst), 1);
+}
+
+/// `on_schema_unavailable = "ingest"`: with the service down, events go out
+/// at once, marked unvalidated and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_service_down_ingest_releases_unvalidated() {
+    let Some(bin) = mosquitto_bin("scaleit_ingest") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(bin, dir.path());
+    let service = schema_service(true).await;
+    let config = scaleit_config(
+        dir.path(),
+        &broker.tcp_url(),
+        &service.url,
+        "on_schema_unavailable = \"ingest\"",
+    );
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    let mut publisher = broker.publisher("pacman").await;
+    publisher
+        .publish_all(
+            vec![
+                msg(
+                    PACMAN_1,
+                    r#"{"$schema": "gameover.json", "score": 1, "isHighscore": false}"#,
+                ),
+                msg(PACMAN_2, r#"{"$schema": "gameover.json", "score": "x"}"#),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    let file = dir.path().join("events.jsonl");
+    wait_lines(&file, 2, Duration::from_secs(30), &mut gapless);
+    let summary = gapless.stop();
+    assert_eq!(summary["counters"]["unvalidated"], 2, "{summary}");
+    assert!(
+        lines(&file)
+            .iter()
+            .all(|e| e["validation"] == "unvalidated")
+    );
+}
