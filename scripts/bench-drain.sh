@@ -5,10 +5,13 @@
 # at once and writes nowhere). Reports both rates, their ratio and gapless's
 # peak RSS; the median of the runs is the figure.
 #
-# Usage: scripts/bench-drain.sh [EVENTS] [RUNS] [SYNCHRONOUS]
+# Usage: scripts/bench-drain.sh [EVENTS] [RUNS] [SYNCHRONOUS] [PROFILE]
 #   EVENTS       backlog size (default 200000)
 #   RUNS         repetitions (default 3)
 #   SYNCHRONOUS  gapless store.synchronous: full (default) or normal
+#   PROFILE      vcd (default); scaleit (Pacman gameover bodies validated
+#                against a draft-06 schema from schema_dir); scaleit-off (the
+#                same bodies, no schema, require_schema = false)
 # Needs: mosquitto, mosquitto-clients, python3; builds the gapless binary and
 # examples/publish_lines (a QoS 1 publisher; `mosquitto_pub -l` drops messages
 # when fed a large file at full speed).
@@ -17,6 +20,7 @@ set -euo pipefail
 EVENTS=${1:-200000}
 RUNS=${2:-3}
 SYNC=${3:-full}
+PROFILE=${4:-vcd}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
@@ -41,7 +45,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The backlog: one envelope per line (publish_lines sends one message per line).
+# The backlog: one message per line (publish_lines sends one message per line).
+if [ "$PROFILE" = vcd ]; then
+TOPIC=publish/org/user
+FILTER='publish/#'
 python3 - "$EVENTS" > "$WORK/envelopes.txt" <<'PY'
 import json, sys, uuid, datetime
 n = int(sys.argv[1])
@@ -62,7 +69,37 @@ for i in range(n):
     print(json.dumps({"type": "EVENT", "headers": {"contentType": "application/json"},
                       "payload": json.dumps(ev)}))
 PY
-echo "backlog: $EVENTS envelopes, $(( $(stat -c %s "$WORK/envelopes.txt") / EVENTS )) bytes each on average" >&2
+SOURCE='kind = "vcd"'
+else
+TOPIC=app/de-ondics-pacman/de-ondics-pacman_1/gameover
+FILTER='app/#'
+python3 - "$EVENTS" "$PROFILE" > "$WORK/envelopes.txt" <<'PY'
+import json, sys
+n, profile = int(sys.argv[1]), sys.argv[2]
+for i in range(n):
+    body = {"score": i, "isHighscore": i % 7 == 0, "player": f"p{i % 97}"}
+    if profile == "scaleit":
+        body = {"$schema": "gameover.json", **body}
+    print(json.dumps(body))
+PY
+mkdir -p "$WORK/schemas"
+cat > "$WORK/schemas/gameover.json" <<'JSON'
+{"$schema": "http://json-schema.org/draft-06/schema#", "type": "object",
+ "properties": {"$schema": {"type": "string", "description": "Schema"},
+   "score": {"type": "integer", "description": "Punkte"},
+   "isHighscore": {"type": "boolean", "description": "Rekord?"},
+   "player": {"type": "string", "description": "Spieler"}},
+ "required": ["score", "isHighscore"]}
+JSON
+if [ "$PROFILE" = scaleit ]; then
+  SOURCE="kind = \"scaleit\"
+schema_dir = \"$WORK/schemas\""
+else
+  SOURCE='kind = "scaleit"
+require_schema = false'
+fi
+fi
+echo "backlog: $EVENTS $PROFILE messages, $(( $(stat -c %s "$WORK/envelopes.txt") / EVENTS )) bytes each on average" >&2
 
 now_us() { date +%s%6N; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -82,14 +119,14 @@ EOF
   for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
 
   # Persistent sessions for both consumers, then the backlog.
-  mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -c -i bench-gapless -t 'publish/#' -E
-  mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -c -i bench-mosquitto-sub -t 'publish/#' -E
-  "$PUBLISH" "$PORT" publish/org/user < "$WORK/envelopes.txt"
+  mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -c -i bench-gapless -t "$FILTER" -E
+  mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -c -i bench-mosquitto-sub -t "$FILTER" -E
+  "$PUBLISH" "$PORT" "$TOPIC" < "$WORK/envelopes.txt"
 
   rm -f "$WORK"/gapless.db* "$WORK/events.jsonl"
   cat > "$WORK/gapless.toml" <<EOF
 [source]
-kind = "vcd"
+$SOURCE
 name = "bench"
 [mqtt]
 url = "mqtt://127.0.0.1:$PORT"
@@ -118,7 +155,7 @@ print(c["stored"], max(c["last_commit_us"], c["last_delivered_us"]), s["peak_rss
   g_s=$(python3 -c "print(($last - $start) / 1e6)")
 
   start=$(now_us)
-  mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -c -i bench-mosquitto-sub -t 'publish/#' -C "$EVENTS" > /dev/null
+  mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -c -i bench-mosquitto-sub -t "$FILTER" -C "$EVENTS" > /dev/null
   m_s=$(python3 -c "print(($(now_us) - $start) / 1e6)")
 
   kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=
@@ -136,4 +173,4 @@ awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s |\n", $1,$2,$3,$4,$5,$6,
 printf "| **median** | %s | %s | %s | %s | %s | %s |\n" \
   "$(cut -f2 "$RESULTS" | median)" "$(cut -f3 "$RESULTS" | median)" "$(cut -f4 "$RESULTS" | median)" \
   "$(cut -f5 "$RESULTS" | median)" "$(cut -f6 "$RESULTS" | median)" "$(cut -f7 "$RESULTS" | median)"
-echo "($EVENTS events, store.synchronous = $SYNC, mosquitto max_inflight_messages = 20 (default))"
+echo "($EVENTS $PROFILE events, store.synchronous = $SYNC, mosquitto max_inflight_messages = 20 (default))"
