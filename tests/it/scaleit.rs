@@ -102,6 +102,37 @@ settle = "300ms"
     path
 }
 
+/// Everything a ScaleIT test runs against, started and subscribed.
+struct Rig {
+    dir: tempfile::TempDir,
+    broker: Mosquitto,
+    service: SchemaService,
+    config: PathBuf,
+    gapless: Gapless,
+    file: PathBuf,
+}
+
+/// Starts mosquitto, the schema service (`down` or not) and gapless with
+/// `extra` source keys; `None` when mosquitto is missing (test skipped).
+async fn rig(test: &str, down: bool, extra: &str) -> Option<Rig> {
+    let bin = mosquitto_bin(test)?;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(bin, dir.path());
+    let service = schema_service(down).await;
+    let config = scaleit_config(dir.path(), &broker.tcp_url(), &service.url, extra);
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    let file = dir.path().join("events.jsonl");
+    Some(Rig {
+        dir,
+        broker,
+        service,
+        config,
+        gapless,
+        file,
+    })
+}
+
 const PACMAN_1: &str = "app/de-ondics-pacman/de-ondics-pacman_1/gameover";
 const PACMAN_2: &str = "app/de-ondics-pacman/de-ondics-pacman_2/gameover";
 
@@ -121,15 +152,18 @@ fn lines(file: &Path) -> Vec<serde_json::Value> {
 /// a bad topic, a missing `$schema`; duplicates within and beyond the window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validates_dedups_in_window_and_maps_to_cloudevents() {
-    let Some(bin) = mosquitto_bin("scaleit_validation") else {
+    let Some(Rig {
+        broker,
+        service,
+        config,
+        mut gapless,
+        file,
+        dir: _dir,
+        ..
+    }) = rig("scaleit_validation", false, "").await
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(bin, dir.path());
-    let service = schema_service(false).await;
-    let config = scaleit_config(dir.path(), &broker.tcp_url(), &service.url, "");
-    let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
 
     let first = r#"{"$schema": "gameover.json", "score": 10230, "isHighscore": true}"#;
     let big = format!(
@@ -164,7 +198,6 @@ async fn validates_dedups_in_window_and_maps_to_cloudevents() {
         )
         .await
         .unwrap();
-    let file = dir.path().join("events.jsonl");
     wait_lines(&file, 3, Duration::from_secs(30), &mut gapless);
 
     // Beyond the window the same reading is a new event.
@@ -266,15 +299,17 @@ async fn validates_dedups_in_window_and_maps_to_cloudevents() {
 /// copy is revalidated with its ETag (304).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_service_down_queues_then_validates() {
-    let Some(bin) = mosquitto_bin("scaleit_schema_down") else {
+    let Some(Rig {
+        dir,
+        broker,
+        service,
+        config,
+        mut gapless,
+        file,
+    }) = rig("scaleit_schema_down", true, "").await
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(bin, dir.path());
-    let service = schema_service(true).await;
-    let config = scaleit_config(dir.path(), &broker.tcp_url(), &service.url, "");
-    let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
 
     let mut publisher = broker.publisher("pacman").await;
     publisher
@@ -299,7 +334,6 @@ async fn schema_service_down_queues_then_validates() {
         .unwrap();
     gapless.wait_log("schema service unavailable", 1, Duration::from_secs(20));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let file = dir.path().join("events.jsonl");
     assert_eq!(
         count_lines(&file),
         0,
@@ -340,20 +374,16 @@ async fn schema_service_down_queues_then_validates() {
 /// at once, marked unvalidated and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_service_down_ingest_releases_unvalidated() {
-    let Some(bin) = mosquitto_bin("scaleit_ingest") else {
+    let Some(Rig {
+        broker,
+        mut gapless,
+        file,
+        dir: _dir,
+        ..
+    }) = rig("scaleit_ingest", true, "on_schema_unavailable = \"ingest\"").await
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(bin, dir.path());
-    let service = schema_service(true).await;
-    let config = scaleit_config(
-        dir.path(),
-        &broker.tcp_url(),
-        &service.url,
-        "on_schema_unavailable = \"ingest\"",
-    );
-    let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
     let mut publisher = broker.publisher("pacman").await;
     publisher
         .publish_all(
@@ -368,7 +398,6 @@ async fn schema_service_down_ingest_releases_unvalidated() {
         )
         .await
         .unwrap();
-    let file = dir.path().join("events.jsonl");
     wait_lines(&file, 2, Duration::from_secs(30), &mut gapless);
     let summary = gapless.stop();
     assert_eq!(summary["counters"]["unvalidated"], 2, "{summary}");
