@@ -25,6 +25,7 @@ use crate::event::now_us;
 use crate::metrics::Counters;
 use crate::source::RejectReason;
 use crate::store::{Head, Store, StoreError};
+use crate::stream::Live;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -53,6 +54,8 @@ pub struct Admin {
     pub store: Store,
     pub store_path: PathBuf,
     pub head: watch::Receiver<Head>,
+    /// The MQTT subscription's state (subscribed while `since_us` is set).
+    pub live: watch::Receiver<Live>,
     pub source: String,
     /// `poll.alert_after`, when a poller runs.
     pub poll_alert_after: Option<Duration>,
@@ -340,14 +343,10 @@ impl Admin {
     /// watermark from the store (a few indexed reads).
     pub async fn facts(&self) -> Result<Facts, StoreError> {
         let now = now_us();
-        let stats = self.counters.sink_stats();
+        let mqtt_ready = self.live.borrow().since_us.is_some();
         let mut sinks = Vec::with_capacity(self.sinks.len());
         for w in &self.sinks {
-            let s = stats
-                .iter()
-                .find(|(n, _)| *n == w.name)
-                .map(|(_, s)| s.clone())
-                .unwrap_or_default();
+            let s = self.counters.sink(&w.name);
             sinks.push(SinkFacts {
                 name: w.name.clone(),
                 cursor: self.store.cursor(&w.name).await?,
@@ -379,7 +378,7 @@ impl Admin {
                 }
                 all
             },
-            mqtt_ready: self.counters.mqtt_ready.load(Relaxed),
+            mqtt_ready,
             poll,
             verified_until_us: match poll {
                 Some(_) => self.store.verified_until(&self.source).await?,

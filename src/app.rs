@@ -153,6 +153,7 @@ pub async fn run(
             store: store.clone(),
             store_path: config.store.path.clone(),
             head: head.clone(),
+            live: live_tx.subscribe(),
             source: config.source.uri().to_string(),
             poll_alert_after: vcd.is_some().then_some(config.poll.alert_after.0),
             sinks: config

@@ -6,7 +6,7 @@
 //! paths (rejections by reason, per-sink figures) sit behind a mutex.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -45,8 +45,6 @@ pub struct Counters {
     pub connection_errors: AtomicU64,
     /// Established MQTT connections that were lost.
     pub disconnects: AtomicU64,
-    /// Whether the MQTT source is connected and subscribed right now.
-    pub mqtt_ready: AtomicBool,
     /// Subscriptions the broker granted (one per SUBACK without failures).
     pub subscribed: AtomicU64,
     /// Events first seen through the poller: MQTT had missed them.
@@ -161,14 +159,6 @@ impl Counters {
             .entry(name.to_string())
             .or_default()
             .clone()
-    }
-
-    /// Every sink's figures, by name.
-    pub fn sink_stats(&self) -> Vec<(String, Arc<SinkStats>)> {
-        lock(&self.sinks)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
     }
 
     /// Records the outcome of a poll run at `now_us`.

@@ -265,7 +265,6 @@ impl MqttSource {
                 Err(e) => {
                     attempt += 1;
                     Counters::add(&self.counters.connection_errors, 1);
-                    self.counters.mqtt_ready.store(false, Ordering::Relaxed);
                     self.live.send_if_modified(|l| {
                         let was_up = l.since_us.take().is_some();
                         if was_up {
@@ -378,10 +377,6 @@ impl Session<'_> {
 
     /// The subscription is in place from now on (for the live watermark).
     fn subscribed(&self) {
-        self.source
-            .counters
-            .mqtt_ready
-            .store(true, Ordering::Relaxed);
         self.source.live.send_modify(|l| {
             l.since_us.get_or_insert_with(now_us);
         });

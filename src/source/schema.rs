@@ -379,16 +379,6 @@ impl SchemaRegistry {
             },
         })
     }
-
-    /// How many `(app, schema)` pairs are ready; for tests and status.
-    pub fn ready(&self) -> usize {
-        self.cache
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .filter(|e| matches!(e, Entry::Ready { .. }))
-            .count()
-    }
 }
 
 /// `<dir>/<app>/<ref>`, then `<dir>/<ref>`; a reference that climbs out of
