@@ -1126,35 +1126,47 @@ impl Writer {
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         events: &mut Vec<Event>,
     ) -> Result<(), StoreError> {
-        if events.iter().all(|e| e.ext.is_none()) {
+        let keyed: Vec<(&str, i64)> = events
+            .iter()
+            .filter_map(|e| {
+                Some((
+                    e.ext.as_ref()?.dedup_key.as_str(),
+                    e.received_at_us - e.ext.as_ref()?.dedup_window_us,
+                ))
+            })
+            .collect();
+        let Some(since) = keyed.iter().map(|(_, since)| *since).min() else {
             return Ok(());
-        }
+        };
+        let keys: Vec<&str> = keyed
+            .iter()
+            .map(|(k, _)| *k)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        // The latest stored receive time per key, one query per chunk.
         let mut latest: HashMap<String, i64> = HashMap::new();
-        let mut kept = Vec::with_capacity(events.len());
-        for e in events.drain(..) {
-            if let Some(x) = &e.ext {
-                let since = e.received_at_us - x.dedup_window_us;
-                let prior = match latest.get(&x.dedup_key) {
-                    Some(t) => Some(*t),
-                    None => {
-                        sqlx::query_scalar::<_, Option<i64>>(
-                            "SELECT MAX(received_at_us) FROM events \
-                         WHERE dedup_key = ? AND received_at_us >= ?",
-                        )
-                        .bind(x.dedup_key.as_str())
-                        .bind(since)
-                        .fetch_one(&mut **tx)
-                        .await?
-                    }
-                };
-                if prior.is_some_and(|t| t >= since) {
-                    continue;
-                }
-                latest.insert(x.dedup_key.clone(), e.received_at_us);
+        for chunk in keys.chunks(LOOKUP_CHUNK) {
+            let sql = format!(
+                "SELECT dedup_key, MAX(received_at_us) FROM events \
+                 WHERE received_at_us >= ? AND dedup_key IN {} GROUP BY dedup_key",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query_as::<_, (String, i64)>(AssertSqlSafe(sql)).bind(since);
+            for key in chunk {
+                q = q.bind(*key);
             }
-            kept.push(e);
+            latest.extend(q.fetch_all(&mut **tx).await?);
         }
-        *events = kept;
+        events.retain(|e| {
+            let Some(x) = &e.ext else { return true };
+            let since = e.received_at_us - x.dedup_window_us;
+            if latest.get(&x.dedup_key).is_some_and(|t| *t >= since) {
+                return false;
+            }
+            latest.insert(x.dedup_key.clone(), e.received_at_us);
+            true
+        });
         Ok(())
     }
 
@@ -1171,8 +1183,8 @@ impl Writer {
         let ids: Vec<&str> = batch.events.iter().map(|e| e.id.as_str()).collect();
         for chunk in ids.chunks(LOOKUP_CHUNK) {
             let sql = format!(
-                "SELECT id FROM events WHERE id IN ({})",
-                vec!["?"; chunk.len()].join(",")
+                "SELECT id FROM events WHERE id IN {}",
+                placeholders(1, chunk.len())
             );
             let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
             for id in chunk {
