@@ -100,18 +100,21 @@ impl Store {
         )
     }
 
-    /// Events held back for their schema, received after `after_us`,
-    /// oldest first: (id, CloudEvent source, payload, received µs).
+    /// Events held back for their schema after `after` (received µs, id),
+    /// oldest first: (id, CloudEvent source, payload, received µs). Paging
+    /// by both keys never skips events received in the same microsecond.
     pub async fn pending_events(
         &self,
-        after_us: i64,
+        after: (i64, &str),
         limit: u32,
     ) -> Result<Vec<(String, String, String, i64)>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, COALESCE(ce_source, ''), payload, received_at_us FROM events \
-             WHERE validation = 'pending' AND received_at_us > ? ORDER BY received_at_us LIMIT ?",
+             WHERE validation = 'pending' AND (received_at_us, id) > (?, ?) \
+             ORDER BY received_at_us, id LIMIT ?",
         )
-        .bind(after_us)
+        .bind(after.0)
+        .bind(after.1)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)

@@ -211,13 +211,15 @@ impl SchemaRegistry {
 
     /// Settles every pending event it can, page by page.
     async fn sweep(&self, store: &Store, writer: &WriterHandle) -> Result<(), StoreError> {
-        let mut after = i64::MIN;
+        let mut after = (i64::MIN, String::new());
         loop {
-            let rows = store.pending_events(after, SWEEP_PAGE).await?;
+            let rows = store
+                .pending_events((after.0, &after.1), SWEEP_PAGE)
+                .await?;
             let Some(last) = rows.last() else {
                 return Ok(());
             };
-            after = last.3;
+            after = (last.3, last.0.clone());
             let mut ops = Vec::new();
             for (id, source, payload, _) in rows {
                 let body: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
