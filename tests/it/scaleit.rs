@@ -136,6 +136,11 @@ async fn rig(test: &str, down: bool, extra: &str) -> Option<Rig> {
 const PACMAN_1: &str = "app/de-ondics-pacman/de-ondics-pacman_1/gameover";
 const PACMAN_2: &str = "app/de-ondics-pacman/de-ondics-pacman_2/gameover";
 
+/// A Pacman `gameover` body with `fields` after its `$schema`.
+fn gameover(fields: &str) -> String {
+    format!(r#"{{"$schema": "gameover.json", {fields}}}"#)
+}
+
 fn msg(topic: &str, body: &str) -> (String, Vec<u8>) {
     (topic.to_string(), body.as_bytes().to_vec())
 }
@@ -165,7 +170,7 @@ async fn validates_dedups_in_window_and_maps_to_cloudevents() {
         return;
     };
 
-    let first = r#"{"$schema": "gameover.json", "score": 10230, "isHighscore": true}"#;
+    let first = gameover(r#""score": 10230, "isHighscore": true"#);
     let big = format!(
         r#"{{"$schema": "gameover.json", "score": 1, "isHighscore": false, "pad": "{}"}}"#,
         "x".repeat(5000)
@@ -174,24 +179,21 @@ async fn validates_dedups_in_window_and_maps_to_cloudevents() {
     publisher
         .publish_all(
             vec![
-                msg(PACMAN_1, first),
-                msg(PACMAN_1, first), // a redelivery: same topic and body
-                msg(
-                    PACMAN_2,
-                    r#"{"$schema": "gameover.json", "score": 7, "isHighscore": false}"#,
-                ),
+                msg(PACMAN_1, &first),
+                msg(PACMAN_1, &first), // a redelivery: same topic and body
+                msg(PACMAN_2, &gameover(r#""score": 7, "isHighscore": false"#)),
                 msg(
                     &format!("{PACMAN_1}/level/3"),
-                    r#"{"$schema": "gameover.json", "score": 3, "isHighscore": false}"#,
+                    &gameover(r#""score": 3, "isHighscore": false"#),
                 ),
                 msg(
                     PACMAN_1,
-                    r#"{"$schema": "gameover.json", "score": "many", "isHighscore": true}"#,
+                    &gameover(r#""score": "many", "isHighscore": true"#),
                 ),
-                msg(PACMAN_1, r#"{"$schema": "gameover.json", "score": 5}"#),
+                msg(PACMAN_1, &gameover(r#""score": 5"#)),
                 msg(PACMAN_1, r#"{"score": 5, "isHighscore": true}"#),
                 msg(PACMAN_1, r#"{"$schema": "nothere.json", "score": 5}"#),
-                msg("app/de-ondics-pacman/only-three", first),
+                msg("app/de-ondics-pacman/only-three", &first),
                 msg(PACMAN_1, &big),
             ],
             None,
@@ -203,7 +205,7 @@ async fn validates_dedups_in_window_and_maps_to_cloudevents() {
     // Beyond the window the same reading is a new event.
     tokio::time::sleep(Duration::from_secs(4)).await;
     publisher
-        .publish_all(vec![msg(PACMAN_1, first)], None)
+        .publish_all(vec![msg(PACMAN_1, &first)], None)
         .await
         .unwrap();
     wait_lines(&file, 4, Duration::from_secs(30), &mut gapless);
@@ -315,17 +317,11 @@ async fn schema_service_down_queues_then_validates() {
     publisher
         .publish_all(
             vec![
+                msg(PACMAN_1, &gameover(r#""score": 1, "isHighscore": false"#)),
+                msg(PACMAN_2, &gameover(r#""score": 2, "isHighscore": true"#)),
                 msg(
                     PACMAN_1,
-                    r#"{"$schema": "gameover.json", "score": 1, "isHighscore": false}"#,
-                ),
-                msg(
-                    PACMAN_2,
-                    r#"{"$schema": "gameover.json", "score": 2, "isHighscore": true}"#,
-                ),
-                msg(
-                    PACMAN_1,
-                    r#"{"$schema": "gameover.json", "score": false, "isHighscore": true}"#,
+                    &gameover(r#""score": false, "isHighscore": true"#),
                 ),
             ],
             None,
@@ -359,7 +355,7 @@ async fn schema_service_down_queues_then_validates() {
         .publish_all(
             vec![msg(
                 PACMAN_1,
-                r#"{"$schema": "gameover.json", "score": 9, "isHighscore": true}"#,
+                &gameover(r#""score": 9, "isHighscore": true"#),
             )],
             None,
         )
@@ -388,11 +384,8 @@ async fn schema_service_down_ingest_releases_unvalidated() {
     publisher
         .publish_all(
             vec![
-                msg(
-                    PACMAN_1,
-                    r#"{"$schema": "gameover.json", "score": 1, "isHighscore": false}"#,
-                ),
-                msg(PACMAN_2, r#"{"$schema": "gameover.json", "score": "x"}"#),
+                msg(PACMAN_1, &gameover(r#""score": 1, "isHighscore": false"#)),
+                msg(PACMAN_2, &gameover(r#""score": "x""#)),
             ],
             None,
         )
