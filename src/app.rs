@@ -178,7 +178,7 @@ pub async fn run(
                 )
             });
             let poller = Poller {
-                client,
+                history: client,
                 store: store.clone(),
                 ingest: channels.ingest.clone(),
                 source: config.source.uri().to_string(),

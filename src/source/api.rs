@@ -1,4 +1,5 @@
-//! The VCD REST client: login and the audit trail (reference/vcd.md §4–§5).
+//! The VCD REST client: login and the audit trail (reference/vcd.md §4–§5),
+//! and the HTTP error type every history source shares.
 //!
 //! One client per source, shared by the poller and the credential
 //! refresher: whoever logs in publishes the new token on a watch channel,
@@ -14,15 +15,16 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{Mutex, watch};
 
-use crate::config::{Secret, VcdLogin, VcdSecret};
+use super::poll::{History, HistoryPage};
+use crate::config::{Secret, SourceTls, VcdLogin, VcdSecret};
 use crate::event::rfc3339_us;
 use crate::metrics::Counters;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("VCD request failed: {0}")]
+    #[error("request failed: {0}")]
     Http(#[from] reqwest::Error),
-    #[error("VCD answered {status} to {what}{}", retry_after.map(|d| format!(" (Retry-After {d:?})")).unwrap_or_default())]
+    #[error("{what} answered {status}{}", retry_after.map(|d| format!(" (Retry-After {d:?})")).unwrap_or_default())]
     Status {
         what: &'static str,
         status: StatusCode,
@@ -34,7 +36,7 @@ pub enum ApiError {
     LoginRefused { who: String, status: StatusCode },
     #[error("VCD login answered without a token: {0}")]
     NoToken(String),
-    #[error("unexpected VCD response to {what}: {message}")]
+    #[error("unexpected response from {what}: {message}")]
     BadResponse { what: &'static str, message: String },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -147,7 +149,10 @@ pub struct VcdClient {
 }
 
 /// The response itself when it is a 2xx, else the error for `what`.
-fn success(resp: reqwest::Response, what: &'static str) -> Result<reqwest::Response, ApiError> {
+pub(crate) fn success(
+    resp: reqwest::Response,
+    what: &'static str,
+) -> Result<reqwest::Response, ApiError> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);
@@ -168,24 +173,29 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
+/// The HTTP client of a REST history (`[source] tls` applies), with
+/// timeouts so a hung server fails the run instead of stalling it.
+pub fn rest_client(tls: &SourceTls, url: &str) -> Result<reqwest::Client, ApiError> {
+    crate::tls::install_crypto_provider();
+    let builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .connect_timeout(Duration::from_secs(10));
+    let builder = if tls.insecure_skip_verify {
+        tracing::warn!(%url, "source.tls.insecure_skip_verify = true: the certificate is NOT verified");
+        builder.tls_danger_accept_invalid_certs(true)
+    } else {
+        builder.tls_backend_preconfigured(
+            (*crate::tls::client_config(tls.ca_file.as_deref())?).clone(),
+        )
+    };
+    Ok(builder.build()?)
+}
+
 impl VcdClient {
     pub fn new(login: VcdLogin, counters: Arc<Counters>) -> Result<Self, ApiError> {
-        crate::tls::install_crypto_provider();
-        let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_secs(10));
-        if login.tls.insecure_skip_verify {
-            tracing::warn!(url = %login.url,
-                "source.tls.insecure_skip_verify = true: the VCD certificate is NOT verified");
-            builder = builder.tls_danger_accept_invalid_certs(true);
-        } else {
-            builder = builder.tls_backend_preconfigured(
-                (*crate::tls::client_config(login.tls.ca_file.as_deref())?).clone(),
-            );
-        }
         let accept = format!("application/json;version={}", login.api_version);
         Ok(VcdClient {
-            http: builder.build()?,
+            http: rest_client(&login.tls, login.url.as_str())?,
             login,
             accept,
             token: watch::channel(None).0,
@@ -241,7 +251,7 @@ impl VcdClient {
                 status,
             });
         }
-        let resp = success(resp, "login")?;
+        let resp = success(resp, "VCD login")?;
         let jwt = resp
             .headers()
             .get("x-vmware-vcloud-access-token")
@@ -280,7 +290,7 @@ impl VcdClient {
                 status,
             });
         }
-        let resp = success(resp, "token login")?;
+        let resp = success(resp, "VCD token login")?;
         let body: OAuthToken = resp
             .json()
             .await
@@ -334,7 +344,7 @@ impl VcdClient {
                 self.login().await?;
                 continue;
             }
-            let resp = success(resp, "auditTrail")?;
+            let resp = success(resp, "VCD auditTrail")?;
             let has_next = resp
                 .headers()
                 .get_all(reqwest::header::LINK)
@@ -342,7 +352,7 @@ impl VcdClient {
                 .filter_map(|v| v.to_str().ok())
                 .any(|v| v.contains("rel=\"nextPage\""));
             let body: PageBody = resp.json().await.map_err(|e| ApiError::BadResponse {
-                what: "auditTrail",
+                what: "VCD auditTrail",
                 message: e.to_string(),
             })?;
             return Ok(AuditPage {
@@ -352,6 +362,28 @@ impl VcdClient {
                 has_next,
             });
         }
+    }
+}
+
+/// The audit trail as the poller's history: VCD pages and counts.
+impl History for VcdClient {
+    async fn page(
+        &self,
+        window: Window,
+        page: u32,
+        page_size: u32,
+    ) -> Result<HistoryPage, ApiError> {
+        let body = self.audit_page(window, page, page_size).await?;
+        let now = crate::event::now_us();
+        Ok(HistoryPage {
+            items: body
+                .values
+                .iter()
+                .map(|raw| super::vcd::audit_event(raw.get(), now))
+                .collect(),
+            more: page < body.page_count || body.has_next,
+            total: body.result_total,
+        })
     }
 }
 

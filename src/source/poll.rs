@@ -1,10 +1,12 @@
-//! The gap poller: reads the REST audit trail for every window gapless has
-//! not yet verified and writes what it finds through the same writer as
+//! The gap poller: reads the source's REST history for every window gapless
+//! has not yet verified and writes what it finds through the same writer as
 //! MQTT (DESIGN.md, "Gap poller").
 //!
 //! The window arithmetic is sans-IO ([`plan`]); the [`Poller`] task pages
 //! through each window, retries transient failures, and moves the verified
-//! watermark only after a whole window is committed.
+//! watermark only after a whole window is committed. What a history is
+//! (VCD's audit trail, a ScaleIT app's endpoint) hides behind [`History`],
+//! so another source costs one implementation, not another poller.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,11 +15,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::api::{ApiError, VcdClient, Window};
-use super::vcd::EventFields;
-use super::{Parsed, RejectReason, Rejected};
+use super::Parsed;
+use super::api::{ApiError, Window};
 use crate::config::PollConfig;
-use crate::event::{Event, Origin, now_us, rfc3339_us};
+use crate::event::{now_us, rfc3339_us};
 use crate::metrics::Counters;
 use crate::store::{Ingest, Store, StoreError};
 
@@ -105,9 +106,32 @@ pub fn retry_delay(attempt: u32, retry_after: Option<Duration>, jitter: f64) -> 
     }
 }
 
+/// A REST history the poller can read, window by window and page by page.
+pub trait History: Send + Sync + 'static {
+    /// Page `page` (1-based) of the messages in `window`, parsed the way
+    /// MQTT's are (with `Origin::Poll`), oldest first.
+    fn page(
+        &self,
+        window: Window,
+        page: u32,
+        page_size: u32,
+    ) -> impl Future<Output = Result<HistoryPage, ApiError>> + Send;
+}
+
+/// One page of a [`History`].
+#[derive(Debug)]
+pub struct HistoryPage {
+    pub items: Vec<Parsed>,
+    /// Another page of the same window follows.
+    pub more: bool,
+    /// How many messages the whole window holds, if the server counts them:
+    /// paging that saw fewer reads the window again.
+    pub total: Option<u64>,
+}
+
 /// The poller task.
-pub struct Poller {
-    pub client: Arc<VcdClient>,
+pub struct Poller<H> {
+    pub history: Arc<H>,
     pub store: Store,
     pub ingest: mpsc::Sender<Ingest>,
     /// The watermark's key (the source's CloudEvent `source`).
@@ -124,7 +148,7 @@ pub struct RunStats {
     pub events: u64,
 }
 
-impl Poller {
+impl<H: History> Poller<H> {
     /// Runs once now, then on every tick of `poll.schedule`, until shutdown.
     /// Runs never overlap: ticks during a run collapse into one next run.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), PollError> {
@@ -198,7 +222,7 @@ impl Poller {
             let mut unusable = 0u64;
             loop {
                 let result = tokio::select! {
-                    r = self.client.audit_page(window, page, self.config.page_size) => r,
+                    r = self.history.page(window, page, self.config.page_size) => r,
                     _ = shutdown.cancelled() => return Err(PollError::Cancelled),
                 };
                 let body = match result {
@@ -207,7 +231,7 @@ impl Poller {
                         Some(retry_after) if attempt < self.config.max_retries => {
                             attempt += 1;
                             let delay = retry_delay(attempt, retry_after, rand::random());
-                            tracing::warn!(error = %e, attempt, retry_in = ?delay, "audit trail request failed; retrying");
+                            tracing::warn!(error = %e, attempt, retry_in = ?delay, "history request failed; retrying");
                             tokio::select! {
                                 _ = tokio::time::sleep(delay) => continue,
                                 _ = shutdown.cancelled() => return Err(PollError::Cancelled),
@@ -217,9 +241,8 @@ impl Poller {
                     },
                 };
                 pages += 1;
-                events += body.values.len() as u64;
-                for raw in body.values {
-                    let item = to_event(raw.get());
+                events += body.items.len() as u64;
+                for item in body.items {
                     match &item {
                         Parsed::Event(e) => drop(ids.insert(e.id.clone())),
                         _ => unusable += 1,
@@ -231,11 +254,11 @@ impl Poller {
                     })
                     .await?;
                 }
-                if page < body.page_count || body.has_next {
+                if body.more {
                     page += 1;
                     continue;
                 }
-                match body.result_total {
+                match body.total {
                     Some(total)
                         if (ids.len() as u64 + unusable) < total
                             && attempt < self.config.max_retries =>
@@ -274,37 +297,6 @@ impl Poller {
             .send(item)
             .await
             .map_err(|_| PollError::WriterGone)
-    }
-}
-
-/// One audit-trail value as an event (or a rejection, kept like MQTT's).
-fn to_event(text: &str) -> Parsed {
-    let now = now_us();
-    let parsed = serde_json::from_str::<serde_json::Value>(text)
-        .map_err(|e| (RejectReason::MalformedJson, e.to_string()))
-        .and_then(|v| EventFields::read(&v));
-    match parsed {
-        Ok(f) => Parsed::Event(Event {
-            id: f.id,
-            occurred_at_us: f.occurred_at_us,
-            received_at_us: now,
-            event_type: f.event_type,
-            subject: f.subject,
-            org: f.org,
-            origin: Origin::Poll,
-            payload: text.to_string(),
-            ext: None,
-        }),
-        Err((reason, detail)) => {
-            tracing::warn!(reason = reason.as_str(), %detail, "rejected audit trail event");
-            Parsed::Rejected(Rejected::new(
-                "rest:auditTrail",
-                text.as_bytes(),
-                reason,
-                detail,
-                now,
-            ))
-        }
     }
 }
 
@@ -407,21 +399,5 @@ mod tests {
         assert!(parse_schedule("*/10 * * * * *").is_ok());
         assert!(parse_schedule("* * * * *").is_err());
         assert!(parse_schedule("0 * * * * nope").is_err());
-    }
-
-    #[test]
-    fn audit_values_become_poll_events_or_rejections() {
-        let ok = r#"{"eventId":"urn:vcloud:audit:ABC","eventType":"t","timestamp":"2026-11-23T10:00:00.000Z"}"#;
-        match to_event(ok) {
-            Parsed::Event(e) => {
-                assert_eq!((e.id.as_str(), e.origin), ("abc", Origin::Poll));
-                assert_eq!(e.payload, ok);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            to_event(r#"{"eventType":"t"}"#),
-            Parsed::Rejected(_)
-        ));
     }
 }

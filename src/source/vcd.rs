@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::{Decoded, ParseError, RejectReason, parse_time_us};
+use super::{Decoded, ParseError, Parsed, RejectReason, Rejected, parse_time_us};
 use crate::event::{Event, Origin, normalise_id};
 
 /// Parses VCD envelopes; knows which envelope types carry events.
@@ -167,6 +167,37 @@ impl EventFields {
     }
 }
 
+/// One audit-trail value (REST) as a poll event, or a rejection kept
+/// like MQTT's.
+pub fn audit_event(text: &str, now: i64) -> Parsed {
+    let parsed = serde_json::from_str::<serde_json::Value>(text)
+        .map_err(|e| (RejectReason::MalformedJson, e.to_string()))
+        .and_then(|v| EventFields::read(&v));
+    match parsed {
+        Ok(f) => Parsed::Event(Event {
+            id: f.id,
+            occurred_at_us: f.occurred_at_us,
+            received_at_us: now,
+            event_type: f.event_type,
+            subject: f.subject,
+            org: f.org,
+            origin: Origin::Poll,
+            payload: text.to_string(),
+            ext: None,
+        }),
+        Err((reason, detail)) => {
+            tracing::warn!(reason = reason.as_str(), %detail, "rejected audit trail event");
+            Parsed::Rejected(Rejected::new(
+                "rest:auditTrail",
+                text.as_bytes(),
+                reason,
+                detail,
+                now,
+            ))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,5 +336,21 @@ mod tests {
             reason(&envelope("EVENT", &bad_ts)),
             RejectReason::BadTimestamp
         );
+    }
+
+    #[test]
+    fn audit_values_become_poll_events_or_rejections() {
+        let ok = r#"{"eventId":"urn:vcloud:audit:ABC","eventType":"t","timestamp":"2026-11-23T10:00:00.000Z"}"#;
+        match audit_event(ok, 1) {
+            Parsed::Event(e) => {
+                assert_eq!((e.id.as_str(), e.origin), ("abc", Origin::Poll));
+                assert_eq!(e.payload, ok);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            audit_event(r#"{"eventType":"t"}"#, 1),
+            Parsed::Rejected(_)
+        ));
     }
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 struct Rig {
     _dir: tempfile::TempDir,
     store: Store,
-    poller: Poller,
+    poller: Poller<VcdClient>,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 }
@@ -61,7 +61,7 @@ async fn rig(sim: &VcdSim, poll: PollConfig) -> Rig {
     tokio::spawn(writer.run());
     let client = Arc::new(VcdClient::new(login(sim), counters.clone()).unwrap());
     let poller = Poller {
-        client,
+        history: client,
         store: store.clone(),
         ingest: channels.ingest,
         source: "sim".into(),
@@ -261,7 +261,7 @@ async fn api_token_login_reads_the_audit_trail() {
     )
     .await;
     let poller = Poller {
-        client: Arc::new(client),
+        history: Arc::new(client),
         ..rig.poller
     };
     poller.run_once(&rig.shutdown).await.unwrap();
