@@ -1122,52 +1122,56 @@ impl Writer {
         Ok(())
     }
 
-    /// Content-keyed events (sources without ids): one whose key was
-    /// received within its window before, in the store or earlier in the
-    /// batch, is a redelivery and is dropped.
+    /// Content-keyed events (sources without ids): one whose key is stored,
+    /// or earlier in the batch, less than its window away in time (either
+    /// side: a history copy may carry an earlier time than the MQTT one) is
+    /// the same message again and is dropped.
     async fn drop_window_duplicates(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         events: &mut Vec<Event>,
     ) -> Result<(), StoreError> {
-        let keyed: Vec<(&str, i64)> = events
-            .iter()
-            .filter_map(|e| {
-                Some((
-                    e.ext.as_ref()?.dedup_key.as_str(),
-                    e.received_at_us - e.ext.as_ref()?.dedup_window_us,
-                ))
-            })
-            .collect();
-        let Some(since) = keyed.iter().map(|(_, since)| *since).min() else {
+        let spans = events.iter().filter_map(|e| {
+            let w = e.ext.as_ref()?.dedup_window_us;
+            Some((e.occurred_at_us - w, e.occurred_at_us + w))
+        });
+        let Some((from, to)) = spans.reduce(|a, b| (a.0.min(b.0), a.1.max(b.1))) else {
             return Ok(());
         };
-        let keys: Vec<&str> = keyed
+        let keys: Vec<&str> = events
             .iter()
-            .map(|(k, _)| *k)
+            .filter_map(|e| Some(e.ext.as_ref()?.dedup_key.as_str()))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        // The latest stored receive time per key, one query per chunk.
-        let mut latest: HashMap<String, i64> = HashMap::new();
+        // Stored times per key near the batch, one query per chunk. Kept
+        // times of one key are a window apart, so these lists stay short.
+        let mut seen: HashMap<String, Vec<i64>> = HashMap::new();
         for chunk in keys.chunks(LOOKUP_CHUNK) {
             let sql = format!(
-                "SELECT dedup_key, MAX(received_at_us) FROM events \
-                 WHERE received_at_us >= ? AND dedup_key IN {} GROUP BY dedup_key",
+                "SELECT dedup_key, occurred_at_us FROM events \
+                 WHERE occurred_at_us > ? AND occurred_at_us < ? AND dedup_key IN {}",
                 placeholders(1, chunk.len())
             );
-            let mut q = sqlx::query_as::<_, (String, i64)>(AssertSqlSafe(sql)).bind(since);
+            let mut q = sqlx::query_as::<_, (String, i64)>(AssertSqlSafe(sql))
+                .bind(from)
+                .bind(to);
             for key in chunk {
                 q = q.bind(*key);
             }
-            latest.extend(q.fetch_all(&mut **tx).await?);
+            for (key, at) in q.fetch_all(&mut **tx).await? {
+                seen.entry(key).or_default().push(at);
+            }
         }
         events.retain(|e| {
             let Some(x) = &e.ext else { return true };
-            let since = e.received_at_us - x.dedup_window_us;
-            if latest.get(&x.dedup_key).is_some_and(|t| *t >= since) {
+            let times = seen.entry(x.dedup_key.clone()).or_default();
+            if times
+                .iter()
+                .any(|t| (t - e.occurred_at_us).abs() < x.dedup_window_us)
+            {
                 return false;
             }
-            latest.insert(x.dedup_key.clone(), e.received_at_us);
+            times.push(e.occurred_at_us);
             true
         });
         Ok(())

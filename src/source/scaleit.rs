@@ -4,7 +4,9 @@
 //! objects with no id and no time, naming their JSON Schema in `$schema`.
 //! So the identity is derived: a hash of topic and body, deduplicated within
 //! a time window (the store's job), plus the receive time to tell a reading
-//! sent again later from a QoS 1 redelivery. This module only parses and
+//! sent again later from a QoS 1 redelivery. The hash is over the body's
+//! canonical JSON (sorted keys, no spacing), so a history endpoint that
+//! re-serialises a body still names the same message. This module only parses and
 //! resolves; fetching schemas and validating is [`super::schema`]'s.
 
 use serde_json::Value;
@@ -112,7 +114,7 @@ impl ScaleitParser {
         } else {
             Validation::Unvalidated
         };
-        let key = content_id(topic, text);
+        let key = content_id(topic, &body.to_string());
         Ok(Decoded::Event(Event {
             id: format!("{}-{received_at_us}", &key[..32]),
             occurred_at_us: received_at_us,
@@ -198,7 +200,29 @@ mod tests {
         assert!(e.id.ends_with("-42"));
         assert_eq!(
             x.dedup_key,
-            content_id("app/de-ondics-pacman/de-ondics-pacman_1/gameover", body)
+            content_id(
+                "app/de-ondics-pacman/de-ondics-pacman_1/gameover",
+                r#"{"$schema":"gameover.json","isHighscore":true,"score":10230}"#
+            )
+        );
+    }
+
+    #[test]
+    fn the_key_ignores_spacing_and_key_order() {
+        let p = parser();
+        let key = |body: &str| {
+            event(p.parse("app/a/s/t", body, 1).unwrap())
+                .ext
+                .unwrap()
+                .dedup_key
+        };
+        assert_eq!(
+            key(r#"{"$schema": "t.json", "v": 1, "w": [1, 2]}"#),
+            key(r#"{"w":[1,2],"v":1,"$schema":"t.json"}"#)
+        );
+        assert_ne!(
+            key(r#"{"$schema":"t.json","v":1}"#),
+            key(r#"{"$schema":"t.json","v":2}"#)
         );
     }
 
