@@ -21,8 +21,9 @@ use crate::sink::SinkTask;
 use crate::source::Parser;
 use crate::source::api::VcdClient;
 use crate::source::mqtt::{Credentials, MqttAuth, MqttSource};
-use crate::source::poll::Poller;
-use crate::source::schema::SchemaRegistry;
+use crate::source::poll::{History, Poller};
+use crate::source::scaleit_history::ScaleitHistory;
+use crate::source::schema::{SchemaRegistry, Settler};
 use crate::source::session;
 use crate::store::{Retention, Store, StoreError, StreamSettings, Writer, WriterPlan};
 use crate::stream::{Live, Rule};
@@ -102,7 +103,7 @@ pub async fn run(
             release: config.stream.release,
             settle_us: config.stream.settle.0.as_micros() as i64,
             max_hold_us: config.stream.max_hold.0.as_micros() as i64,
-            has_poller: vcd.is_some(),
+            has_poller: config.has_history(),
         },
         live: live_rx,
     };
@@ -115,8 +116,8 @@ pub async fn run(
         retention: Retention {
             keep_us: config.store.retention.0.as_micros() as i64,
             sinks: config.sinks.iter().map(|s| s.name.clone()).collect(),
-            poll_guard_us: vcd
-                .is_some()
+            poll_guard_us: config
+                .has_history()
                 .then(|| 2 * config.poll.overlap.0.as_micros() as i64),
         },
     };
@@ -155,7 +156,7 @@ pub async fn run(
             head: head.clone(),
             live: live_tx.subscribe(),
             source: config.source.uri().to_string(),
-            poll_alert_after: vcd.is_some().then_some(config.poll.alert_after.0),
+            poll_alert_after: config.has_history().then_some(config.poll.alert_after.0),
             sinks: config
                 .sinks
                 .iter()
@@ -177,21 +178,15 @@ pub async fn run(
                     refresher.await.map_err(|e| e.to_string()),
                 )
             });
-            let poller = Poller {
-                history: client,
-                store: store.clone(),
-                ingest: channels.ingest.clone(),
-                source: config.source.uri().to_string(),
-                config: config.poll.clone(),
-                counters: counters.clone(),
-            };
-            let poll_shutdown = shutdown.clone();
-            tasks.spawn(async move {
-                (
-                    "poller".into(),
-                    poller.run(poll_shutdown).await.map_err(|e| e.to_string()),
-                )
-            });
+            spawn_poller(
+                &mut tasks,
+                client,
+                &config,
+                &store,
+                &channels.ingest,
+                &counters,
+                &shutdown,
+            );
             credentials
         }
         None => Credentials::fixed(MqttAuth {
@@ -210,10 +205,29 @@ pub async fn run(
             ("schema registry".into(), r.map_err(|e| e.to_string()))
         });
     }
+    let parser = Parser::from_config(&config.source);
+    let settler = schemas.clone().map(|registry| Settler {
+        registry,
+        store: store.clone(),
+        writer: writer_handle.clone(),
+    });
     drop(writer_handle);
+    if let Parser::Scaleit(p) = &parser
+        && let Some(history) = ScaleitHistory::from_config(&config.source, p.clone(), settler)?
+    {
+        spawn_poller(
+            &mut tasks,
+            Arc::new(history),
+            &config,
+            &store,
+            &channels.ingest,
+            &counters,
+            &shutdown,
+        );
+    }
     let source = MqttSource {
         config: config.mqtt.clone(),
-        parser: Parser::from_config(&config.source),
+        parser,
         credentials,
         counters: counters.clone(),
         ingest: channels.ingest,
@@ -248,6 +262,31 @@ pub async fn run(
     let failure = supervise(&mut tasks, &shutdown, config.shutdown_timeout.0).await;
     let head = head.borrow().seq;
     report(&store, &counters, head, failure).await
+}
+
+/// Starts the gap poller over `history`.
+fn spawn_poller<H: History>(
+    tasks: &mut JoinSet<TaskResult>,
+    history: Arc<H>,
+    config: &Config,
+    store: &Store,
+    ingest: &mpsc::Sender<crate::store::Ingest>,
+    counters: &Arc<Counters>,
+    shutdown: &CancellationToken,
+) {
+    let poller = Poller {
+        history,
+        store: store.clone(),
+        ingest: ingest.clone(),
+        source: config.source.uri().to_string(),
+        config: config.poll.clone(),
+        counters: counters.clone(),
+    };
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let r = poller.run(shutdown).await;
+        ("poller".into(), r.map_err(|e| e.to_string()))
+    });
 }
 
 async fn report(

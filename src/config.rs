@@ -179,6 +179,9 @@ pub struct SourceConfig {
     /// ScaleIT: a directory of schemas (`<dir>/<app>/<ref>`, then `<dir>/<ref>`),
     /// tried before `schema_base_url`.
     pub schema_dir: Option<PathBuf>,
+    /// ScaleIT: the apps' history endpoint (`{app}` = app name), read by the
+    /// poller with `since` and `until` for what MQTT missed; none = MQTT only.
+    pub history_url: Option<String>,
     /// ScaleIT: a body without `$schema` is rejected unless this is false.
     #[serde(default = "default_true")]
     pub require_schema: bool,
@@ -761,6 +764,16 @@ impl Config {
         }
     }
 
+    /// Whether a poller reads a REST history (VCD with `url`, ScaleIT with
+    /// `history_url`): then the stream can claim completeness.
+    pub fn has_history(&self) -> bool {
+        match self.source.kind {
+            SourceKind::Vcd => self.source.url.is_some(),
+            SourceKind::Scaleit => self.source.history_url.is_some(),
+            SourceKind::Mqtt => false,
+        }
+    }
+
     /// The VCD login, when `[source] url` is set.
     pub fn vcd_login(&self) -> Result<Option<VcdLogin>, ConfigError> {
         let s = &self.source;
@@ -1019,12 +1032,11 @@ impl Config {
                 ));
             }
         }
-        if self.stream.release == crate::stream::ReleaseMode::Verified && self.source.url.is_none()
-        {
+        if self.stream.release == crate::stream::ReleaseMode::Verified && !self.has_history() {
             return Err(ConfigError::invalid(
                 "stream.release",
-                "\"verified\" needs the poller, which needs [source] url",
-                "set source.url (VCD), or use release = \"live\"",
+                "\"verified\" needs the poller, which needs a REST history",
+                "set source.url (VCD) or source.history_url (ScaleIT), or use release = \"live\"",
             ));
         }
         if self.poll.page_size == 0 || self.poll.page_size > 128 {
@@ -1073,6 +1085,7 @@ impl Config {
                 ("source.apps", !s.apps.is_empty()),
                 ("source.schema_base_url", s.schema_base_url.is_some()),
                 ("source.schema_dir", s.schema_dir.is_some()),
+                ("source.history_url", s.history_url.is_some()),
             ] {
                 if set {
                     return Err(ConfigError::invalid(
@@ -1103,14 +1116,23 @@ impl Config {
             ));
         }
         if let Some(base) = &s.schema_base_url {
-            let probe = base.replace("{app}", "app");
-            if !(probe.starts_with("http://") || probe.starts_with("https://"))
-                || url::Url::parse(&probe).is_err()
-            {
+            app_url_template(
+                "source.schema_base_url",
+                base,
+                "http://{app}.apps.example.com",
+            )?;
+        }
+        if let Some(history) = &s.history_url {
+            app_url_template(
+                "source.history_url",
+                history,
+                "http://{app}.apps.example.com/api/history",
+            )?;
+            if history.contains("{app}") && s.apps.is_empty() {
                 return Err(ConfigError::invalid(
-                    "source.schema_base_url",
-                    format!("`{base}` is not an http(s) URL"),
-                    "the app API URL, `{app}` standing for the app name, e.g. \"http://{app}.apps.example.com\"",
+                    "source.history_url",
+                    "names `{app}`, but source.apps is empty, so there is no app to ask",
+                    "list the apps, e.g. apps = [\"de-ondics-pacman\"], or give one URL for all apps",
                 ));
             }
         }
@@ -1130,6 +1152,21 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks a URL template in which `{app}` stands for an app name.
+fn app_url_template(key: &str, template: &str, example: &str) -> Result<(), ConfigError> {
+    let probe = template.replace("{app}", "app");
+    if (probe.starts_with("http://") || probe.starts_with("https://"))
+        && url::Url::parse(&probe).is_ok()
+    {
+        return Ok(());
+    }
+    Err(ConfigError::invalid(
+        key,
+        format!("`{template}` is not an http(s) URL"),
+        format!("`{{app}}` stands for the app name, e.g. \"{example}\""),
+    ))
 }
 
 /// The largest packet the MQTT protocol can express (remaining length limit).
@@ -1282,6 +1319,51 @@ mod tests {
         let no_url = text.replace("url = \"https://vcd.example.com\"", "");
         let e = err_of(&no_url);
         assert!(e.contains("source.org") || e.contains("mqtt.url"), "{e}");
+    }
+
+    #[test]
+    fn scaleit_keys_are_checked() {
+        let text = r#"
+            [source]
+            kind = "scaleit"
+            name = "apps"
+            apps = ["de-ondics-pacman"]
+            schema_base_url = "http://{app}.apps.local"
+            history_url = "http://{app}.apps.local/api/history"
+            [mqtt]
+            url = "mqtt://127.0.0.1:1883"
+            [[sink]]
+            name = "out"
+            kind = "stdout"
+        "#;
+        let c = Config::parse(text).unwrap();
+        assert!(c.has_history());
+        assert_eq!(c.mqtt.topics, vec!["app/de-ondics-pacman/#"]);
+        assert!(
+            !Config::parse(&text.replace("history_url", "# history_url"))
+                .unwrap()
+                .has_history()
+        );
+        let e = err_of(&text.replace("apps = [\"de-ondics-pacman\"]", ""));
+        assert!(
+            e.contains("source.history_url") && e.contains("source.apps"),
+            "{e}"
+        );
+        let e = err_of(&text.replace("http://{app}.apps.local/api", "{app}/api"));
+        assert!(
+            e.contains("source.history_url") && e.contains("e.g."),
+            "{e}"
+        );
+        let e = err_of(&text.replace("http://{app}.apps.local\"", "ftp://x\""));
+        assert!(e.contains("source.schema_base_url"), "{e}");
+        let e = err_of(&MINIMAL.replace(
+            "name = \"vcd-lab\"",
+            "name = \"x\"\nhistory_url = \"http://h\"",
+        ));
+        assert!(
+            e.contains("source.history_url") && e.contains("scaleit"),
+            "{e}"
+        );
     }
 
     #[test]

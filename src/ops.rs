@@ -186,14 +186,13 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
     let last_rejected = store.last_rejected(5).await?;
     let rejected_by_reason = store.rejected_by_reason().await?;
     let pending_validation = store.pending_count().await?;
-    let completeness =
-        if config.source.kind == crate::config::SourceKind::Vcd && config.source.url.is_some() {
-            "verified: the poller checks the REST history for what MQTT missed".to_string()
-        } else {
-            "MQTT only: this source has no history endpoint, so messages lost while \
+    let completeness = if config.has_history() {
+        "verified: the poller checks the REST history for what MQTT missed".to_string()
+    } else {
+        "MQTT only: this source has no history endpoint, so messages lost while \
          disconnected are not recovered (no completeness claim)"
-                .to_string()
-        };
+            .to_string()
+    };
     store.close().await;
     let now = crate::event::now_us();
     Ok(Status {

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{Mutex, watch};
 
-use super::poll::{History, HistoryPage};
+use super::poll::{History, HistoryPage, PollError};
 use crate::config::{Secret, SourceTls, VcdLogin, VcdSecret};
 use crate::event::rfc3339_us;
 use crate::metrics::Counters;
@@ -372,7 +372,7 @@ impl History for VcdClient {
         window: Window,
         page: u32,
         page_size: u32,
-    ) -> Result<HistoryPage, ApiError> {
+    ) -> Result<HistoryPage, PollError> {
         let body = self.audit_page(window, page, page_size).await?;
         let now = crate::event::now_us();
         Ok(HistoryPage {

@@ -10,6 +10,7 @@ pub mod generic;
 pub mod mqtt;
 pub mod poll;
 pub mod scaleit;
+pub mod scaleit_history;
 pub mod schema;
 pub mod session;
 pub mod vcd;
@@ -84,6 +85,7 @@ pub struct Rejected {
     pub bytes: Vec<u8>,
     /// The message's full size.
     pub size: usize,
+    /// When the message was received (a history entry: its `received`).
     pub at_us: i64,
 }
 

@@ -36,6 +36,16 @@ pub enum PollError {
     Cancelled,
 }
 
+impl PollError {
+    /// `Some(retry_after)` when the request may succeed if tried again.
+    fn retryable(&self) -> Option<Option<Duration>> {
+        match self {
+            PollError::Api(e) => e.retryable(),
+            _ => None,
+        }
+    }
+}
+
 /// Checks a 6-field cron expression (seconds first, UTC).
 pub fn parse_schedule(expr: &str) -> Result<(), String> {
     if expr.split_whitespace().count() != 6 {
@@ -115,7 +125,7 @@ pub trait History: Send + Sync + 'static {
         window: Window,
         page: u32,
         page_size: u32,
-    ) -> impl Future<Output = Result<HistoryPage, ApiError>> + Send;
+    ) -> impl Future<Output = Result<HistoryPage, PollError>> + Send;
 }
 
 /// One page of a [`History`].
@@ -179,7 +189,7 @@ impl<H: History> Poller<H> {
                     tracing::debug!(?stats, "poll run done");
                 }
                 Err(PollError::Cancelled) => break,
-                Err(PollError::WriterGone) => break,
+                Err(PollError::WriterGone | PollError::Store(StoreError::WriterGone)) => break,
                 Err(e @ PollError::Store(_)) => return Err(e),
                 Err(e) => {
                     self.counters.poll_result(false, now_us());
@@ -237,7 +247,7 @@ impl<H: History> Poller<H> {
                                 _ = shutdown.cancelled() => return Err(PollError::Cancelled),
                             }
                         }
-                        _ => return Err(e.into()),
+                        _ => return Err(e),
                     },
                 };
                 pages += 1;
@@ -245,6 +255,12 @@ impl<H: History> Poller<H> {
                 for item in body.items {
                     match &item {
                         Parsed::Event(e) => drop(ids.insert(e.id.clone())),
+                        // A rejection dated before the watermark is the
+                        // overlap read again: the run that first saw it kept it.
+                        Parsed::Rejected(r) if verified.is_some_and(|v| r.at_us < v) => {
+                            unusable += 1;
+                            continue;
+                        }
                         _ => unusable += 1,
                     }
                     self.send(Ingest::Message {

@@ -73,6 +73,38 @@ pub struct SchemaRegistry {
     counters: Arc<Counters>,
 }
 
+/// The registry with what it needs to fetch by itself, for a caller that
+/// may wait for a schema (the history poller, unlike the MQTT event loop):
+/// its events are settled before they are stored, so they are held back
+/// only while the schema service is down.
+#[derive(Clone)]
+pub struct Settler {
+    pub registry: Arc<SchemaRegistry>,
+    pub store: Store,
+    pub writer: WriterHandle,
+}
+
+impl Settler {
+    /// Resolves the event's schema if needed, then checks it as
+    /// [`SchemaRegistry::apply`] does.
+    pub async fn settle(
+        &self,
+        event: Event,
+        topic: &str,
+        received_at_us: i64,
+    ) -> Result<Parsed, StoreError> {
+        if let Some(x) = event.ext.as_deref()
+            && x.validation == Validation::Pending
+            && let Some(reference) = &x.schema_ref
+        {
+            self.registry
+                .resolve(&x.app, reference, &self.store, &self.writer)
+                .await?;
+        }
+        Ok(self.registry.apply(event, topic, received_at_us))
+    }
+}
+
 /// Up to three validation errors, each with the instance path it is at.
 pub fn describe_errors(validator: &jsonschema::Validator, body: &Value) -> Option<String> {
     let errors: Vec<String> = validator

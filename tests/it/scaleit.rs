@@ -400,3 +400,186 @@ async fn schema_service_down_ingest_releases_unvalidated() {
             .all(|e| e["validation"] == "unvalidated")
     );
 }
+
+/// An app's history endpoint: `GET /apps/{app}/history?since&until`
+/// answers the entries received in `[since, until)`; requests are kept.
+struct HistoryService {
+    entries: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    /// `(app, since, until)` of every request.
+    requests: Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+    url: String,
+}
+
+fn parse_time(s: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap()
+        .timestamp_micros()
+}
+
+async fn history_service() -> HistoryService {
+    type Query = std::collections::HashMap<String, String>;
+    let entries = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (e, r) = (entries.clone(), requests.clone());
+    let app = axum::Router::new().route(
+        "/apps/{app}/history",
+        get(
+            move |axum::extract::Path(app): axum::extract::Path<String>,
+                  axum::extract::Query(q): axum::extract::Query<Query>| {
+                let (e, r) = (e.clone(), r.clone());
+                async move {
+                    let (since, until) = (q["since"].clone(), q["until"].clone());
+                    r.lock().unwrap().push((app, since.clone(), until.clone()));
+                    let range = parse_time(&since)..parse_time(&until);
+                    let hits: Vec<serde_json::Value> = e
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|x| range.contains(&parse_time(x["received"].as_str().unwrap())))
+                        .cloned()
+                        .collect();
+                    axum::Json(hits)
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    HistoryService {
+        entries,
+        requests,
+        url,
+    }
+}
+
+/// A history entry for `topic` received `ago` before now; `body` is JSON.
+fn entry(topic: &str, ago: Duration, body: &str) -> serde_json::Value {
+    let at = gapless::event::now_us() - ago.as_micros() as i64;
+    serde_json::json!({
+        "topic": topic,
+        "received": gapless::event::rfc3339_us(at),
+        "body": serde_json::from_str::<serde_json::Value>(body).unwrap(),
+    })
+}
+
+/// `history_url`: the poller recovers what MQTT missed, validated like MQTT
+/// messages; the history's copy of an MQTT message (re-serialised, dated by
+/// the app a little earlier) and a repeat within `dedup_window` are
+/// duplicates, a repeat beyond it is an event; an invalid entry read again
+/// in the overlap is rejected once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_endpoint_recovers_what_mqtt_missed() {
+    let history = history_service().await;
+    let missed = gameover(r#""score": 1, "isHighscore": false"#);
+    history.entries.lock().unwrap().extend([
+        entry(PACMAN_1, Duration::from_secs(20), &missed),
+        entry(PACMAN_1, Duration::from_secs(19), &missed), // within 3 s: the same message
+        entry(PACMAN_1, Duration::from_secs(10), &missed), // beyond: the reading again
+        entry(
+            PACMAN_2,
+            Duration::from_millis(1500),
+            &gameover(r#""score": "x""#),
+        ),
+    ]);
+    let extra = format!(
+        r#"history_url = "{}/apps/{{app}}/history"
+[poll]
+schedule = "* * * * * *"
+overlap = "5s"
+visibility_lag = "500ms"
+initial_lookback = "1m""#,
+        history.url
+    );
+    let Some(Rig {
+        broker,
+        config,
+        mut gapless,
+        file,
+        dir: _dir,
+        ..
+    }) = rig("scaleit_history", false, &extra).await
+    else {
+        return;
+    };
+    gapless.wait_log("poll window verified", 1, Duration::from_secs(20));
+    wait_lines(&file, 2, Duration::from_secs(30), &mut gapless);
+
+    // Over MQTT, then in the history as the app saw it 200 ms earlier.
+    let live = r#"{"$schema": "gameover.json", "score": 2, "isHighscore": true}"#;
+    let mut publisher = broker.publisher("pacman").await;
+    publisher
+        .publish_all(vec![msg(PACMAN_2, live)], None)
+        .await
+        .unwrap();
+    history.entries.lock().unwrap().push(entry(
+        PACMAN_2,
+        Duration::from_millis(200),
+        r#"{"isHighscore":true,"score":2,"$schema":"gameover.json"}"#,
+    ));
+    wait_lines(&file, 3, Duration::from_secs(30), &mut gapless);
+    let runs = gapless.log_text().matches("poll window verified").count();
+    gapless.wait_log("poll window verified", runs + 3, Duration::from_secs(20));
+    let summary = gapless.stop();
+
+    let events = lines(&file);
+    assert_eq!(events.len(), 3, "{events:#?}");
+    let origins: Vec<(&str, &serde_json::Value)> = events
+        .iter()
+        .map(|e| (e["origin"].as_str().unwrap(), &e["data"]["score"]))
+        .collect();
+    assert_eq!(
+        origins,
+        [
+            ("poll", &1.into()),
+            ("poll", &1.into()),
+            ("mqtt", &2.into())
+        ],
+        "{events:#?}"
+    );
+    assert!(
+        events.iter().all(|e| e["validation"] == "valid"),
+        "{events:#?}"
+    );
+    assert_eq!(
+        events[0]["source"],
+        "app/de-ondics-pacman/de-ondics-pacman_1"
+    );
+    let c = &summary["counters"];
+    assert_eq!(c["recovered"], 2, "{summary}");
+    assert_eq!(c["duplicates"], 0, "the MQTT message came first: {summary}");
+    assert!(
+        c["poll_known"].as_u64().unwrap() >= 2,
+        "the repeat within the window and the MQTT message's copy: {summary}"
+    );
+    assert_eq!(c["rejected"], 1, "{summary}");
+    assert_eq!(
+        c["validation_queued"], 0,
+        "the poller waits for a schema instead of holding events back: {summary}"
+    );
+
+    let requests = history.requests.lock().unwrap().clone();
+    assert!(requests.len() >= 4, "{requests:?}");
+    assert!(requests.iter().all(|(app, ..)| app == "de-ondics-pacman"));
+    for pair in requests.windows(2) {
+        assert!(
+            parse_time(&pair[1].1) <= parse_time(&pair[0].2),
+            "windows overlap or touch: {pair:?}"
+        );
+    }
+
+    let out = run_ok(
+        gapless_cmd()
+            .args(["status", "--json", "--config"])
+            .arg(&config),
+    );
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        status["completeness"]
+            .as_str()
+            .unwrap()
+            .starts_with("verified"),
+        "{status}"
+    );
+    assert!(status["verified_until"].is_string(), "{status}");
+}
