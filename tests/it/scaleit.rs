@@ -402,8 +402,10 @@ async fn schema_service_down_ingest_releases_unvalidated() {
 }
 
 /// An app's history endpoint: `GET /apps/{app}/history?since&until`
-/// answers the entries received in `[since, until)`; requests are kept.
+/// answers the entries received in `[since, until)` (503 while `down`);
+/// requests are kept.
 struct HistoryService {
+    down: Arc<AtomicBool>,
     entries: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
     /// `(app, since, until)` of every request.
     requests: Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
@@ -420,14 +422,18 @@ async fn history_service() -> HistoryService {
     type Query = std::collections::HashMap<String, String>;
     let entries = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
     let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (e, r) = (entries.clone(), requests.clone());
+    let down = Arc::new(AtomicBool::new(false));
+    let (e, r, d) = (entries.clone(), requests.clone(), down.clone());
     let app = axum::Router::new().route(
         "/apps/{app}/history",
         get(
             move |axum::extract::Path(app): axum::extract::Path<String>,
                   axum::extract::Query(q): axum::extract::Query<Query>| {
-                let (e, r) = (e.clone(), r.clone());
+                let (e, r, d) = (e.clone(), r.clone(), d.clone());
                 async move {
+                    if d.load(Ordering::SeqCst) {
+                        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
                     let (since, until) = (q["since"].clone(), q["until"].clone());
                     r.lock().unwrap().push((app, since.clone(), until.clone()));
                     let range = parse_time(&since)..parse_time(&until);
@@ -438,7 +444,7 @@ async fn history_service() -> HistoryService {
                         .filter(|x| range.contains(&parse_time(x["received"].as_str().unwrap())))
                         .cloned()
                         .collect();
-                    axum::Json(hits)
+                    axum::Json(hits).into_response()
                 }
             },
         ),
@@ -447,6 +453,7 @@ async fn history_service() -> HistoryService {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     HistoryService {
+        down,
         entries,
         requests,
         url,
@@ -461,6 +468,20 @@ fn entry(topic: &str, ago: Duration, body: &str) -> serde_json::Value {
         "received": gapless::event::rfc3339_us(at),
         "body": serde_json::from_str::<serde_json::Value>(body).unwrap(),
     })
+}
+
+/// The `[source]` and `[poll]` keys of a ScaleIT source with a history.
+fn history_keys(history: &HistoryService) -> String {
+    format!(
+        r#"history_url = "{}/apps/{{app}}/history"
+[poll]
+schedule = "* * * * * *"
+overlap = "5s"
+visibility_lag = "500ms"
+initial_lookback = "1m"
+max_retries = 1"#,
+        history.url
+    )
 }
 
 /// `history_url`: the poller recovers what MQTT missed, validated like MQTT
@@ -482,15 +503,7 @@ async fn history_endpoint_recovers_what_mqtt_missed() {
             &gameover(r#""score": "x""#),
         ),
     ]);
-    let extra = format!(
-        r#"history_url = "{}/apps/{{app}}/history"
-[poll]
-schedule = "* * * * * *"
-overlap = "5s"
-visibility_lag = "500ms"
-initial_lookback = "1m""#,
-        history.url
-    );
+    let extra = history_keys(&history);
     let Some(Rig {
         broker,
         config,
@@ -582,4 +595,47 @@ initial_lookback = "1m""#,
         "{status}"
     );
     assert!(status["verified_until"].is_string(), "{status}");
+}
+
+/// A history endpoint that is down fails poll runs (the watermark stays,
+/// nothing is released) without stopping gapless; once it is back the
+/// missed message is recovered and released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_endpoint_down_then_back_loses_nothing() {
+    let history = history_service().await;
+    history.down.store(true, Ordering::SeqCst);
+    history.entries.lock().unwrap().push(entry(
+        PACMAN_1,
+        Duration::from_secs(5),
+        &gameover(r#""score": 4, "isHighscore": false"#),
+    ));
+    let Some(Rig {
+        config,
+        mut gapless,
+        file,
+        dir: _dir,
+        ..
+    }) = rig("scaleit_history_down", false, &history_keys(&history)).await
+    else {
+        return;
+    };
+    gapless.wait_log("poll run failed", 2, Duration::from_secs(20));
+    assert_eq!(count_lines(&file), 0);
+    let out = run_ok(
+        gapless_cmd()
+            .args(["status", "--json", "--config"])
+            .arg(&config),
+    );
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(status["verified_until"].is_null(), "{status}");
+
+    history.down.store(false, Ordering::SeqCst);
+    wait_lines(&file, 1, Duration::from_secs(30), &mut gapless);
+    let summary = gapless.stop();
+    assert_eq!(summary["counters"]["recovered"], 1, "{summary}");
+    assert!(
+        summary["counters"]["poll_errors"].as_u64().unwrap() >= 2,
+        "{summary}"
+    );
+    assert_eq!(lines(&file)[0]["data"]["score"], 4);
 }
