@@ -949,10 +949,14 @@ impl Writer {
         let live = *stream.live.borrow();
         let watermark = stream.rule.watermark(now, verified, live);
         let held_since = now - stream.rule.max_hold_us;
+        // Two index range scans (see migration 0007), not a walk over
+        // every unreleased event.
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT id, occurred_at_us, received_at_us FROM events \
-             WHERE seq IS NULL AND validation IS NOT 'pending' \
-             AND (occurred_at_us <= ? OR received_at_us <= ?)",
+            "SELECT id, occurred_at_us, received_at_us FROM events INDEXED BY events_unreleased \
+             WHERE seq IS NULL AND validation IS NOT 'pending' AND occurred_at_us <= ? \
+             UNION \
+             SELECT id, occurred_at_us, received_at_us FROM events INDEXED BY events_unreleased_received \
+             WHERE seq IS NULL AND validation IS NOT 'pending' AND received_at_us <= ?",
         )
         .bind(watermark.unwrap_or(i64::MIN))
         .bind(held_since)
@@ -974,13 +978,19 @@ impl Writer {
                 "released events held longer than stream.max_hold above the watermark (is the poller failing?)"
             );
         }
-        for r in &step.released {
-            sqlx::query("UPDATE events SET seq = ?, late = ? WHERE id = ?")
-                .bind(r.seq)
-                .bind(r.late)
-                .bind(r.id.as_str())
-                .execute(&mut **tx)
-                .await?;
+        // One statement per chunk: a poll window verified at once releases
+        // its whole backlog in this transaction.
+        for chunk in step.released.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "UPDATE events SET seq = v.column2, late = v.column3 \
+                 FROM (VALUES {}) AS v WHERE events.id = v.column1",
+                placeholders(chunk.len(), 3)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for r in chunk {
+                q = q.bind(r.id.as_str()).bind(r.seq).bind(r.late);
+            }
+            q.execute(&mut **tx).await?;
         }
         if !step.released.is_empty() {
             sqlx::query(
