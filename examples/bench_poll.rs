@@ -6,7 +6,7 @@
 //!
 //! Usage: cargo run --release --example bench_poll -- [EVENTS] [RUNS]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gapless::sim::vcd::{SimConfig, VcdSim};
 
@@ -76,29 +76,7 @@ path = "{file}"
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start gapless");
-    let store = loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if let Ok(s) = gapless::store::Store::open(&gapless::config::StoreConfig {
-            path: dir.path().join("bench.db"),
-            ..Default::default()
-        })
-        .await
-        {
-            break s;
-        }
-    };
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let done_us = loop {
-        let (stored, _) = store.counts().await.unwrap();
-        if stored as u64 >= events {
-            break gapless::event::now_us();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {stored} of {events} stored"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let done_us = common::wait_stored(&dir.path().join("bench.db"), events).await;
     let requests = sim.requests();
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
