@@ -79,54 +79,21 @@ async fn one_run(events: u64, gapless: &std::path::Path) -> f64 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.path().join("gapless.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let source = format!(
+        r#"
 [source]
 kind = "scaleit"
 name = "bench"
 apps = ["de-ondics-pacman"]
 schema_dir = "{schemas}"
 history_url = "{url}/apps/{{app}}/history"
-[mqtt]
-url = "mqtt://127.0.0.1:{closed}"
 [poll]
 schedule = "0 0 * * * *"
 initial_lookback = "1h"
-visibility_lag = "1s"
-[store]
-path = "{db}"
-[admin]
-listen = ""
-[[sink]]
-name = "file"
-kind = "file"
-path = "{file}"
-"#,
-            schemas = dir.path().join("schemas").display(),
-            db = dir.path().join("bench.db").display(),
-            file = dir.path().join("events.jsonl").display(),
-        ),
-    )
-    .unwrap();
-    let mut child = std::process::Command::new(gapless)
-        .args(["--log-level", "error", "run", "--config"])
-        .arg(&config)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start gapless");
-    let done_us = common::wait_stored(&dir.path().join("bench.db"), events).await;
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+visibility_lag = "1s""#,
+        schemas = dir.path().join("schemas").display(),
+    );
+    let done_us = common::recover(gapless, dir.path(), &source, &[], events).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let first = state.first_request_us.lock().unwrap().expect("a request");
     (done_us - first) as f64 / 1e6

@@ -33,16 +33,8 @@ async fn one_run(events: u64, gapless: &std::path::Path) -> Run {
     for k in 0..events / 10 {
         sim.create_events_at(10, start_ms + k as i64).await.unwrap();
     }
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.path().join("gapless.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let source = format!(
+        r#"
 [source]
 kind = "vcd"
 name = "bench"
@@ -50,38 +42,22 @@ url = "{url}"
 org = "System"
 user = "administrator"
 password_env = "{PASSWORD_ENV}"
-[mqtt]
-url = "mqtt://127.0.0.1:{closed}"
 [poll]
 schedule = "0 0 * * * *"
 initial_lookback = "1h"
-visibility_lag = "1s"
-[store]
-path = "{db}"
-[[sink]]
-name = "file"
-kind = "file"
-path = "{file}"
-"#,
-            url = sim.url(),
-            db = dir.path().join("bench.db").display(),
-            file = dir.path().join("events.jsonl").display(),
-        ),
+visibility_lag = "1s""#,
+        url = sim.url(),
+    );
+    let password = sim.config().password.clone();
+    let done_us = common::recover(
+        gapless,
+        dir.path(),
+        &source,
+        &[(PASSWORD_ENV, password.as_str())],
+        events,
     )
-    .unwrap();
-    let mut child = std::process::Command::new(gapless)
-        .args(["--log-level", "error", "run", "--config"])
-        .arg(&config)
-        .env(PASSWORD_ENV, &sim.config().password)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start gapless");
-    let done_us = common::wait_stored(&dir.path().join("bench.db"), events).await;
+    .await;
     let requests = sim.requests();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
     Run {
         seconds: (done_us - requests[0].0) as f64 / 1e6,
         pages: requests.len() as u64,

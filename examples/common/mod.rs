@@ -30,14 +30,56 @@ pub fn gapless_binary() -> PathBuf {
     bin
 }
 
-/// Waits (5 minutes at most) until the store at `db` holds `events`
-/// events; returns when, in µs since the epoch.
-#[allow(dead_code, reason = "bench_webhook reads no store")]
-pub async fn wait_stored(db: &Path, events: u64) -> i64 {
+/// Runs the release binary on `source` (its `[source]` and `[poll]`
+/// tables) with MQTT pointed at a closed port, so everything it stores
+/// came from the REST history; returns when (µs since the epoch) the store
+/// in `dir` held `events` events, waiting 5 minutes at most.
+#[allow(dead_code, reason = "bench_webhook recovers nothing")]
+pub async fn recover(
+    gapless: &Path,
+    dir: &Path,
+    source: &str,
+    env: &[(&str, &str)],
+    events: u64,
+) -> i64 {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("gapless.toml");
+    let db = dir.join("bench.db");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{source}
+[mqtt]
+url = "mqtt://127.0.0.1:{closed}"
+[store]
+path = "{db}"
+[admin]
+listen = ""
+[[sink]]
+name = "file"
+kind = "file"
+path = "{file}"
+"#,
+            db = db.display(),
+            file = dir.join("events.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(gapless)
+        .args(["--log-level", "error", "run", "--config"])
+        .arg(&config)
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start gapless");
     let store = loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         if let Ok(s) = gapless::store::Store::open(&gapless::config::StoreConfig {
-            path: db.to_path_buf(),
+            path: db.clone(),
             ..Default::default()
         })
         .await
@@ -46,15 +88,20 @@ pub async fn wait_stored(db: &Path, events: u64) -> i64 {
         }
     };
     let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
+    let done_us = loop {
         let (stored, _) = store.counts().await.unwrap();
         if stored as u64 >= events {
-            return gapless::event::now_us();
+            break gapless::event::now_us();
         }
         assert!(
             Instant::now() < deadline,
             "only {stored} of {events} stored"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    done_us
 }
