@@ -242,9 +242,13 @@ impl Inner {
 
     fn issue_token(&self) -> (String, i64) {
         let ttl = self.config.token_ttl;
-        let exp_ms = now_ms() + ttl.as_millis() as i64;
+        // The token dies exactly at its `exp` claim (whole seconds, rounded
+        // down): a claim later than the real expiry would eat the client's
+        // renewal margin and let it offer a dead token.
+        let exp_s = (now_ms() + ttl.as_millis() as i64) / 1000;
+        let exp_ms = exp_s * 1000;
         let n = self.next.fetch_add(1, Relaxed);
-        let jwt = make_jwt(&self.config.user, (exp_ms + 999) / 1000, n);
+        let jwt = make_jwt(&self.config.user, exp_s, n);
         self.tokens.lock().unwrap().insert(jwt.clone(), exp_ms);
         self.stats.logins.fetch_add(1, Relaxed);
         (jwt, ttl.as_secs() as i64)
