@@ -23,15 +23,6 @@ fn config_with(
     path
 }
 
-fn status(config: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&run_ok(
-        gapless_cmd()
-            .args(["status", "--json", "--config"])
-            .arg(config),
-    ))
-    .unwrap()
-}
-
 async fn publish(broker: &EmbeddedBroker, messages: Vec<(String, Vec<u8>)>) {
     let mut p = Publisher::connect("127.0.0.1", broker.addr().port(), "ops-pub")
         .await
@@ -58,7 +49,7 @@ async fn status_reports_head_cursors_counts_and_rejections() {
         &mut gapless,
     );
 
-    let s = status(&config);
+    let s = status_json(&config);
     assert_eq!(s["head_seq"], 40);
     assert_eq!(s["events"], 40);
     assert_eq!(s["rejected"], 2);
@@ -103,15 +94,15 @@ async fn retention_prunes_delivered_events_and_seq_continues() {
     wait_lines(&file, 200, Duration::from_secs(30), &mut gapless);
 
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while status(&config)["events"].as_i64().unwrap() > 1 {
+    while status_json(&config)["events"].as_i64().unwrap() > 1 {
         assert!(
             std::time::Instant::now() < deadline,
             "nothing pruned: {}",
-            status(&config)
+            status_json(&config)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let s = status(&config);
+    let s = status_json(&config);
     assert_eq!(s["head_seq"], 200, "the head row is kept");
 
     // New events continue the stream after the kept head.

@@ -254,12 +254,7 @@ async fn validates_dedups_in_window_and_maps_to_cloudevents() {
         "gameover.json once, nothere.json once"
     );
 
-    let out = run_ok(
-        gapless_cmd()
-            .args(["status", "--json", "--config"])
-            .arg(&config),
-    );
-    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let status = status_json(&config);
     let mut reasons: Vec<String> = status["rejected_by_reason"]
         .as_array()
         .unwrap()
@@ -581,12 +576,7 @@ async fn history_endpoint_recovers_what_mqtt_missed() {
         );
     }
 
-    let out = run_ok(
-        gapless_cmd()
-            .args(["status", "--json", "--config"])
-            .arg(&config),
-    );
-    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let status = status_json(&config);
     assert!(
         status["completeness"]
             .as_str()
@@ -621,12 +611,7 @@ async fn history_endpoint_down_then_back_loses_nothing() {
     };
     gapless.wait_log("poll run failed", 2, Duration::from_secs(20));
     assert_eq!(count_lines(&file), 0);
-    let out = run_ok(
-        gapless_cmd()
-            .args(["status", "--json", "--config"])
-            .arg(&config),
-    );
-    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let status = status_json(&config);
     assert!(status["verified_until"].is_null(), "{status}");
 
     history.down.store(false, Ordering::SeqCst);

@@ -355,3 +355,13 @@ pub fn run_ok(cmd: &mut Command) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// `gapless status --json` for `config`, parsed.
+pub fn status_json(config: &Path) -> serde_json::Value {
+    serde_json::from_str(&run_ok(
+        gapless_cmd()
+            .args(["status", "--json", "--config"])
+            .arg(config),
+    ))
+    .unwrap()
+}
