@@ -168,11 +168,16 @@ impl EventFields {
 }
 
 /// One audit-trail value (REST) as a poll event, or a rejection kept
-/// like MQTT's.
+/// like MQTT's. A rejection is dated by the value's own `timestamp` when it
+/// has a readable one, so the poller can tell an overlap re-read from a new
+/// bad value (and records it once).
 pub fn audit_event(text: &str, now: i64) -> Parsed {
-    let parsed = serde_json::from_str::<serde_json::Value>(text)
-        .map_err(|e| (RejectReason::MalformedJson, e.to_string()))
-        .and_then(|v| EventFields::read(&v));
+    let value = serde_json::from_str::<serde_json::Value>(text)
+        .map_err(|e| (RejectReason::MalformedJson, e.to_string()));
+    let parsed = value
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(EventFields::read);
     match parsed {
         Ok(f) => Parsed::Event(Event {
             id: f.id,
@@ -187,12 +192,16 @@ pub fn audit_event(text: &str, now: i64) -> Parsed {
         }),
         Err((reason, detail)) => {
             tracing::warn!(reason = reason.as_str(), %detail, "rejected audit trail event");
+            let at = value
+                .ok()
+                .and_then(|v| parse_time_us(v.get("timestamp")?).ok())
+                .unwrap_or(now);
             Parsed::Rejected(Rejected::new(
                 "rest:auditTrail",
                 text.as_bytes(),
                 reason,
                 detail,
-                now,
+                at,
             ))
         }
     }
@@ -352,5 +361,16 @@ mod tests {
             audit_event(r#"{"eventType":"t"}"#, 1),
             Parsed::Rejected(_)
         ));
+        // Dated by its own timestamp when readable, else by now.
+        let at = |text: &str| match audit_event(text, 7) {
+            Parsed::Rejected(r) => r.at_us,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            at(r#"{"eventType":"t","timestamp":"2026-11-23T10:00:00.000Z"}"#),
+            1_795_428_000_000_000
+        );
+        assert_eq!(at(r#"{"eventType":"t","timestamp":"soon"}"#), 7);
+        assert_eq!(at("{"), 7);
     }
 }
