@@ -83,18 +83,9 @@ pub async fn run(
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) -> Result<RunReport, AppError> {
-    let store = Store::open(&config.store).await?;
-    // With a VCD login, MQTT uses the session's token; log in before anything connects.
-    let vcd = match config.vcd_login()? {
-        Some(login) => {
-            let client = Arc::new(VcdClient::new(login, counters.clone())?);
-            match session::start(client.clone(), config.mqtt.auth, shutdown.clone()).await? {
-                Some((credentials, refresher)) => Some((client, credentials, refresher)),
-                None => return report(&store, &counters, 0, None).await,
-            }
-        }
-        None => None,
-    };
+    // The lock first: a second gapless on this store stops here, before it
+    // logs in, subscribes or writes anything.
+    let (store, _lock) = Store::open_exclusive(&config.store).await?;
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let (live_tx, live_rx) = watch::channel(Live::default());
     let stream = StreamSettings {
@@ -123,13 +114,24 @@ pub async fn run(
     };
     let (writer, channels) = Writer::new(&store, &config.store, plan).await?;
     tracing::info!(store = %config.store.path.display(), head = channels.head.borrow().seq, "store open");
+    if config.has_history() {
+        // Until the first run verifies something, the poller counts as
+        // failing (for /readyz and the metrics), so a poller that never
+        // gets going is noticed after poll.alert_after.
+        counters.poll_started(now_us());
+    }
 
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
     tasks.spawn(async move {
         (
             "writer".into(),
-            writer.run().await.map_err(|e| e.to_string()),
+            writer.run().await.map_err(|e| crate::error_chain(&e)),
         )
+    });
+    let checkpointer = store.clone().run_checkpointer(shutdown.clone());
+    tasks.spawn(async move {
+        let r = checkpointer.await;
+        ("checkpointer".into(), r.map_err(|e| crate::error_chain(&e)))
     });
     for (index, sink) in config.sinks.iter().enumerate() {
         let task = SinkTask {
@@ -144,10 +146,19 @@ pub async fn run(
             stats: counters.sink(&sink.name),
         };
         let name = format!("sink {}", sink.name);
-        tasks.spawn(async move { (name, task.run().await.map(drop).map_err(|e| e.to_string())) });
+        tasks.spawn(async move {
+            (
+                name,
+                task.run()
+                    .await
+                    .map(drop)
+                    .map_err(|e| crate::error_chain(&e)),
+            )
+        });
     }
     let head = channels.head.clone();
-    let writer_handle = channels.handle;
+    // The admin endpoint answers before the first login, so /healthz and
+    // /readyz work while a wrong URL or password is retried.
     if let Some(addr) = config.admin.addr()? {
         let admin = Admin {
             counters: counters.clone(),
@@ -167,25 +178,68 @@ pub async fn run(
                 .collect(),
         };
         let server = admin.serve(addr, shutdown.clone()).await?;
-        tasks.spawn(async move { ("admin".into(), server.await.map_err(|e| e.to_string())) });
+        tasks.spawn(async move {
+            (
+                "admin".into(),
+                server.await.map_err(|e| crate::error_chain(&e)),
+            )
+        });
     }
 
-    let credentials = match vcd {
-        Some((client, credentials, refresher)) => {
+    let started = start_sources(
+        &config, &options, &mut tasks, &store, channels, live_tx, acks_rx, &counters, &shutdown,
+    )
+    .await;
+    if let Err(e) = &started {
+        tracing::error!(error = %crate::error_chain(e), "start-up failed; shutting down");
+        shutdown.cancel();
+    }
+    let failure = supervise(&mut tasks, &shutdown, config.shutdown_timeout.0).await;
+    let head = head.borrow().seq;
+    let report = report(&store, &counters, head, failure).await;
+    started?;
+    report
+}
+
+/// Logs in (VCD), then starts the pollers, the schema registry and the MQTT
+/// source. Returns once they run; a login cancelled by shutdown is not an error.
+#[allow(clippy::too_many_arguments)]
+async fn start_sources(
+    config: &Config,
+    options: &RunOptions,
+    tasks: &mut JoinSet<TaskResult>,
+    store: &Store,
+    channels: crate::store::WriterChannels,
+    live_tx: watch::Sender<Live>,
+    acks_rx: mpsc::UnboundedReceiver<Vec<crate::source::mqtt::Ack>>,
+    counters: &Arc<Counters>,
+    shutdown: &CancellationToken,
+) -> Result<(), AppError> {
+    let writer_handle = channels.handle;
+    // With a VCD login, MQTT uses the session's token; log in before anything connects.
+    let credentials = match config.vcd_login()? {
+        Some(login) => {
+            let client = Arc::new(VcdClient::new(login, counters.clone())?);
+            let Some((credentials, refresher)) =
+                session::start(client.clone(), config.mqtt.auth, shutdown.clone()).await?
+            else {
+                return Ok(());
+            };
             tasks.spawn(async move {
                 (
                     "vcd session".into(),
-                    refresher.await.map_err(|e| e.to_string()),
+                    refresher.await.map_err(|e| crate::error_chain(&e)),
                 )
             });
             spawn_poller(
-                &mut tasks,
+                tasks,
                 client,
-                &config,
-                &store,
+                config,
+                store,
                 &channels.ingest,
-                &counters,
-                &shutdown,
+                &live_tx,
+                counters,
+                shutdown,
             );
             credentials
         }
@@ -202,7 +256,10 @@ pub async fn run(
         let (store, writer, shutdown) = (store.clone(), writer_handle.clone(), shutdown.clone());
         tasks.spawn(async move {
             let r = registry.run(store, writer, shutdown).await;
-            ("schema registry".into(), r.map_err(|e| e.to_string()))
+            (
+                "schema registry".into(),
+                r.map_err(|e| crate::error_chain(&e)),
+            )
         });
     }
     let parser = Parser::from_config(&config.source);
@@ -216,13 +273,14 @@ pub async fn run(
         && let Some(history) = ScaleitHistory::from_config(&config.source, p.clone(), settler)?
     {
         spawn_poller(
-            &mut tasks,
+            tasks,
             Arc::new(history),
-            &config,
-            &store,
+            config,
+            store,
             &channels.ingest,
-            &counters,
-            &shutdown,
+            &live_tx,
+            counters,
+            shutdown,
         );
     }
     let source = MqttSource {
@@ -237,7 +295,7 @@ pub async fn run(
     let source_shutdown = shutdown.clone();
     tasks.spawn(async move {
         let r = source.run(acks_rx, source_shutdown).await;
-        ("mqtt source".into(), r.map_err(|e| e.to_string()))
+        ("mqtt source".into(), r.map_err(|e| crate::error_chain(&e)))
     });
     if let Some(idle) = options.exit_idle {
         let counters = counters.clone();
@@ -258,19 +316,18 @@ pub async fn run(
             }
         });
     }
-
-    let failure = supervise(&mut tasks, &shutdown, config.shutdown_timeout.0).await;
-    let head = head.borrow().seq;
-    report(&store, &counters, head, failure).await
+    Ok(())
 }
 
 /// Starts the gap poller over `history`.
+#[allow(clippy::too_many_arguments)]
 fn spawn_poller<H: History>(
     tasks: &mut JoinSet<TaskResult>,
     history: Arc<H>,
     config: &Config,
     store: &Store,
     ingest: &mpsc::Sender<crate::store::Ingest>,
+    live: &watch::Sender<Live>,
     counters: &Arc<Counters>,
     shutdown: &CancellationToken,
 ) {
@@ -281,11 +338,12 @@ fn spawn_poller<H: History>(
         source: config.source.uri().to_string(),
         config: config.poll.clone(),
         counters: counters.clone(),
+        live: Some(live.subscribe()),
     };
     let shutdown = shutdown.clone();
     tasks.spawn(async move {
         let r = poller.run(shutdown).await;
-        ("poller".into(), r.map_err(|e| e.to_string()))
+        ("poller".into(), r.map_err(|e| crate::error_chain(&e)))
     });
 }
 

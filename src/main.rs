@@ -26,7 +26,7 @@ use gapless::ops;
 struct Cli {
     /// Log verbosity (error, warn, info, debug, trace) or a full filter such as
     /// "gapless=debug,rumqttc=warn". RUST_LOG wins when set.
-    /// [default: "info,mqtt5=warn"; for `demo`: "warn", to keep its progress line clean]
+    /// [default: "info,mqtt5=warn,tokio_cron_scheduler=warn"; for `demo`: "warn", to keep its progress line clean]
     #[arg(long, global = true)]
     log_level: Option<String>,
     /// Log format on stderr.
@@ -91,8 +91,11 @@ enum Command {
     Replay {
         #[arg(long, short, env = "GAPLESS_CONFIG")]
         config: PathBuf,
+        /// The sink to rewind (its `name` in the config).
         #[arg(long)]
         sink: String,
+        /// First seq to deliver again: 1 for the whole stream still in the
+        /// store, at most the head (`gapless status` shows it).
         #[arg(long)]
         from_seq: i64,
     },
@@ -154,7 +157,10 @@ fn init_logging(level: &str, format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: journald, Docker and log
+        // files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -253,7 +259,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Demo { .. } => "warn",
-        _ => "info,mqtt5=warn",
+        _ => "info,mqtt5=warn,tokio_cron_scheduler=warn",
     };
     init_logging(
         cli.log_level.as_deref().unwrap_or(default_level),

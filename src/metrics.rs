@@ -62,6 +62,8 @@ pub struct Counters {
     pub logins: AtomicU64,
     /// Events released with `late = true`.
     pub late: AtomicU64,
+    /// Events released by `stream.max_hold` although above the watermark.
+    pub forced: AtomicU64,
     /// Webhook delivery attempts that failed and were retried.
     pub retries: AtomicU64,
     /// Events dead-lettered by webhook sinks.
@@ -159,6 +161,14 @@ impl Counters {
             .entry(name.to_string())
             .or_default()
             .clone()
+    }
+
+    /// A poller starts without having verified anything: until a run
+    /// succeeds it counts as failing since `now_us` (no error is counted).
+    pub fn poll_started(&self, now_us: i64) {
+        let _ = self
+            .poll_failing_since_us
+            .compare_exchange(0, now_us, Relaxed, Relaxed);
     }
 
     /// Records the outcome of a poll run at `now_us`.

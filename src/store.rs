@@ -8,7 +8,7 @@
 //! there is never lock contention on the write path.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +36,22 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("the store writer has stopped")]
     WriterGone,
+    #[error(
+        "store.path: the directory {dir} does not exist (gapless run creates it; create it or fix store.path)"
+    )]
+    NoDir { dir: String },
+    #[error("store.path: cannot create the directory {dir}: {source}")]
+    CreateDir { dir: String, source: std::io::Error },
+    #[error("store.path: cannot lock {path}: {source}")]
+    Lock {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "another gapless{} holds the store {store}: run one daemon per store (status, tail and replay work alongside it)",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Locked { store: String, pid: Option<u32> },
 }
 
 /// Read access to the store (a small pool; WAL lets it read while the writer writes).
@@ -43,7 +59,17 @@ pub enum StoreError {
 pub struct Store {
     pool: SqlitePool,
     options: SqliteConnectOptions,
+    path: PathBuf,
 }
+
+/// The WAL file is cut back to this size whenever it restarts, so a burst
+/// does not leave a large file behind.
+const JOURNAL_SIZE_LIMIT: u64 = 16 << 20;
+/// Above this size a PASSIVE checkpoint that readers keep from finishing is
+/// followed by a TRUNCATE one, which waits for them (briefly) instead.
+const WAL_TRUNCATE_AT: u64 = 32 << 20;
+/// How often the checkpointer copies the WAL back into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 fn connect_options(path: &Path, sync: Synchronous) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
@@ -57,6 +83,76 @@ fn connect_options(path: &Path, sync: Synchronous) -> SqliteConnectOptions {
         .busy_timeout(Duration::from_secs(10))
         .statement_cache_capacity(256)
         .pragma("temp_store", "memory")
+        .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string())
+}
+
+/// The daemon's claim on a store: an exclusive lock on `<store>.lock`
+/// (holding the daemon's pid), released when the process ends, however it
+/// ends. Operator commands do not take it.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: std::fs::File,
+}
+
+impl StoreLock {
+    fn take(store: &Path) -> Result<Self, StoreError> {
+        use std::io::{Read, Seek, Write};
+        let path = PathBuf::from(format!("{}.lock", store.display()));
+        let failed = |source| StoreError::Lock {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(failed)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                return Err(StoreError::Locked {
+                    store: store.display().to_string(),
+                    pid: text.trim().parse().ok(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
+        }
+        file.set_len(0).map_err(failed)?;
+        file.rewind().map_err(failed)?;
+        writeln!(file, "{}", std::process::id()).map_err(failed)?;
+        Ok(StoreLock { _file: file })
+    }
+}
+
+/// The store's directory: it must exist for every command but `run`, which
+/// creates it (mode 0750: events may be confidential).
+fn store_dir(path: &Path, create: bool) -> Result<(), StoreError> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if !create {
+        return Err(StoreError::NoDir {
+            dir: dir.display().to_string(),
+        });
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+        .map_err(|source| StoreError::CreateDir {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+    tracing::info!(dir = %dir.display(), "created the store directory");
+    Ok(())
 }
 
 /// The columns a [`StoredEvent`] is read from.
@@ -76,8 +172,18 @@ pub fn size_on_disk(path: &std::path::Path) -> u64 {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store and applies pending migrations.
+    /// Opens the store for the daemon: creates its directory, takes the
+    /// exclusive lock, then opens it. Hold the lock as long as the store.
+    pub async fn open_exclusive(config: &StoreConfig) -> Result<(Self, StoreLock), StoreError> {
+        store_dir(&config.path, true)?;
+        let lock = StoreLock::take(&config.path)?;
+        Ok((Self::open(config).await?, lock))
+    }
+
+    /// Opens (creating the file if needed) the store and applies pending
+    /// migrations. Its directory must exist.
     pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        store_dir(&config.path, false)?;
         let options = connect_options(&config.path, config.synchronous);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -88,7 +194,11 @@ impl Store {
                 source,
             })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool, options })
+        Ok(Store {
+            pool,
+            options,
+            path: config.path.clone(),
+        })
     }
 
     /// The highest released `seq` (0 when nothing is released yet).
@@ -316,25 +426,42 @@ impl Store {
     /// writer or readers (a PASSIVE checkpoint). Returns the WAL frames
     /// still not checkpointed (readers may pin some).
     pub async fn checkpoint(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        self.checkpoint_mode("PASSIVE").await
+    }
+
+    async fn checkpoint_mode(&self, mode: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!("PRAGMA wal_checkpoint({mode})")))
             .fetch_one(&self.pool)
             .await?;
         let (log, done): (i64, i64) = (row.get(1), row.get(2));
         Ok(log - done)
     }
 
-    /// Checkpoints every `period` until `stop`, then once more.
+    /// Keeps the WAL bounded while the daemon runs (the writer never
+    /// checkpoints itself): a PASSIVE checkpoint every 200 ms; when sinks
+    /// reading all the time keep it from finishing and the WAL passes
+    /// 32 MiB, a TRUNCATE checkpoint that waits for those readers. Stops
+    /// with `stop`, after one last checkpoint.
     pub async fn run_checkpointer(
         self,
-        period: Duration,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<(), StoreError> {
+        let wal = PathBuf::from(format!("{}-wal", self.path.display()));
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(period) => {}
+                _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
                 _ = stop.cancelled() => break,
             }
-            self.checkpoint().await?;
+            let left = self.checkpoint().await?;
+            let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+            if left > 0 && size > WAL_TRUNCATE_AT {
+                let left = self.checkpoint_mode("TRUNCATE").await?;
+                tracing::debug!(
+                    wal_bytes = size,
+                    left,
+                    "readers held the WAL; truncating checkpoint"
+                );
+            }
         }
         self.checkpoint().await.map(drop)
     }
@@ -590,7 +717,12 @@ pub struct Writer {
     acks: Option<mpsc::UnboundedSender<Vec<Ack>>>,
     ingest_rx: mpsc::Receiver<Ingest>,
     ctrl_rx: mpsc::Receiver<Control>,
+    /// Forced releases already logged, and when.
+    forced_logged: (u64, std::time::Instant),
 }
+
+/// How often forced releases are summed up in the log.
+const FORCED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What one loop turn collected.
 #[derive(Default)]
@@ -707,6 +839,9 @@ async fn write_sink_op(
 
 /// Rows per multi-row INSERT (11 columns each, well under SQLite's bind limit).
 const INSERT_CHUNK: usize = 64;
+/// Events deleted per retention transaction: small enough that a commit
+/// waiting behind it waits milliseconds, not seconds.
+const PRUNE_BATCH: u64 = 5000;
 /// Ids per `IN (...)` lookup.
 const LOOKUP_CHUNK: usize = 256;
 
@@ -766,6 +901,7 @@ impl Writer {
             acks,
             ingest_rx,
             ctrl_rx,
+            forced_logged: (0, std::time::Instant::now()),
         };
         let channels = WriterChannels {
             ingest: ingest_tx,
@@ -786,12 +922,21 @@ impl Writer {
         let ticking = self.stream.order == Order::EventTime;
         let mut prune = tokio::time::interval(self.retention.every());
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A backlog of old events is pruned one bounded batch per loop
+        // turn, taking turns with commits, so neither waits long.
+        let mut prune_more = false;
+        let mut prune_turn = true;
         while ingest_open || ctrl_open {
             let mut batch = Batch::default();
             tokio::select! {
                 biased;
+                _ = std::future::ready(()), if prune_more && prune_turn => {
+                    prune_more = self.prune().await?;
+                    prune_turn = false;
+                    continue;
+                }
                 _ = prune.tick() => {
-                    self.prune().await?;
+                    prune_more = self.prune().await?;
                     continue;
                 }
                 _ = tick.tick(), if ticking => {
@@ -815,7 +960,9 @@ impl Writer {
             }
             self.fill(&mut batch, ingest_open).await;
             self.commit(batch).await?;
+            prune_turn = true;
         }
+        self.log_forced(true);
         Ok(())
     }
 
@@ -839,15 +986,16 @@ impl Writer {
         }
     }
 
-    /// Deletes delivered events older than the retention: every configured
-    /// sink's cursor has passed them, they are not dead letters, not the
-    /// head row (it keeps `seq` going), and not inside the poll overlap.
-    /// Freed pages go to SQLite's freelist and are reused by new events, so
-    /// under a steady load the file stops growing (no VACUUM needed).
-    async fn prune(&mut self) -> Result<(), StoreError> {
+    /// Deletes one batch (at most [`PRUNE_BATCH`], its own short
+    /// transaction) of delivered events older than the retention: every
+    /// configured sink's cursor has passed them, they are not dead letters,
+    /// not the head row (it keeps `seq` going), and not inside the poll
+    /// overlap. Returns whether more may be left. Freed pages go to
+    /// SQLite's freelist and are reused by new events.
+    async fn prune(&mut self) -> Result<bool, StoreError> {
         let r = &self.retention;
         if r.sinks.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let now = now_us();
         let mut cutoff = now - r.keep_us;
@@ -873,15 +1021,16 @@ impl Writer {
             .unwrap_or(0)
             .min(self.sequencer.head() - 1);
         if passed <= 0 {
-            return Ok(());
+            return Ok(false);
         }
         let done = sqlx::query(
             "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE seq IS NOT NULL \
              AND seq <= ? AND occurred_at_us < ? \
-             AND seq NOT IN (SELECT seq FROM dead_letters) LIMIT 20000)",
+             AND seq NOT IN (SELECT seq FROM dead_letters) LIMIT ?)",
         )
         .bind(passed)
         .bind(cutoff)
+        .bind(PRUNE_BATCH as i64)
         .execute(&mut self.conn)
         .await?;
         if done.rows_affected() > 0 {
@@ -891,7 +1040,7 @@ impl Writer {
                 "pruned events past the retention"
             );
         }
-        Ok(())
+        Ok(done.rows_affected() == PRUNE_BATCH)
     }
 
     /// Releases what the watermark now allows when no batch is coming.
@@ -923,7 +1072,28 @@ impl Writer {
             return Err(e.into());
         }
         self.publish_head();
+        self.log_forced(false);
         Ok(())
+    }
+
+    /// One WARN line per [`FORCED_LOG_EVERY`] (and at the end) with how many
+    /// events `max_hold` released, not one per release step.
+    fn log_forced(&mut self, last: bool) {
+        let total = self
+            .counters
+            .forced
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let (logged, at) = self.forced_logged;
+        if total == logged || (!last && at.elapsed() < FORCED_LOG_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            events = total - logged,
+            since = ?at.elapsed(),
+            max_hold = ?Duration::from_micros(self.stream.rule.max_hold_us as u64),
+            "released events held longer than stream.max_hold above the watermark (is the poller failing?)"
+        );
+        self.forced_logged = (total, std::time::Instant::now());
     }
 
     fn publish_head(&self) {
@@ -971,13 +1141,7 @@ impl Writer {
             })
             .collect();
         let step = sequencer.release(candidates, watermark, now, stream.rule.max_hold_us);
-        if step.forced > 0 {
-            tracing::warn!(
-                events = step.forced,
-                max_hold_us = stream.rule.max_hold_us,
-                "released events held longer than stream.max_hold above the watermark (is the poller failing?)"
-            );
-        }
+        Counters::add(&counters.forced, step.forced as u64);
         // One statement per chunk: a poll window verified at once releases
         // its whole backlog in this transaction.
         for chunk in step.released.chunks(INSERT_CHUNK) {
@@ -1056,6 +1220,7 @@ impl Writer {
             let _ = done.send(());
         }
         self.publish_head();
+        self.log_forced(false);
         Ok(())
     }
 

@@ -280,7 +280,7 @@ impl MqttSource {
                         self.credentials.refused().notify_one();
                     }
                     let delay = backoff(attempt, self.config.reconnect_max.0, rand::random());
-                    tracing::warn!(attempt, error = %e, retry_in = ?delay, "MQTT connection failed; reconnecting");
+                    tracing::warn!(attempt, error = %crate::error_chain(&e), retry_in = ?delay, "MQTT connection failed; reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => break,

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Parsed;
@@ -21,6 +21,7 @@ use crate::config::PollConfig;
 use crate::event::{now_us, rfc3339_us};
 use crate::metrics::Counters;
 use crate::store::{Ingest, Store, StoreError};
+use crate::stream::Live;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
@@ -34,6 +35,17 @@ pub enum PollError {
     WriterGone,
     #[error("run cancelled by shutdown")]
     Cancelled,
+    #[error(
+        "window {from} .. {to} is incomplete: its pages held {seen} events, the server counted {total}, \
+         also after {rereads} re-reads; it stays unverified"
+    )]
+    Incomplete {
+        from: String,
+        to: String,
+        seen: u64,
+        total: u64,
+        rereads: u32,
+    },
 }
 
 impl PollError {
@@ -106,6 +118,22 @@ pub fn plan(verified_until_us: Option<i64>, now_us: i64, rules: Rules) -> Vec<Wi
     windows
 }
 
+/// Where a poller that has never verified anything starts when it is told
+/// not to read history (`initial_lookback = 0`): the watermark is set to
+/// `now − visibility_lag` without a request, and later runs read on from
+/// there. `None` when there is a watermark or a lookback to read.
+pub fn establish(verified_until_us: Option<i64>, now_us: i64, rules: Rules) -> Option<i64> {
+    (verified_until_us.is_none() && rules.initial_lookback_us == 0)
+        .then(|| floor_ms(now_us - rules.visibility_lag_us))
+}
+
+/// When the catch-up run after a (re)subscription at `since_us` is due:
+/// once `visibility_lag` has passed, so its window ends after `since_us`
+/// and the live watermark may move again.
+pub fn catch_up_at(since_us: i64, rules: Rules) -> i64 {
+    since_us + rules.visibility_lag_us + 1000
+}
+
 /// Delay before retry `attempt` (1-based): the server's `Retry-After` when
 /// it gave one, else exponential from 500 ms to 30 s, with jitter.
 pub fn retry_delay(attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
@@ -148,6 +176,10 @@ pub struct Poller<H> {
     pub source: String,
     pub config: PollConfig,
     pub counters: Arc<Counters>,
+    /// The MQTT subscription's state: after every (re)subscription one
+    /// catch-up run follows as soon as `visibility_lag` has passed, instead
+    /// of waiting for the next tick. `None` runs on the schedule alone.
+    pub live: Option<watch::Receiver<Live>>,
 }
 
 /// What one run did.
@@ -182,6 +214,10 @@ impl<H: History> Poller<H> {
             .await
             .map_err(|e| PollError::Schedule(e.to_string()))?;
         tracing::info!(schedule = %self.config.schedule, "poller started");
+        let rules = Rules::from(&self.config);
+        let mut live = self.live.clone();
+        let mut seen_since = None;
+        let mut catch_up: Option<i64> = None;
         loop {
             match self.run_once(&shutdown).await {
                 Ok(stats) => {
@@ -193,20 +229,46 @@ impl<H: History> Poller<H> {
                 Err(e @ PollError::Store(_)) => return Err(e),
                 Err(e) => {
                     self.counters.poll_result(false, now_us());
-                    tracing::warn!(error = %e, "poll run failed; the watermark stays, the next run retries");
+                    tracing::warn!(error = %crate::error_chain(&e), "poll run failed; the watermark stays, the next run retries");
                 }
             }
-            tokio::select! {
-                _ = tick.notified() => {}
-                _ = shutdown.cancelled() => break,
+            // Wait for the next tick, or for the catch-up run a new
+            // subscription asks for, whichever comes first.
+            loop {
+                let due = catch_up.map(|at| Duration::from_micros((at - now_us()).max(0) as u64));
+                tokio::select! {
+                    _ = tick.notified() => break,
+                    _ = shutdown.cancelled() => return self.stop(scheduler).await,
+                    _ = async { tokio::time::sleep(due.unwrap_or_default()).await }, if due.is_some() => {
+                        tracing::info!("catch-up poll after the MQTT subscription");
+                        break;
+                    }
+                    changed = async { live.as_mut().unwrap().changed().await }, if live.is_some() => {
+                        if changed.is_err() {
+                            live = None;
+                            continue;
+                        }
+                        let since = live.as_mut().and_then(|l| l.borrow_and_update().since_us);
+                        if since.is_some() && since != seen_since {
+                            catch_up = since.map(|t| catch_up_at(t, rules));
+                        }
+                        seen_since = since.or(seen_since);
+                    }
+                }
             }
+            catch_up = None;
         }
-        let mut scheduler = scheduler;
+        self.stop(scheduler).await
+    }
+
+    async fn stop(
+        &self,
+        mut scheduler: tokio_cron_scheduler::JobScheduler,
+    ) -> Result<(), PollError> {
         let _ = scheduler.shutdown().await;
         tracing::info!("poller stopped");
         Ok(())
     }
-
     /// One run: every unverified window, in order, each completely.
     pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<RunStats, PollError> {
         self.run_once_at(now_us(), shutdown).await
@@ -219,8 +281,15 @@ impl<H: History> Poller<H> {
         shutdown: &CancellationToken,
     ) -> Result<RunStats, PollError> {
         let verified = self.store.verified_until(&self.source).await?;
-        let windows = plan(verified, now_us, Rules::from(&self.config));
+        let rules = Rules::from(&self.config);
         let mut stats = RunStats::default();
+        if let Some(at) = establish(verified, now_us, rules) {
+            self.verify(at).await?;
+            tracing::info!(verified_until = %rfc3339_us(at),
+                "first start: history is verified from now on (poll.initial_lookback = 0 reads nothing older)");
+            return Ok(stats);
+        }
+        let windows = plan(verified, now_us, rules);
         let mut attempt = 0u32;
         for window in windows {
             let started = Instant::now();
@@ -230,6 +299,7 @@ impl<H: History> Poller<H> {
             // on no page): the window is read again.
             let mut ids = HashSet::new();
             let mut unusable = 0u64;
+            let mut rereads = 0u32;
             loop {
                 let result = tokio::select! {
                     r = self.history.page(window, page, self.config.page_size) => r,
@@ -241,7 +311,7 @@ impl<H: History> Poller<H> {
                         Some(retry_after) if attempt < self.config.max_retries => {
                             attempt += 1;
                             let delay = retry_delay(attempt, retry_after, rand::random());
-                            tracing::warn!(error = %e, attempt, retry_in = ?delay, "history request failed; retrying");
+                            tracing::warn!(error = %crate::error_chain(&e), attempt, retry_in = ?delay, "history request failed; retrying");
                             tokio::select! {
                                 _ = tokio::time::sleep(delay) => continue,
                                 _ = shutdown.cancelled() => return Err(PollError::Cancelled),
@@ -274,30 +344,34 @@ impl<H: History> Poller<H> {
                     page += 1;
                     continue;
                 }
+                let seen = ids.len() as u64 + unusable;
                 match body.total {
-                    Some(total)
-                        if (ids.len() as u64 + unusable) < total
-                            && attempt < self.config.max_retries =>
-                    {
-                        attempt += 1;
+                    Some(total) if seen < total && rereads < self.config.max_retries => {
+                        rereads += 1;
                         tracing::warn!(
-                            seen = ids.len(),
+                            seen,
                             total,
+                            reread = rereads,
                             "window paging saw fewer events than the server counted; reading it again"
                         );
                         page = 1;
                         unusable = 0;
                     }
+                    // Verified means verified: a window that never adds up
+                    // fails the run and keeps the watermark where it is.
+                    Some(total) if seen < total => {
+                        return Err(PollError::Incomplete {
+                            from: rfc3339_us(window.from_us),
+                            to: rfc3339_us(window.to_us),
+                            seen,
+                            total,
+                            rereads,
+                        });
+                    }
                     _ => break,
                 }
             }
-            let (done, committed) = oneshot::channel();
-            self.send(Ingest::Verified {
-                until_us: window.to_us,
-                done,
-            })
-            .await?;
-            committed.await.map_err(|_| PollError::WriterGone)?;
+            self.verify(window.to_us).await?;
             Counters::add(&self.counters.polled, events);
             tracing::info!(from = %rfc3339_us(window.from_us), to = %rfc3339_us(window.to_us), events, pages,
                 took = ?started.elapsed(), "poll window verified");
@@ -306,6 +380,14 @@ impl<H: History> Poller<H> {
             stats.events += events;
         }
         Ok(stats)
+    }
+
+    /// Moves the watermark to `until_us` behind what was sent before it,
+    /// and waits for that commit.
+    async fn verify(&self, until_us: i64) -> Result<(), PollError> {
+        let (done, committed) = oneshot::channel();
+        self.send(Ingest::Verified { until_us, done }).await?;
+        committed.await.map_err(|_| PollError::WriterGone)
     }
 
     async fn send(&self, item: Ingest) -> Result<(), PollError> {
@@ -363,12 +445,30 @@ mod tests {
     }
 
     #[test]
+    fn first_start_without_lookback_establishes_the_watermark_at_now_minus_lag() {
+        let now = 100_000 * S + 1_234;
+        assert_eq!(establish(None, now, rules()), Some(now - 5 * S - 234));
+        assert_eq!(
+            establish(Some(now - S), now, rules()),
+            None,
+            "verified before"
+        );
+        let later = now + 60 * S;
+        let w = plan(establish(None, now, rules()), later, rules());
+        assert_eq!(w.len(), 1, "the next run reads on from there");
+        assert_eq!(w[0].to_us, later - 5 * S - 234);
+    }
+
+    #[test]
+    fn the_catch_up_run_reads_past_the_subscription() {
+        let since = 100_000 * S + 1_234;
+        let at = catch_up_at(since, rules());
+        assert!(plan(Some(since - 10 * S), at, rules())[0].to_us > since);
+    }
+
+    #[test]
     fn first_start_reads_back_the_initial_lookback() {
         let now = 100_000 * S;
-        assert!(
-            plan(None, now, rules()).is_empty(),
-            "lookback 0 starts from now"
-        );
         let w = plan(
             None,
             now,
@@ -376,6 +476,17 @@ mod tests {
                 initial_lookback_us: 600 * S,
                 ..rules()
             },
+        );
+        assert_eq!(
+            establish(
+                None,
+                now,
+                Rules {
+                    initial_lookback_us: 600 * S,
+                    ..rules()
+                }
+            ),
+            None
         );
         assert_eq!(
             w,

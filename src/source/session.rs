@@ -54,7 +54,7 @@ pub async fn login_until_ok(
                 attempt += 1;
                 let delay =
                     super::poll::retry_delay(attempt, e.retryable().flatten(), rand::random());
-                tracing::warn!(error = %e, attempt, retry_in = ?delay, "VCD login failed; retrying");
+                tracing::warn!(error = %crate::error_chain(&e), attempt, retry_in = ?delay, "VCD login failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => return Ok(None),

@@ -67,6 +67,7 @@ async fn rig(sim: &VcdSim, poll: PollConfig) -> Rig {
         source: "sim".into(),
         config: poll,
         counters: counters.clone(),
+        live: None,
     };
     Rig {
         _dir: dir,
