@@ -102,8 +102,12 @@ pub fn problems(f: &Facts) -> Vec<String> {
         && since > 0
         && f.now_us - since > alert
     {
+        let what = match f.verified_until_us {
+            None => "nothing verified yet",
+            Some(_) => "failing",
+        };
         out.push(format!(
-            "poll: failing for {}s (poll.alert_after = {}s)",
+            "poll: {what} for {}s (poll.alert_after = {}s)",
             (f.now_us - since) / 1_000_000,
             alert / 1_000_000
         ));
@@ -486,6 +490,8 @@ mod tests {
         f.poll = Some((f.now_us - 59_000_000, 60_000_000));
         assert!(problems(&f).is_empty(), "failing, but not for long");
         f.poll = Some((f.now_us - 61_000_000, 60_000_000));
+        assert!(problems(&f)[0].starts_with("poll: nothing verified yet for 61s"));
+        f.verified_until_us = Some(f.now_us - 70_000_000);
         assert!(problems(&f)[0].starts_with("poll: failing for 61s"));
 
         let mut f = ready_facts();

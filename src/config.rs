@@ -764,6 +764,40 @@ impl Config {
         }
     }
 
+    /// Checks the files the daemon will write: each directory must exist or
+    /// be creatable (no regular file in the way). Returns the directories
+    /// `gapless run` will create.
+    pub fn check_paths(&self) -> Result<Vec<PathBuf>, ConfigError> {
+        let mut files = vec![("store.path".to_string(), &self.store.path)];
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if let Some(path) = &sink.path {
+                files.push((format!("sink[{i}].path"), path));
+            }
+        }
+        let mut created = Vec::new();
+        for (key, file) in files {
+            let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) else {
+                continue;
+            };
+            let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
+            if !existing.is_dir() {
+                return Err(ConfigError::invalid(
+                    &key,
+                    format!(
+                        "{} cannot be created: {} is a file, not a directory",
+                        dir.display(),
+                        existing.display()
+                    ),
+                    "point it into a directory",
+                ));
+            }
+            if existing != dir && !created.contains(&dir.to_path_buf()) {
+                created.push(dir.to_path_buf());
+            }
+        }
+        Ok(created)
+    }
+
     /// Whether a poller reads a REST history (VCD with `url`, ScaleIT with
     /// `history_url`): then the stream can claim completeness.
     pub fn has_history(&self) -> bool {
@@ -1205,7 +1239,9 @@ fn read_secret(
             ConfigError::invalid(
                 env_key,
                 format!("environment variable `{var}` is not set"),
-                format!("export {var}=... before starting gapless, or remove the key"),
+                format!(
+                    "export {var}=... before starting gapless, or name the secret's file with {file_key} instead"
+                ),
             )
         }),
         (None, Some(path)) => std::fs::read_to_string(path)

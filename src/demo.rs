@@ -82,6 +82,8 @@ pub struct DemoOutcome {
     pub noise_skipped: u64,
     pub report: RunReport,
     pub file: PathBuf,
+    /// The store and the file outlive the demo (`--keep`).
+    pub kept: bool,
     pub check: Check,
     pub elapsed: Duration,
 }
@@ -136,7 +138,16 @@ impl DemoOutcome {
             ),
             (
                 "file",
-                format!("{} ({} lines)", self.file.display(), k.lines),
+                format!(
+                    "{} ({} lines{})",
+                    self.file.display(),
+                    k.lines,
+                    if self.kept {
+                        ""
+                    } else {
+                        "; deleted on exit, keep it with --keep DIR"
+                    }
+                ),
             ),
             ("check: missing", k.missing.to_string()),
             ("check: duplicated", k.duplicated.to_string()),
@@ -155,6 +166,8 @@ impl DemoOutcome {
             "  result: {}\n",
             if self.passed() { "PASS" } else { "FAIL" }
         );
+        s += "\nnext: put the README's minimal config in gapless.toml, then \
+              `gapless check-config -c gapless.toml && gapless run -c gapless.toml`\n";
         s
     }
 }
@@ -360,6 +373,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, DemoError> {
         report,
         check: check_file(&file, &truth)?,
         file,
+        kept: tmp.is_none(),
         elapsed: started.elapsed(),
     })
 }

@@ -43,7 +43,7 @@ enum DlqCmd {
     List,
     /// Deliver them again (once each; failures stay dead letters).
     Retry,
-    /// Forget them.
+    /// Forget them (all, or those older than --older-than).
     Purge,
 }
 
@@ -115,8 +115,12 @@ enum Command {
         action: DlqCmd,
         #[arg(long, short, env = "GAPLESS_CONFIG")]
         config: PathBuf,
+        /// The webhook sink (its `name` in the config).
         #[arg(long)]
         sink: String,
+        /// purge: only dead letters recorded longer ago than this (e.g. "30d").
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
     },
     /// Check a configuration file and exit: 0 if valid, 2 with the offending key if not.
     CheckConfig {
@@ -268,15 +272,24 @@ fn main() -> ExitCode {
     gapless::tls::install_crypto_provider();
     if let Command::CheckConfig { config } = &cli.command {
         return match load(config) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} sink(s), source `{}`)",
-                    config.display(),
-                    c.sinks.len(),
-                    c.source.name
-                );
-                ExitCode::SUCCESS
-            }
+            Ok(c) => match c.check_paths() {
+                Ok(created) => {
+                    println!(
+                        "{}: ok ({} sink(s), source `{}`)",
+                        config.display(),
+                        c.sinks.len(),
+                        c.source.name
+                    );
+                    for dir in created {
+                        println!("  {} does not exist yet: gapless run creates it", dir.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            },
             Err(code) => code,
         };
     }
@@ -338,11 +351,12 @@ fn main() -> ExitCode {
                 action,
                 config,
                 sink,
+                older_than,
             } => {
                 let action = match action {
                     DlqCmd::List => ops::DlqAction::List,
                     DlqCmd::Retry => ops::DlqAction::Retry,
-                    DlqCmd::Purge => ops::DlqAction::Purge,
+                    DlqCmd::Purge => ops::DlqAction::Purge { older_than },
                 };
                 operate(&config, |c| async move {
                     ops::dlq(&c, &sink, action, &mut std::io::stdout()).await

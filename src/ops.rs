@@ -79,7 +79,8 @@ pub async fn replay(config: &Config, sink: &str, from_seq: i64) -> Result<(), Op
 pub enum DlqAction {
     List,
     Retry,
-    Purge,
+    /// Forget them; only those recorded longer ago than this, if given.
+    Purge { older_than: Option<std::time::Duration> },
 }
 
 /// Lists, retries or purges a sink's dead letters; prints what it did.
@@ -121,8 +122,11 @@ pub async fn dlq(
                 "{n} dead letter(s) of sink `{sink}` marked for redelivery"
             )?;
         }
-        DlqAction::Purge => {
-            let n = store.dlq_purge(sink).await?;
+        DlqAction::Purge { older_than } => {
+            let before = older_than.map_or(i64::MAX, |d| {
+                crate::event::now_us() - d.as_micros() as i64
+            });
+            let n = store.dlq_purge(sink, before).await?;
             writeln!(out, "{n} dead letter(s) of sink `{sink}` purged")?;
         }
     }
@@ -163,6 +167,42 @@ pub struct Status {
     /// Rejected messages kept, per reason.
     pub rejected_by_reason: Vec<(String, i64)>,
     pub last_rejected: Vec<RejectedRow>,
+    /// What the running daemon's admin endpoint says (`/readyz`): MQTT
+    /// connection and subscription, poller, sinks. The store cannot tell.
+    pub daemon: String,
+}
+
+/// Asks the daemon's `/readyz` (when `admin.listen` is set) how it is: the
+/// MQTT connection, the poller and the sinks live only in its memory.
+async fn daemon_state(config: &Config) -> String {
+    let Ok(Some(mut addr)) = config.admin.addr() else {
+        return "unknown (admin.listen is off)".into();
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/readyz");
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .no_proxy()
+        .build();
+    let answer = match client {
+        Ok(c) => c.get(&url).send().await,
+        Err(e) => return format!("unknown ({e})"),
+    };
+    match answer {
+        Ok(r) => {
+            let ready = r.status().is_success();
+            let body = r.text().await.unwrap_or_default();
+            let problems: Vec<&str> = body.lines().skip(1).collect();
+            if ready {
+                format!("running at {addr}: ready (MQTT subscribed, poller and sinks healthy)")
+            } else {
+                format!("running at {addr}: NOT READY: {}", problems.join("; "))
+            }
+        }
+        Err(_) => format!("not reachable at {addr} (not running, or another admin.listen)"),
+    }
 }
 
 /// Reads the store's state (works while the daemon runs).
@@ -210,6 +250,7 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
         sinks,
         rejected_by_reason,
         last_rejected,
+        daemon: daemon_state(config).await,
     })
 }
 
@@ -217,7 +258,8 @@ impl Status {
     /// The human rendering.
     pub fn render(&self) -> String {
         let mut s = format!(
-            "store       {} ({:.1} MiB)\nstream      head seq {}, {} events stored, {} waiting for release, {} released late\n",
+            "daemon      {}\nstore       {} ({:.1} MiB)\nstream      head seq {}, {} events stored, {} waiting for release, {} released late\n",
+            self.daemon,
             self.store,
             self.store_bytes as f64 / (1 << 20) as f64,
             self.head_seq,

@@ -360,10 +360,12 @@ impl Store {
         )
     }
 
-    /// Operator request (CLI): forget a sink's dead letters.
-    pub async fn dlq_purge(&self, sink: &str) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM dead_letters WHERE sink = ?")
+    /// Operator request (CLI): forget a sink's dead letters recorded before
+    /// `before_us`. Nothing else removes them: retention keeps their events.
+    pub async fn dlq_purge(&self, sink: &str, before_us: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM dead_letters WHERE sink = ? AND at_us < ?")
             .bind(sink)
+            .bind(before_us)
             .execute(&self.pool)
             .await?
             .rows_affected())

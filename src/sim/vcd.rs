@@ -106,6 +106,8 @@ struct Inner {
     salt: u64,
     next: AtomicU64,
     publisher: Mutex<Option<Publisher>>,
+    /// The broker's TCP address, for the WebSocket bridge.
+    broker: std::sync::Mutex<Option<SocketAddr>>,
 }
 
 /// A running simulator on 127.0.0.1.
@@ -144,6 +146,7 @@ impl VcdSim {
             salt: now_us() as u64,
             next: AtomicU64::new(0),
             publisher: Mutex::new(None),
+            broker: Default::default(),
         });
         let app = Router::new()
             .route("/cloudapi/1.0.0/sessions", post(login))
@@ -151,6 +154,7 @@ impl VcdSim {
             .route("/oauth/provider/token", post(oauth))
             .route("/oauth/tenant/{org}/token", post(oauth))
             .route("/cloudapi/1.0.0/auditTrail", get(audit_trail))
+            .route("/messaging/mqtt", get(mqtt_over_websocket))
             .with_state(inner.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -200,6 +204,7 @@ impl VcdSim {
     pub async fn connect_mqtt(&self, host: &str, port: u16) -> Result<(), PublishError> {
         let p = Publisher::connect_as(host, port, "vcd-sim", Some(("vcd-sim", "vcd-sim"))).await?;
         *self.inner.publisher.lock().await = Some(p);
+        *self.inner.broker.lock().unwrap() = format!("{host}:{port}").parse().ok();
         Ok(())
     }
 
@@ -552,5 +557,58 @@ mod tests {
             crate::source::api::jwt_expiry_us(&jwt),
             Some(1_800_000_000_000_000)
         );
+    }
+}
+
+/// VCD serves MQTT over WebSocket on the REST host at `/messaging/mqtt`
+/// (subprotocol `mqtt`), which is what gapless derives from `[source] url`.
+/// The simulator bridges that path to its broker's TCP port, so a config
+/// with only the VCD URL works against it as against a cell.
+async fn mqtt_over_websocket(
+    State(inner): State<Arc<Inner>>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let Some(broker) = *inner.broker.lock().unwrap() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no broker connected").into_response();
+    };
+    ws.protocols(["mqtt"])
+        .on_upgrade(move |socket| bridge(socket, broker))
+}
+
+/// Copies WebSocket binary frames to the broker's TCP stream and back.
+async fn bridge(mut socket: axum::extract::ws::WebSocket, broker: SocketAddr) {
+    use axum::extract::ws::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut tcp) = tokio::net::TcpStream::connect(broker).await else {
+        return;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            frame = socket.recv() => match frame {
+                Some(Ok(Message::Binary(data))) => {
+                    if tcp.write_all(&data).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+            n = tcp.read(&mut buf) => match n {
+                Ok(0) | Err(_) => {
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+                Ok(n) => {
+                    if socket
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            },
+        }
     }
 }

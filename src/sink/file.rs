@@ -14,8 +14,11 @@ use crate::event::StoredEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Corrupt(String),
 }
@@ -93,22 +96,27 @@ impl FileTarget {
     }
 
     fn open_blocking(path: &Path) -> Result<Self, FileError> {
+        let named = |source| FileError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(named)?;
         }
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(path)?;
-        let len = file.metadata()?.len();
-        let tail = read_tail(&mut file, len)?;
+            .open(path)
+            .map_err(named)?;
+        let len = file.metadata().map_err(named)?.len();
+        let tail = read_tail(&mut file, len).map_err(named)?;
         if tail.complete_len < len {
             tracing::warn!(file = %path.display(), bytes = len - tail.complete_len,
                 "truncating a torn last line left by a crash");
-            file.set_len(tail.complete_len)?;
-            file.sync_all()?;
+            file.set_len(tail.complete_len).map_err(named)?;
+            file.sync_all().map_err(named)?;
         }
         let last_seq = match &tail.last_line {
             Some(line) => Some(seq_of(line).map_err(|m| {
@@ -119,7 +127,7 @@ impl FileTarget {
             })?),
             None => None,
         };
-        file.seek(SeekFrom::End(0))?;
+        file.seek(SeekFrom::End(0)).map_err(named)?;
         Ok(FileTarget {
             file: Some(file),
             last_seq,

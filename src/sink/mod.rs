@@ -33,6 +33,7 @@ pub enum SinkError {
         sink: String,
         source: std::io::Error,
     },
+    /// The target could not be opened or is not one of ours.
     #[error("sink `{sink}`: {message}")]
     Corrupt { sink: String, message: String },
     #[error(transparent)]
@@ -49,20 +50,13 @@ pub enum Target {
 
 impl Target {
     async fn open(config: &SinkConfig) -> Result<Self, SinkError> {
-        let io = |source| SinkError::Io {
-            sink: config.name.clone(),
-            source,
-        };
         Ok(match config.kind {
             SinkKind::File => Target::File(
                 file::FileTarget::open(config.path.as_deref().expect("validated"))
                     .await
-                    .map_err(|e| match e {
-                        file::FileError::Io(source) => io(source),
-                        file::FileError::Corrupt(message) => SinkError::Corrupt {
-                            sink: config.name.clone(),
-                            message,
-                        },
+                    .map_err(|e| SinkError::Corrupt {
+                        sink: config.name.clone(),
+                        message: e.to_string(),
                     })?,
             ),
             SinkKind::Stdout => Target::Stdout(stdout::StdoutTarget::new(config.format)),

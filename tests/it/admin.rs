@@ -31,18 +31,11 @@ async fn switchable_endpoint(failing: Arc<AtomicBool>) -> std::net::SocketAddr {
     addr
 }
 
-async fn get(url: &str) -> (u16, String) {
-    match reqwest::get(url).await {
-        Ok(r) => (r.status().as_u16(), r.text().await.unwrap()),
-        Err(e) => (0, e.to_string()),
-    }
-}
-
 /// Polls `url` until its status is `want`; returns the body.
 async fn wait_status(url: &str, want: u16, gapless: &mut Gapless) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, body) = get(url).await;
+        let (status, body) = http_get(url).await;
         if status == want {
             return body;
         }
@@ -149,7 +142,7 @@ async fn readyz_follows_broker_and_stuck_sink_and_metrics_count() {
 async fn wait_metrics(base: &str, line: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, page) = get(&format!("{base}/metrics")).await;
+        let (_, page) = http_get(&format!("{base}/metrics")).await;
         if page.lines().any(|l| l == line) {
             return page;
         }

@@ -26,6 +26,15 @@ struct World {
 
 impl World {
     async fn new(sim_config: SimConfig) -> World {
+        Self::with_config(sim_config, write_config).await
+    }
+
+    /// A world whose gapless config `write` writes (into the directory, for
+    /// the simulator and its broker).
+    async fn with_config(
+        sim_config: SimConfig,
+        write: fn(&Path, &VcdSim, &EmbeddedBroker) -> PathBuf,
+    ) -> World {
         let dir = tempfile::tempdir().unwrap();
         let sim = VcdSim::start(sim_config).await.unwrap();
         let auth = TokenAuth::new(sim.clone());
@@ -35,7 +44,7 @@ impl World {
         sim.connect_mqtt("127.0.0.1", broker.addr().port())
             .await
             .unwrap();
-        let config = write_config(dir.path(), &sim, &broker);
+        let config = write(dir.path(), &sim, &broker);
         World {
             dir,
             sim,
@@ -92,11 +101,10 @@ url = "mqtt://127.0.0.1:{port}"
 client_id = "gapless-gap-it"
 reconnect_max = "1s"
 
-[poll]
+[poll]                      # runs every second: these tests watch many runs
 schedule = "* * * * * *"
 overlap = "20s"
 visibility_lag = "1s"
-initial_lookback = "1m"
 
 {tail}"#,
             url = sim.url(),
@@ -108,6 +116,84 @@ initial_lookback = "1m"
     )
     .unwrap();
     path
+}
+
+/// The minimal VCD config exactly as README.md shows it, pointed at the
+/// simulator: its URL, user and password (in the variable README names),
+/// and the two paths moved under the test's directory. Every other key is
+/// left at its default, including the admin endpoint on 127.0.0.1:9464.
+fn readme_config(dir: &Path, sim: &VcdSim, _broker: &EmbeddedBroker) -> PathBuf {
+    let readme = include_str!("../../README.md");
+    let block = readme
+        .split("A minimal configuration for a real VCD")
+        .nth(1)
+        .and_then(|rest| rest.split("```toml\n").nth(1))
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("README.md shows the minimal VCD config in a toml block");
+    let root = dir.join("var/lib/gapless");
+    let text = block
+        .replace("https://vcd.example.com", &sim.url())
+        .replace("\"gapless-svc\"", &format!("\"{}\"", sim.config().user))
+        .replace("/var/lib/gapless", &root.display().to_string());
+    assert!(text.contains(&sim.url()) && text.contains(&root.display().to_string()));
+    let path = dir.join("gapless.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The README's minimal config with every default: the store's directory
+/// is created, the poller reads the audit trail, the first event comes out
+/// about `visibility_lag` after the subscription (the catch-up poll, not
+/// `max_hold`), an event MQTT dropped is delivered after the next scheduled
+/// poll, and the admin endpoint answers ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_minimal_config_reconciles_with_every_default() {
+    let world = World::with_config(SimConfig::default(), readme_config).await;
+    let file = world.dir.path().join("var/lib/gapless/events.jsonl");
+    let mut gapless = Gapless::start_env(
+        world.dir.path(),
+        &world.config,
+        &[("VCD_PASSWORD", &world.sim.config().password)],
+    );
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    let t0 = std::time::Instant::now();
+    world.sim.create_events(5).await.unwrap();
+    wait_lines(&file, 5, Duration::from_secs(120), &mut gapless);
+    let first = t0.elapsed();
+    eprintln!("first events released {first:?} after they were created");
+    assert!(
+        first < Duration::from_secs(60),
+        "released after {first:?}: by max_hold or a cron tick, not the catch-up poll"
+    );
+    assert!(gapless.log_text().contains("catch-up poll"));
+
+    world.sim.set_faults(|f| f.mqtt_drop_rate = 1.0);
+    let lost = world.sim.create_events(3).await.unwrap();
+    world.sim.set_faults(|f| f.mqtt_drop_rate = 0.0);
+    world.sim.create_events(5).await.unwrap();
+    // The next scheduled poll (every minute, at second 0) recovers them.
+    wait_lines(&file, 13, Duration::from_secs(130), &mut gapless);
+    let text = std::fs::read_to_string(&file).unwrap();
+    for id in &lost {
+        assert!(
+            text.contains(&format!("\"id\":\"{id}\"")),
+            "{id} (dropped on MQTT) was not delivered"
+        );
+    }
+    assert!(
+        !world.sim.requests().is_empty(),
+        "no audit-trail request was made"
+    );
+    let (status, body) = http_get("http://127.0.0.1:9464/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let summary = gapless.stop();
+    assert!(summary["counters"]["recovered"].as_u64() >= Some(3), "{summary}");
+    assert!(!gapless_log_has_forced_release(&world));
+    assert_ground_truth(&file, &world.sim);
+}
+
+fn gapless_log_has_forced_release(world: &World) -> bool {
+    logs_of(world).contains("stream.max_hold")
 }
 
 /// Checks the file against the simulator's ground truth: each event once,
@@ -195,13 +281,18 @@ async fn expiring_tokens_are_renewed_and_mqtt_reconnects_with_the_new_one() {
     assert!(gapless_log_has_no_token(&world));
 }
 
-fn gapless_log_has_no_token(world: &World) -> bool {
-    let logs: String = std::fs::read_dir(world.dir.path())
+/// Every gapless log of the world's runs.
+fn logs_of(world: &World) -> String {
+    std::fs::read_dir(world.dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
         .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect();
+        .collect()
+}
+
+fn gapless_log_has_no_token(world: &World) -> bool {
+    let logs = logs_of(world);
     !logs.contains(".sim") && !logs.contains(&world.sim.config().password)
 }
 

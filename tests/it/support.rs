@@ -134,18 +134,21 @@ impl Drop for Mosquitto {
     }
 }
 
-/// The `[store]` and file `[[sink]]` tables every test config ends with;
-/// the admin endpoint is off (tests run side by side).
+/// The `[store]` and file `[[sink]]` tables every test config ends with,
+/// on the defaults but one: the admin endpoint is off, because tests run
+/// side by side and its default port would collide (the README-config test
+/// in `gap.rs` and the admin tests cover it).
 pub fn store_and_file_sink(dir: &Path) -> String {
     format!(
-        "[store]\npath = \"{}\"\nsynchronous = \"normal\"\n\n[admin]\nlisten = \"\"\n\n\
+        "[store]\npath = \"{}\"\n\n[admin]\nlisten = \"\"\n\n\
          [[sink]]\nname = \"file\"\nkind = \"file\"\npath = \"{}\"\n",
         dir.join("gapless.db").display(),
         dir.join("events.jsonl").display(),
     )
 }
 
-/// A gapless config for tests: a VCD source, one file sink.
+/// A gapless config for tests: a VCD source (MQTT only), one file sink;
+/// the client id and session kind are what the tests vary.
 pub fn config(dir: &Path, url: &str, clean_session: bool, client_id: &str) -> PathBuf {
     let path = dir.join("gapless.toml");
     std::fs::write(
@@ -158,12 +161,8 @@ name = "test"
 
 [mqtt]
 url = "{url}"
-topics = ["publish/#"]
 client_id = "{client_id}"
 clean_session = {clean_session}
-keep_alive = "5s"
-max_packet_size = "1MiB"
-reconnect_max = "1s"
 
 {tail}"#,
             tail = store_and_file_sink(dir),
@@ -369,4 +368,12 @@ pub fn status_json(config: &Path) -> serde_json::Value {
             .arg(config),
     ))
     .unwrap()
+}
+
+/// GET `url`: (status, body), or (0, the error) when nothing answers.
+pub async fn http_get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap()),
+        Err(e) => (0, e.to_string()),
+    }
 }
