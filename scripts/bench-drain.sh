@@ -3,7 +3,8 @@
 # persistent session, drained by the release gapless binary (into SQLite and
 # a file sink) and, in the same run, by `mosquitto_sub -q 1 -c` (which acks
 # at once and writes nowhere). Reports both rates, their ratio and gapless's
-# peak RSS; the median of the runs is the figure.
+# peak RSS and peak WAL size; the median of the runs is the figure.
+# GAPLESS_BIN=path runs another gapless binary (e.g. an older build) instead.
 #
 # Usage: scripts/bench-drain.sh [EVENTS] [RUNS] [SYNCHRONOUS] [PROFILE]
 #   EVENTS       backlog size (default 200000)
@@ -143,7 +144,15 @@ kind = "file"
 path = "$WORK/events.jsonl"
 EOF
   start=$(now_us)
-  "$GAPLESS" --log-level warn run --config "$WORK/gapless.toml" --exit-idle 1s --summary "$WORK/summary.json"
+  "${GAPLESS_BIN:-$GAPLESS}" --log-level warn run --config "$WORK/gapless.toml" --exit-idle 1s --summary "$WORK/summary.json" &
+  GPID=$!
+  wal=0  # the WAL's peak size, sampled every 100 ms while gapless drains
+  while kill -0 "$GPID" 2>/dev/null; do
+    s=$(stat -c %s "$WORK/gapless.db-wal" 2>/dev/null || echo 0)
+    [ "$s" -gt "$wal" ] && wal=$s
+    sleep 0.1
+  done
+  wait "$GPID"
   read -r stored last rss < <(python3 -c '
 import json,sys; s=json.load(open(sys.argv[1])); c=s["counters"]
 print(c["stored"], max(c["last_commit_us"], c["last_delivered_us"]), s["peak_rss_kib"])' "$WORK/summary.json")
@@ -159,18 +168,19 @@ print(c["stored"], max(c["last_commit_us"], c["last_delivered_us"]), s["peak_rss
   m_s=$(python3 -c "print(($(now_us) - $start) / 1e6)")
 
   kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=
-  python3 - "$run" "$EVENTS" "$g_s" "$m_s" "$rss" <<'PY' | tee -a "$RESULTS"
+  python3 - "$run" "$EVENTS" "$g_s" "$m_s" "$rss" "$wal" <<'PY' | tee -a "$RESULTS"
 import sys
-run, n, g, m, rss = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-print(f"{run}\t{g:.2f}\t{n/g:.0f}\t{m:.2f}\t{n/m:.0f}\t{(n/g)/(n/m):.2f}\t{rss/1024:.1f}")
+run, n, g, m, rss, wal = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+print(f"{run}\t{g:.2f}\t{n/g:.0f}\t{m:.2f}\t{n/m:.0f}\t{(n/g)/(n/m):.2f}\t{rss/1024:.1f}\t{wal/2**20:.1f}")
 PY
 done
 
 echo
-echo "| run | gapless s | gapless ev/s | mosquitto_sub s | mosquitto_sub ev/s | ratio | gapless peak RSS MB |"
-echo "|---|---|---|---|---|---|---|"
-awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s |\n", $1,$2,$3,$4,$5,$6,$7}' "$RESULTS"
-printf "| **median** | %s | %s | %s | %s | %s | %s |\n" \
+echo "| run | gapless s | gapless ev/s | mosquitto_sub s | mosquitto_sub ev/s | ratio | gapless peak RSS MB | peak WAL MiB |"
+echo "|---|---|---|---|---|---|---|---|"
+awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1,$2,$3,$4,$5,$6,$7,$8}' "$RESULTS"
+printf "| **median** | %s | %s | %s | %s | %s | %s | %s |\n" \
   "$(cut -f2 "$RESULTS" | median)" "$(cut -f3 "$RESULTS" | median)" "$(cut -f4 "$RESULTS" | median)" \
-  "$(cut -f5 "$RESULTS" | median)" "$(cut -f6 "$RESULTS" | median)" "$(cut -f7 "$RESULTS" | median)"
+  "$(cut -f5 "$RESULTS" | median)" "$(cut -f6 "$RESULTS" | median)" "$(cut -f7 "$RESULTS" | median)" \
+  "$(cut -f8 "$RESULTS" | median)"
 echo "($EVENTS $PROFILE events, store.synchronous = $SYNC, mosquitto max_inflight_messages = 20 (default))"

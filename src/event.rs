@@ -100,9 +100,9 @@ pub fn normalise_id(raw: &str) -> String {
     lower
 }
 
-/// Current time in microseconds since the Unix epoch.
+/// Current time in microseconds since the Unix epoch (see [`crate::clock`]).
 pub fn now_us() -> i64 {
-    Utc::now().timestamp_micros()
+    crate::clock::now_us()
 }
 
 /// Microseconds since the epoch as RFC 3339 UTC (microsecond precision kept

@@ -270,6 +270,7 @@ fn main() -> ExitCode {
         cli.log_format,
     );
     gapless::tls::install_crypto_provider();
+    gapless::clock::warn_if_compressed();
     if let Command::CheckConfig { config } = &cli.command {
         return match load(config) {
             Ok(c) => match c.check_paths() {

@@ -685,9 +685,11 @@ pub struct Retention {
 }
 
 impl Retention {
-    /// How often to prune: a tenth of the retention, 1 s to 10 min.
+    /// How often to prune: a tenth of the retention, 1 s to 10 min (of
+    /// the clock's time; at least 1 s of real time).
     fn every(&self) -> Duration {
-        Duration::from_micros((self.keep_us / 10).clamp(1_000_000, 600_000_000) as u64)
+        let clock = Duration::from_micros((self.keep_us / 10).clamp(1_000_000, 600_000_000) as u64);
+        crate::clock::real(clock).max(Duration::from_secs(1))
     }
 }
 

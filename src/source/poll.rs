@@ -256,7 +256,9 @@ impl<H: History> Poller<H> {
                     }
                 }
             }
-            catch_up = None;
+            // The run about to start covers the subscription only if it
+            // starts after the catch-up time; a tick that came first does not.
+            catch_up = catch_up.filter(|&at| at > now_us());
         }
         self.stop(scheduler).await
     }

@@ -163,7 +163,8 @@ async fn the_readme_minimal_config_reconciles_with_every_default() {
     eprintln!("first events released {first:?} after they were created");
     assert!(
         first < Duration::from_secs(60),
-        "released after {first:?}: by max_hold or a cron tick, not the catch-up poll"
+        "released after {first:?}: by max_hold or a cron tick, not the catch-up poll\n{}",
+        gapless.log_text()
     );
     assert!(gapless.log_text().contains("catch-up poll"));
 
@@ -175,10 +176,12 @@ async fn the_readme_minimal_config_reconciles_with_every_default() {
     wait_lines(&file, 13, Duration::from_secs(130), &mut gapless);
     let text = std::fs::read_to_string(&file).unwrap();
     for id in &lost {
-        assert!(
-            text.contains(&format!("\"id\":\"{id}\"")),
-            "{id} (dropped on MQTT) was not delivered"
-        );
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("\"id\":\"{id}\"")))
+            .unwrap_or_else(|| panic!("{id} (dropped on MQTT) was not delivered"));
+        // Its neighbours went out live; the poller found it a minute later.
+        assert!(line.contains("\"late\":true"), "{line}");
     }
     assert!(
         !world.sim.requests().is_empty(),

@@ -10,6 +10,7 @@ mod ops;
 mod output;
 mod poll;
 mod scaleit;
+mod soak;
 mod support;
 mod tls;
 mod webhook;

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use gapless::sim::events;
 use gapless::sim::publisher::Publisher;
 
-/// Returns a mosquitto binary, or `None` (and prints SKIP) when it is absent
-/// and not required. With `GAPLESS_REQUIRE_MOSQUITTO=1` absence is a failure.
+/// Returns the mosquitto binary. Its absence fails the test (a skipped
+/// broker test would pass unseen), unless `GAPLESS_SKIP_MOSQUITTO=1` says
+/// to skip: then it prints SKIP and returns `None`.
 pub fn mosquitto_bin(test: &str) -> Option<PathBuf> {
     let found = [
         "/usr/sbin/mosquitto",
@@ -24,10 +25,13 @@ pub fn mosquitto_bin(test: &str) -> Option<PathBuf> {
     .map(PathBuf::from)
     .find(|p| p.exists());
     if found.is_none() {
-        if std::env::var("GAPLESS_REQUIRE_MOSQUITTO").as_deref() == Ok("1") {
-            panic!("{test}: mosquitto is required (GAPLESS_REQUIRE_MOSQUITTO=1) but not installed");
+        if std::env::var("GAPLESS_SKIP_MOSQUITTO").as_deref() != Ok("1") {
+            panic!(
+                "{test}: mosquitto is not installed (apt-get install mosquitto), \
+                 or set GAPLESS_SKIP_MOSQUITTO=1 to skip the broker tests"
+            );
         }
-        eprintln!("SKIP {test}: mosquitto is not installed (apt-get install mosquitto)");
+        eprintln!("SKIP {test}: mosquitto is not installed (GAPLESS_SKIP_MOSQUITTO=1)");
     }
     found
 }
@@ -223,6 +227,10 @@ impl Gapless {
             log,
             summary,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log_text(&self) -> String {
