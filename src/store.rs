@@ -65,9 +65,9 @@ pub struct Store {
 /// The WAL file is cut back to this size whenever it restarts, so a burst
 /// does not leave a large file behind.
 const JOURNAL_SIZE_LIMIT: u64 = 16 << 20;
-/// Above this size a PASSIVE checkpoint that readers keep from finishing is
-/// followed by a TRUNCATE one, which waits for them (briefly) instead.
-const WAL_TRUNCATE_AT: u64 = 32 << 20;
+/// Above this size the WAL is cut back by a TRUNCATE checkpoint, which
+/// waits (briefly) for the readers that kept it from restarting.
+const WAL_TRUNCATE_AT: u64 = 24 << 20;
 /// How often the checkpointer copies the WAL back into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
@@ -441,8 +441,8 @@ impl Store {
 
     /// Keeps the WAL bounded while the daemon runs (the writer never
     /// checkpoints itself): a PASSIVE checkpoint every 200 ms; when sinks
-    /// reading all the time keep it from finishing and the WAL passes
-    /// 32 MiB, a TRUNCATE checkpoint that waits for those readers. Stops
+    /// reading all the time keep the WAL from restarting and it passes
+    /// 24 MiB, a TRUNCATE checkpoint that waits for those readers. Stops
     /// with `stop`, after one last checkpoint.
     pub async fn run_checkpointer(
         self,
@@ -454,15 +454,13 @@ impl Store {
                 _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
                 _ = stop.cancelled() => break,
             }
-            let left = self.checkpoint().await?;
+            self.checkpoint().await?;
+            // Large although checkpointed: readers kept the WAL from
+            // restarting at its start, so it only grew.
             let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-            if left > 0 && size > WAL_TRUNCATE_AT {
+            if size > WAL_TRUNCATE_AT {
                 let left = self.checkpoint_mode("TRUNCATE").await?;
-                tracing::debug!(
-                    wal_bytes = size,
-                    left,
-                    "readers held the WAL; truncating checkpoint"
-                );
+                tracing::debug!(wal_bytes = size, left, "the WAL outgrew its bound; truncating checkpoint");
             }
         }
         self.checkpoint().await.map(drop)
@@ -843,6 +841,11 @@ async fn write_sink_op(
 
 /// Rows per multi-row INSERT (11 columns each, well under SQLite's bind limit).
 const INSERT_CHUNK: usize = 64;
+/// How the writer opens its transactions: with the write lock taken at
+/// once. A deferred one reads first and then asks for the lock; if a
+/// checkpoint restarted the WAL in between, SQLite refuses the upgrade at
+/// once (`database is locked`, busy timeout or not). Seen in the soak test.
+const WRITE_TX: &str = "BEGIN IMMEDIATE";
 /// Events deleted per retention transaction: small enough that a commit
 /// waiting behind it waits milliseconds, not seconds.
 const PRUNE_BATCH: u64 = 5000;
@@ -1027,6 +1030,7 @@ impl Writer {
         if passed <= 0 {
             return Ok(false);
         }
+        let mut tx = self.conn.begin_with(WRITE_TX).await?;
         let done = sqlx::query(
             "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE seq IS NOT NULL \
              AND seq <= ? AND occurred_at_us < ? \
@@ -1035,8 +1039,9 @@ impl Writer {
         .bind(passed)
         .bind(cutoff)
         .bind(PRUNE_BATCH as i64)
-        .execute(&mut self.conn)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         if done.rows_affected() > 0 {
             Counters::add(&self.counters.pruned, done.rows_affected());
             tracing::debug!(
@@ -1050,7 +1055,7 @@ impl Writer {
     /// Releases what the watermark now allows when no batch is coming.
     async fn release_idle(&mut self) -> Result<(), StoreError> {
         let (head, high) = (self.sequencer.head(), self.sequencer.high());
-        let mut tx = self.conn.begin().await?;
+        let mut tx = self.conn.begin_with(WRITE_TX).await?;
         let released = match Self::release(
             &mut tx,
             &mut self.sequencer,
@@ -1359,7 +1364,7 @@ impl Writer {
     /// Writes one batch in one transaction; returns how many events were
     /// new, and how many of those came from the poller (MQTT had missed them).
     async fn write(&mut self, batch: &mut Batch) -> Result<(u64, u64), StoreError> {
-        let mut tx = self.conn.begin().await?;
+        let mut tx = self.conn.begin_with(WRITE_TX).await?;
 
         // In-batch duplicates first, then ids already stored.
         let mut seen = HashSet::with_capacity(batch.events.len());

@@ -75,6 +75,9 @@ pub struct Faults {
     /// When serving this page number, first create this many new events
     /// (events written while a client pages).
     pub create_on_page: Option<(u32, u64)>,
+    /// `resultTotal` claims this many more events than the pages hold (a
+    /// server that lost events between counting and paging).
+    pub overcount: u64,
 }
 
 /// What the simulator has seen, for assertions.
@@ -500,6 +503,7 @@ fn serve_audit(sim: &Inner, headers: &HeaderMap, q: &HashMap<String, String>) ->
         .take(page_size)
         .map(|e| &e.rest)
         .collect();
+    let total = total + sim.faults.lock().unwrap().overcount as usize;
     let body = json!({
         "resultTotal": total, "pageCount": page_count, "page": page, "pageSize": page_size,
         "associations": [], "values": values,

@@ -276,3 +276,32 @@ async fn api_token_login_reads_the_audit_trail() {
     let err = refused.unwrap_err().to_string();
     assert!(err.contains("refused") && !err.contains("wrong"), "{err}");
 }
+
+/// Verified means verified: a window whose pages never add up to the
+/// server's `resultTotal` fails the run after its re-reads, and the
+/// watermark stays where it was; once the count is right the window is
+/// verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_short_of_the_server_count_is_never_verified() {
+    let sim = VcdSim::start(SimConfig::default()).await.unwrap();
+    sim.create_events_at(40, now_ms() - 5_000).await.unwrap();
+    let rig = rig(
+        &sim,
+        poll_config(Duration::from_secs(3600), Duration::from_secs(60)),
+    )
+    .await;
+    sim.set_faults(|f| f.overcount = 1);
+    let requests = sim.requests().len();
+    let err = rig.poller.run_once(&rig.shutdown).await.unwrap_err();
+    assert!(
+        matches!(err, gapless::source::poll::PollError::Incomplete { seen: 40, total: 41, rereads: 3, .. }),
+        "{err}"
+    );
+    assert_eq!(sim.requests().len() - requests, 4, "one read and three re-reads");
+    assert_eq!(rig.store.verified_until("sim").await.unwrap(), None);
+
+    sim.set_faults(|f| f.overcount = 0);
+    rig.poller.run_once(&rig.shutdown).await.unwrap();
+    assert!(rig.store.verified_until("sim").await.unwrap().is_some());
+    assert_eq!(stored_ids(&rig.store).await.len(), 40);
+}
