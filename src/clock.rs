@@ -55,7 +55,11 @@ pub fn real(d: Duration) -> Duration {
 /// Logs a warning when the clock is compressed.
 pub fn warn_if_compressed() {
     if let Some((start, rate)) = compression() {
-        tracing::warn!(start_us = start, rate, "GAPLESS_TEST_CLOCK is set: time runs {rate}x fast (tests only)");
+        tracing::warn!(
+            start_us = start,
+            rate,
+            "GAPLESS_TEST_CLOCK is set: time runs {rate}x fast (tests only)"
+        );
     }
 }
 

@@ -740,19 +740,16 @@ impl Config {
         if !self.mqtt.url.is_empty() {
             return Ok(());
         }
-        match (&self.source.kind, self.vcd_login()?) {
-            (SourceKind::Vcd, Some(login)) => {
-                let host = login.url.host_str().unwrap_or_default();
-                let port = login
-                    .url
-                    .port()
-                    .map(|p| format!(":{p}"))
-                    .unwrap_or_default();
-                let scheme = if login.url.scheme() == "http" {
-                    "ws"
-                } else {
-                    "wss"
-                };
+        // The URL alone: commands that read no secrets (status, tail) get here too.
+        let url = match &self.source.url {
+            Some(raw) => Some(vcd_url(self.source.kind, raw)?),
+            None => None,
+        };
+        match (&self.source.kind, url) {
+            (SourceKind::Vcd, Some(url)) => {
+                let host = url.host_str().unwrap_or_default();
+                let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+                let scheme = if url.scheme() == "http" { "ws" } else { "wss" };
                 self.mqtt.url = format!("{scheme}://{host}{port}/messaging/mqtt");
                 Ok(())
             }
@@ -779,7 +776,10 @@ impl Config {
             let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) else {
                 continue;
             };
-            let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
+            let existing = dir
+                .ancestors()
+                .find(|a| a.exists())
+                .unwrap_or(Path::new("/"));
             if !existing.is_dir() {
                 return Err(ConfigError::invalid(
                     &key,
@@ -828,23 +828,7 @@ impl Config {
             }
             return Ok(None);
         };
-        if s.kind != SourceKind::Vcd {
-            return Err(ConfigError::invalid(
-                "source.url",
-                "the REST poller exists only for kind = \"vcd\"",
-                "remove source.url, or set source.kind = \"vcd\"",
-            ));
-        }
-        let url = url::Url::parse(raw)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "https" | "http") && u.host_str().is_some())
-            .ok_or_else(|| {
-                ConfigError::invalid(
-                    "source.url",
-                    format!("`{raw}` is not an http(s) URL"),
-                    "write the cell's base URL, e.g. \"https://vcd.example.com\"",
-                )
-            })?;
+        let url = vcd_url(s.kind, raw)?;
         let need = |key: &str, v: &Option<String>, example: &str| {
             v.clone().filter(|v| !v.is_empty()).ok_or_else(|| {
                 ConfigError::invalid(
@@ -1220,6 +1204,27 @@ impl MqttConfig {
             &self.password_file,
         )
     }
+}
+
+/// The VCD cell's base URL from `source.url` (no secret needed).
+fn vcd_url(kind: SourceKind, raw: &str) -> Result<url::Url, ConfigError> {
+    if kind != SourceKind::Vcd {
+        return Err(ConfigError::invalid(
+            "source.url",
+            "the REST poller exists only for kind = \"vcd\"",
+            "remove source.url, or set source.kind = \"vcd\"",
+        ));
+    }
+    url::Url::parse(raw)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "https" | "http") && u.host_str().is_some())
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                "source.url",
+                format!("`{raw}` is not an http(s) URL"),
+                "write the cell's base URL, e.g. \"https://vcd.example.com\"",
+            )
+        })
 }
 
 /// Reads a secret from the environment variable or the file a config names.

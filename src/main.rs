@@ -282,7 +282,10 @@ fn main() -> ExitCode {
                         c.source.name
                     );
                     for dir in created {
-                        println!("  {} does not exist yet: gapless run creates it", dir.display());
+                        println!(
+                            "  {} does not exist yet: gapless run creates it",
+                            dir.display()
+                        );
                     }
                     ExitCode::SUCCESS
                 }

@@ -80,7 +80,9 @@ pub enum DlqAction {
     List,
     Retry,
     /// Forget them; only those recorded longer ago than this, if given.
-    Purge { older_than: Option<std::time::Duration> },
+    Purge {
+        older_than: Option<std::time::Duration>,
+    },
 }
 
 /// Lists, retries or purges a sink's dead letters; prints what it did.
@@ -123,9 +125,8 @@ pub async fn dlq(
             )?;
         }
         DlqAction::Purge { older_than } => {
-            let before = older_than.map_or(i64::MAX, |d| {
-                crate::event::now_us() - d.as_micros() as i64
-            });
+            let before =
+                older_than.map_or(i64::MAX, |d| crate::event::now_us() - d.as_micros() as i64);
             let n = store.dlq_purge(sink, before).await?;
             writeln!(out, "{n} dead letter(s) of sink `{sink}` purged")?;
         }

@@ -363,12 +363,14 @@ impl Store {
     /// Operator request (CLI): forget a sink's dead letters recorded before
     /// `before_us`. Nothing else removes them: retention keeps their events.
     pub async fn dlq_purge(&self, sink: &str, before_us: i64) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM dead_letters WHERE sink = ? AND at_us < ?")
-            .bind(sink)
-            .bind(before_us)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        Ok(
+            sqlx::query("DELETE FROM dead_letters WHERE sink = ? AND at_us < ?")
+                .bind(sink)
+                .bind(before_us)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
     }
 
     /// (events, unreleased, late, rejected) counts.
@@ -460,7 +462,11 @@ impl Store {
             let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
             if size > WAL_TRUNCATE_AT {
                 let left = self.checkpoint_mode("TRUNCATE").await?;
-                tracing::debug!(wal_bytes = size, left, "the WAL outgrew its bound; truncating checkpoint");
+                tracing::debug!(
+                    wal_bytes = size,
+                    left,
+                    "the WAL outgrew its bound; truncating checkpoint"
+                );
             }
         }
         self.checkpoint().await.map(drop)

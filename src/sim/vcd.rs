@@ -532,38 +532,6 @@ fn serve_audit(sim: &Inner, headers: &HeaderMap, q: &HashMap<String, String>) ->
     resp
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fiql_subset_parses_and_matches() {
-        let c = parse_filter(
-            "timestamp=ge=2026-11-23T10:00:00.000Z;timestamp=lt=2026-11-23T10:00:01.000Z",
-        )
-        .unwrap();
-        let t0 = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
-            .unwrap()
-            .timestamp_millis();
-        assert!(matches(&c, t0));
-        assert!(matches(&c, t0 + 999));
-        assert!(!matches(&c, t0 + 1000));
-        assert!(!matches(&c, t0 - 1));
-        assert!(parse_filter("timestamp=ge=2026-11-23T10:00:00Z,timestamp=lt=x").is_err());
-        assert!(parse_filter("eventType==x").is_err());
-        assert!(parse_filter("timestamp=xx=1").is_err());
-    }
-
-    #[test]
-    fn tokens_are_jwts_with_exp() {
-        let jwt = make_jwt("u", 1_800_000_000, 1);
-        assert_eq!(
-            crate::source::api::jwt_expiry_us(&jwt),
-            Some(1_800_000_000_000_000)
-        );
-    }
-}
-
 /// VCD serves MQTT over WebSocket on the REST host at `/messaging/mqtt`
 /// (subprotocol `mqtt`), which is what gapless derives from `[source] url`.
 /// The simulator bridges that path to its broker's TCP port, so a config
@@ -614,5 +582,37 @@ async fn bridge(mut socket: axum::extract::ws::WebSocket, broker: SocketAddr) {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fiql_subset_parses_and_matches() {
+        let c = parse_filter(
+            "timestamp=ge=2026-11-23T10:00:00.000Z;timestamp=lt=2026-11-23T10:00:01.000Z",
+        )
+        .unwrap();
+        let t0 = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+            .unwrap()
+            .timestamp_millis();
+        assert!(matches(&c, t0));
+        assert!(matches(&c, t0 + 999));
+        assert!(!matches(&c, t0 + 1000));
+        assert!(!matches(&c, t0 - 1));
+        assert!(parse_filter("timestamp=ge=2026-11-23T10:00:00Z,timestamp=lt=x").is_err());
+        assert!(parse_filter("eventType==x").is_err());
+        assert!(parse_filter("timestamp=xx=1").is_err());
+    }
+
+    #[test]
+    fn tokens_are_jwts_with_exp() {
+        let jwt = make_jwt("u", 1_800_000_000, 1);
+        assert_eq!(
+            crate::source::api::jwt_expiry_us(&jwt),
+            Some(1_800_000_000_000_000)
+        );
     }
 }

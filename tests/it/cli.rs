@@ -1,6 +1,7 @@
 //! The command line as a user meets it: config checking and the demo.
 
 use std::process::Command;
+use std::time::Duration;
 
 fn gapless() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gapless"))
@@ -158,4 +159,111 @@ fn readme_reference_and_example_config_name_the_same_keys() {
         only_example.is_empty() && only_readme.is_empty(),
         "in the example only: {only_example:?}\nin the README only: {only_readme:?}"
     );
+}
+
+/// `check-config` looks at the paths the daemon will write: a missing store
+/// directory is fine (it is created) and said so; a path under a regular
+/// file is refused, naming the key.
+#[test]
+fn check_config_names_directories_it_creates_and_paths_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gapless.toml");
+    let write = |store: &std::path::Path, sink: &std::path::Path| {
+        std::fs::write(
+            &config,
+            format!(
+                "[source]\nkind = \"vcd\"\nname = \"x\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n\
+                 [store]\npath = \"{}\"\n[[sink]]\nname = \"f\"\nkind = \"file\"\npath = \"{}\"\n",
+                store.display(),
+                sink.display()
+            ),
+        )
+        .unwrap();
+    };
+    let store = dir.path().join("var/lib/gapless/gapless.db");
+    write(&store, &dir.path().join("events.jsonl"));
+    let out = crate::support::run_ok(gapless().args(["check-config", "--config"]).arg(&config));
+    assert!(
+        out.contains("var/lib/gapless does not exist yet: gapless run creates it"),
+        "{out}"
+    );
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    write(&store, &file.join("events.jsonl"));
+    let out = gapless()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("sink[0].path") && err.contains("is a file"),
+        "{err}"
+    );
+}
+
+/// The first hour with a typo: a VCD URL nobody listens on. The login is
+/// retried with its whole cause in the log (connection refused), the admin
+/// endpoint answers meanwhile (`/readyz` says why it is not ready, and so
+/// does `gapless status`), the log has no colour codes in a file, and a
+/// second daemon on the same store is refused at once, naming the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_url_is_retried_with_its_cause_while_admin_answers_and_the_store_is_locked() {
+    use crate::support::*;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("gapless.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nkind = \"vcd\"\nname = \"typo\"\nurl = \"http://127.0.0.1:{}\"\n\
+             org = \"System\"\nuser = \"svc\"\npassword_env = \"TYPO_PASSWORD\"\n\
+             [store]\npath = \"{}\"\n[admin]\nlisten = \"{admin}\"\n\
+             [[sink]]\nname = \"f\"\nkind = \"file\"\npath = \"{}\"\n",
+            free_port(),
+            dir.path().join("gapless.db").display(),
+            dir.path().join("events.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let env = [("TYPO_PASSWORD", "secret")];
+    let mut first = Gapless::start_env(dir.path(), &config, &env);
+    first.wait_log("VCD login failed", 1, Duration::from_secs(20));
+    let log = first.log_text();
+    assert!(log.contains("Connection refused"), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file");
+
+    let (status, body) = http_get(&format!("http://{admin}/healthz")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(&format!("http://{admin}/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("mqtt: not connected"), "{body}");
+    let status = run_ok(gapless().args(["status", "--config"]).arg(&config));
+    assert!(
+        status.contains("NOT READY: mqtt: not connected"),
+        "{status}"
+    );
+
+    let second = gapless()
+        .args(["run", "--config"])
+        .arg(&config)
+        .envs(env)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "another gapless (pid {}) holds the store",
+            first.pid()
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("logged in") && !err.contains("connecting"),
+        "{err}"
+    );
+    first.stop();
 }

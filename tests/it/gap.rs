@@ -190,7 +190,10 @@ async fn the_readme_minimal_config_reconciles_with_every_default() {
     let (status, body) = http_get("http://127.0.0.1:9464/readyz").await;
     assert_eq!(status, 200, "{body}");
     let summary = gapless.stop();
-    assert!(summary["counters"]["recovered"].as_u64() >= Some(3), "{summary}");
+    assert!(
+        summary["counters"]["recovered"].as_u64() >= Some(3),
+        "{summary}"
+    );
     assert!(!gapless_log_has_forced_release(&world));
     assert_ground_truth(&file, &world.sim);
 }

@@ -294,10 +294,22 @@ async fn a_window_short_of_the_server_count_is_never_verified() {
     let requests = sim.requests().len();
     let err = rig.poller.run_once(&rig.shutdown).await.unwrap_err();
     assert!(
-        matches!(err, gapless::source::poll::PollError::Incomplete { seen: 40, total: 41, rereads: 3, .. }),
+        matches!(
+            err,
+            gapless::source::poll::PollError::Incomplete {
+                seen: 40,
+                total: 41,
+                rereads: 3,
+                ..
+            }
+        ),
         "{err}"
     );
-    assert_eq!(sim.requests().len() - requests, 4, "one read and three re-reads");
+    assert_eq!(
+        sim.requests().len() - requests,
+        4,
+        "one read and three re-reads"
+    );
     assert_eq!(rig.store.verified_until("sim").await.unwrap(), None);
 
     sim.set_faults(|f| f.overcount = 0);

@@ -65,7 +65,10 @@ async fn a_month_of_steady_load_keeps_wal_memory_and_database_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(bin, dir.path());
     let config = dir.path().join("gapless.toml");
-    let (db, file) = (dir.path().join("gapless.db"), dir.path().join("events.jsonl"));
+    let (db, file) = (
+        dir.path().join("gapless.db"),
+        dir.path().join("events.jsonl"),
+    );
     std::fs::write(
         &config,
         format!(
@@ -130,11 +133,19 @@ async fn a_month_of_steady_load_keeps_wal_memory_and_database_bounded() {
         next = to;
         published.store(next, std::sync::atomic::Ordering::Relaxed);
         if last_progress.elapsed() > Duration::from_secs(30) {
-            eprintln!("soak: {next}/{events_n} published after {:.0?}", began.elapsed());
+            eprintln!(
+                "soak: {next}/{events_n} published after {:.0?}",
+                began.elapsed()
+            );
             last_progress = Instant::now();
         }
     }
-    wait_lines(&file, events_n as usize, Duration::from_secs(300), &mut gapless);
+    wait_lines(
+        &file,
+        events_n as usize,
+        Duration::from_secs(300),
+        &mut gapless,
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
     let samples = sampler.await.unwrap();
@@ -143,18 +154,35 @@ async fn a_month_of_steady_load_keeps_wal_memory_and_database_bounded() {
     report(&samples);
     let truth = (0..events_n).map(|i| events::event_id(salt, i)).collect();
     let check = gapless::demo::check_file(&file, &truth).unwrap();
-    assert!(check.missing == 0 && check.duplicated == 0 && check.seq_ok, "{check:?}");
+    assert!(
+        check.missing == 0 && check.duplicated == 0 && check.seq_ok,
+        "{check:?}"
+    );
 
     let max_wal = samples.iter().map(|s| s.wal).max().unwrap_or(0);
-    assert!(max_wal <= 64 << 20, "the WAL reached {:.1} MiB", max_wal as f64 / MIB);
+    assert!(
+        max_wal <= 64 << 20,
+        "the WAL reached {:.1} MiB",
+        max_wal as f64 / MIB
+    );
 
     // Warm-up: a third of the run, and at least until retention has run
     // for a while (the database, and so SQLite's page caches, stop growing).
     let run_s = samples.last().unwrap().t_s;
     let warm_s = (run_s / 3.0).max(2.0 * retention_s);
     let warm = |s: &&Sample| s.t_s <= warm_s;
-    let rss_warm = samples.iter().filter(warm).map(|s| s.rss_kib).max().unwrap();
-    let rss_later = samples.iter().filter(|s| !warm(s)).map(|s| s.rss_kib).max().unwrap();
+    let rss_warm = samples
+        .iter()
+        .filter(warm)
+        .map(|s| s.rss_kib)
+        .max()
+        .unwrap();
+    let rss_later = samples
+        .iter()
+        .filter(|s| !warm(s))
+        .map(|s| s.rss_kib)
+        .max()
+        .unwrap();
     assert!(
         rss_later as f64 <= rss_warm as f64 * 1.10,
         "RSS grew after warm-up: {rss_warm} KiB -> {rss_later} KiB"
@@ -196,7 +224,10 @@ fn report(samples: &[Sample]) {
     if let Ok(path) = std::env::var("SOAK_CSV") {
         let mut csv = String::from("t_s,published,wal_bytes,db_bytes,rss_kib\n");
         for s in samples {
-            csv += &format!("{:.1},{},{},{},{}\n", s.t_s, s.published, s.wal, s.db, s.rss_kib);
+            csv += &format!(
+                "{:.1},{},{},{},{}\n",
+                s.t_s, s.published, s.wal, s.db, s.rss_kib
+            );
         }
         std::fs::write(path, csv).unwrap();
     }
