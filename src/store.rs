@@ -16,7 +16,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Connection, Row};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
 use crate::config::{StoreConfig, Synchronous};
@@ -65,8 +65,8 @@ pub struct Store {
 /// The WAL file is cut back to this size whenever it restarts, so a burst
 /// does not leave a large file behind.
 const JOURNAL_SIZE_LIMIT: u64 = 16 << 20;
-/// Above this size the WAL is cut back by a TRUNCATE checkpoint, which
-/// waits (briefly) for the readers that kept it from restarting.
+/// Above this size the writer cuts the WAL back itself with a TRUNCATE
+/// checkpoint, which waits (briefly) for readers.
 const WAL_TRUNCATE_AT: u64 = 24 << 20;
 /// How often the checkpointer copies the WAL back into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
@@ -84,6 +84,8 @@ fn connect_options(path: &Path, sync: Synchronous) -> SqliteConnectOptions {
         .statement_cache_capacity(256)
         .pragma("temp_store", "memory")
         .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string())
+        // A checkpoint may take seconds by design; that is not worth a WARN.
+        .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1))
 }
 
 /// The daemon's claim on a store: an exclusive lock on `<store>.lock`
@@ -153,6 +155,16 @@ fn store_dir(path: &Path, create: bool) -> Result<(), StoreError> {
         })?;
     tracing::info!(dir = %dir.display(), "created the store directory");
     Ok(())
+}
+
+/// Runs `PRAGMA wal_checkpoint(mode)` on `conn`; returns the WAL frames
+/// still not copied back.
+async fn checkpoint_on(conn: &mut SqliteConnection, mode: &str) -> Result<i64, StoreError> {
+    let row = sqlx::query(AssertSqlSafe(format!("PRAGMA wal_checkpoint({mode})")))
+        .fetch_one(&mut *conn)
+        .await?;
+    let (log, done): (i64, i64) = (row.get(1), row.get(2));
+    Ok(log - done)
 }
 
 /// The columns a [`StoredEvent`] is read from.
@@ -413,10 +425,10 @@ impl Store {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Opens the dedicated write connection for a [`Writer`]. It never
-    /// checkpoints by itself: copying WAL pages back into the database cost
-    /// the writer about a third of its time, so [`Store::checkpoint`] does it
-    /// from another connection, off the commit path.
+    /// Opens the dedicated write connection for a [`Writer`]. It does not
+    /// checkpoint after every commit (SQLite's auto-checkpoint):
+    /// [`Store::run_checkpointer`] copies the WAL back from another
+    /// connection, and the writer steps in only past [`WAL_TRUNCATE_AT`].
     async fn write_connection(&self) -> Result<SqliteConnection, StoreError> {
         let options = self
             .options
@@ -430,44 +442,25 @@ impl Store {
     /// writer or readers (a PASSIVE checkpoint). Returns the WAL frames
     /// still not checkpointed (readers may pin some).
     pub async fn checkpoint(&self) -> Result<i64, StoreError> {
-        self.checkpoint_mode("PASSIVE").await
+        let mut conn = self.pool.acquire().await?;
+        checkpoint_on(&mut conn, "PASSIVE").await
     }
 
-    async fn checkpoint_mode(&self, mode: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!("PRAGMA wal_checkpoint({mode})")))
-            .fetch_one(&self.pool)
-            .await?;
-        let (log, done): (i64, i64) = (row.get(1), row.get(2));
-        Ok(log - done)
-    }
-
-    /// Keeps the WAL bounded while the daemon runs (the writer never
-    /// checkpoints itself): a PASSIVE checkpoint every 200 ms; when sinks
-    /// reading all the time keep the WAL from restarting and it passes
-    /// 24 MiB, a TRUNCATE checkpoint that waits for those readers. Stops
-    /// with `stop`, after one last checkpoint.
+    /// Copies the WAL back into the database every 200 ms with a PASSIVE
+    /// checkpoint, off the commit path, until `stop`, then once more. What
+    /// this cannot keep up with (a writer draining a backlog, readers that
+    /// keep the WAL from restarting) the writer bounds itself
+    /// ([`WAL_TRUNCATE_AT`]).
     pub async fn run_checkpointer(
         self,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<(), StoreError> {
-        let wal = PathBuf::from(format!("{}-wal", self.path.display()));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
                 _ = stop.cancelled() => break,
             }
             self.checkpoint().await?;
-            // Large although checkpointed: readers kept the WAL from
-            // restarting at its start, so it only grew.
-            let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-            if size > WAL_TRUNCATE_AT {
-                let left = self.checkpoint_mode("TRUNCATE").await?;
-                tracing::debug!(
-                    wal_bytes = size,
-                    left,
-                    "the WAL outgrew its bound; truncating checkpoint"
-                );
-            }
         }
         self.checkpoint().await.map(drop)
     }
@@ -727,6 +720,8 @@ pub struct Writer {
     ctrl_rx: mpsc::Receiver<Control>,
     /// Forced releases already logged, and when.
     forced_logged: (u64, std::time::Instant),
+    /// The WAL file, whose size the writer bounds.
+    wal: PathBuf,
 }
 
 /// How often forced releases are summed up in the log.
@@ -915,6 +910,7 @@ impl Writer {
             ingest_rx,
             ctrl_rx,
             forced_logged: (0, std::time::Instant::now()),
+            wal: PathBuf::from(format!("{}-wal", store.path.display())),
         };
         let channels = WriterChannels {
             ingest: ingest_tx,
@@ -1236,6 +1232,22 @@ impl Writer {
         }
         self.publish_head();
         self.log_forced(false);
+        self.bound_wal().await
+    }
+
+    /// After a commit: if the WAL has passed [`WAL_TRUNCATE_AT`] (a backlog
+    /// written faster than the background checkpoint copies it, or readers
+    /// that kept it from restarting), copy it all back and truncate it now.
+    /// Only the writer can: from another connection the checkpoint waits
+    /// for a write lock the busy writer hardly ever lets go.
+    async fn bound_wal(&mut self) -> Result<(), StoreError> {
+        let size = std::fs::metadata(&self.wal).map(|m| m.len()).unwrap_or(0);
+        if size <= WAL_TRUNCATE_AT {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let left = checkpoint_on(&mut self.conn, "TRUNCATE").await?;
+        tracing::debug!(wal_bytes = size, left, took = ?started.elapsed(), "WAL truncated by the writer");
         Ok(())
     }
 
