@@ -23,7 +23,7 @@ fn compression() -> Option<(i64, f64)> {
 }
 
 /// Parses `<start_us>:<rate>`; a rate must be positive.
-pub fn parse(text: &str) -> Option<(i64, f64)> {
+fn parse(text: &str) -> Option<(i64, f64)> {
     let (start, rate) = text.split_once(':')?;
     let (start, rate) = (start.trim().parse().ok()?, rate.trim().parse::<f64>().ok()?);
     (rate > 0.0 && rate.is_finite()).then_some((start, rate))

@@ -272,30 +272,30 @@ fn main() -> ExitCode {
     gapless::tls::install_crypto_provider();
     gapless::clock::warn_if_compressed();
     if let Command::CheckConfig { config } = &cli.command {
-        return match load(config) {
-            Ok(c) => match c.check_paths() {
-                Ok(created) => {
-                    println!(
-                        "{}: ok ({} sink(s), source `{}`)",
-                        config.display(),
-                        c.sinks.len(),
-                        c.source.name
-                    );
-                    for dir in created {
-                        println!(
-                            "  {} does not exist yet: gapless run creates it",
-                            dir.display()
-                        );
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-            },
-            Err(code) => code,
+        let c = match load(config) {
+            Ok(c) => c,
+            Err(code) => return code,
         };
+        let created = match c.check_paths() {
+            Ok(created) => created,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        println!(
+            "{}: ok ({} sink(s), source `{}`)",
+            config.display(),
+            c.sinks.len(),
+            c.source.name
+        );
+        for dir in created {
+            println!(
+                "  {} does not exist yet: gapless run creates it",
+                dir.display()
+            );
+        }
+        return ExitCode::SUCCESS;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

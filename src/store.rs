@@ -59,7 +59,6 @@ pub enum StoreError {
 pub struct Store {
     pool: SqlitePool,
     options: SqliteConnectOptions,
-    path: PathBuf,
 }
 
 /// The WAL file is cut back to this size whenever it restarts, so a burst
@@ -70,6 +69,14 @@ const JOURNAL_SIZE_LIMIT: u64 = 16 << 20;
 const WAL_TRUNCATE_AT: u64 = 24 << 20;
 /// How often the checkpointer copies the WAL back into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// How often, at most, the writer looks at the WAL's size after a commit
+/// (a `stat` per commit would be work on the write path for nothing).
+const WAL_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// The WAL file next to the database at `path`.
+fn wal_path(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}-wal", path.display()))
+}
 
 fn connect_options(path: &Path, sync: Synchronous) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
@@ -175,10 +182,10 @@ macro_rules! stored_columns {
 }
 
 /// Bytes the store occupies on disk: the database and its write-ahead log.
-pub fn size_on_disk(path: &std::path::Path) -> u64 {
-    ["", "-wal"]
+pub fn size_on_disk(path: &Path) -> u64 {
+    [path.to_path_buf(), wal_path(path)]
         .iter()
-        .filter_map(|ext| std::fs::metadata(format!("{}{ext}", path.display())).ok())
+        .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum()
 }
@@ -206,11 +213,7 @@ impl Store {
                 source,
             })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store {
-            pool,
-            options,
-            path: config.path.clone(),
-        })
+        Ok(Store { pool, options })
     }
 
     /// The highest released `seq` (0 when nothing is released yet).
@@ -720,8 +723,8 @@ pub struct Writer {
     ctrl_rx: mpsc::Receiver<Control>,
     /// Forced releases already logged, and when.
     forced_logged: (u64, std::time::Instant),
-    /// The WAL file, whose size the writer bounds.
-    wal: PathBuf,
+    /// The WAL file, whose size the writer bounds, and when it last looked.
+    wal: (PathBuf, std::time::Instant),
 }
 
 /// How often forced releases are summed up in the log.
@@ -910,7 +913,7 @@ impl Writer {
             ingest_rx,
             ctrl_rx,
             forced_logged: (0, std::time::Instant::now()),
-            wal: PathBuf::from(format!("{}-wal", store.path.display())),
+            wal: (wal_path(&config.path), std::time::Instant::now()),
         };
         let channels = WriterChannels {
             ingest: ingest_tx,
@@ -1241,7 +1244,12 @@ impl Writer {
     /// Only the writer can: from another connection the checkpoint waits
     /// for a write lock the busy writer hardly ever lets go.
     async fn bound_wal(&mut self) -> Result<(), StoreError> {
-        let size = std::fs::metadata(&self.wal).map(|m| m.len()).unwrap_or(0);
+        let (wal, checked) = &mut self.wal;
+        if checked.elapsed() < WAL_CHECK_EVERY {
+            return Ok(());
+        }
+        *checked = std::time::Instant::now();
+        let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
         if size <= WAL_TRUNCATE_AT {
             return Ok(());
         }

@@ -216,9 +216,8 @@ impl<H: History> Poller<H> {
         tracing::info!(schedule = %self.config.schedule, "poller started");
         let rules = Rules::from(&self.config);
         let mut live = self.live.clone();
-        let mut seen_since = None;
-        let mut catch_up: Option<i64> = None;
         loop {
+            let run_started = now_us();
             match self.run_once(&shutdown).await {
                 Ok(stats) => {
                     self.counters.poll_result(true, now_us());
@@ -232,10 +231,16 @@ impl<H: History> Poller<H> {
                     tracing::warn!(error = %crate::error_chain(&e), "poll run failed; the watermark stays, the next run retries");
                 }
             }
-            // Wait for the next tick, or for the catch-up run a new
-            // subscription asks for, whichever comes first.
+            // Wait for the next tick, or for the catch-up run the current
+            // subscription asks for: due while no run has started since its
+            // catch-up time (a tick that came earlier does not cover it).
             loop {
-                let due = catch_up.map(|at| Duration::from_micros((at - now_us()).max(0) as u64));
+                let due = live
+                    .as_ref()
+                    .and_then(|l| l.borrow().since_us)
+                    .map(|since| catch_up_at(since, rules))
+                    .filter(|&at| at > run_started)
+                    .map(|at| Duration::from_micros((at - now_us()).max(0) as u64));
                 tokio::select! {
                     _ = tick.notified() => break,
                     _ = shutdown.cancelled() => return self.stop(scheduler).await,
@@ -246,19 +251,10 @@ impl<H: History> Poller<H> {
                     changed = async { live.as_mut().unwrap().changed().await }, if live.is_some() => {
                         if changed.is_err() {
                             live = None;
-                            continue;
                         }
-                        let since = live.as_mut().and_then(|l| l.borrow_and_update().since_us);
-                        if since.is_some() && since != seen_since {
-                            catch_up = since.map(|t| catch_up_at(t, rules));
-                        }
-                        seen_since = since.or(seen_since);
                     }
                 }
             }
-            // The run about to start covers the subscription only if it
-            // starts after the catch-up time; a tick that came first does not.
-            catch_up = catch_up.filter(|&at| at > now_us());
         }
         self.stop(scheduler).await
     }
