@@ -194,12 +194,11 @@ async fn the_readme_minimal_config_reconciles_with_every_default() {
         summary["counters"]["recovered"].as_u64() >= Some(3),
         "{summary}"
     );
-    assert!(!gapless_log_has_forced_release(&world));
+    assert!(
+        !logs_of(&world).contains("stream.max_hold"),
+        "events were force-released"
+    );
     assert_ground_truth(&file, &world.sim);
-}
-
-fn gapless_log_has_forced_release(world: &World) -> bool {
-    logs_of(world).contains("stream.max_hold")
 }
 
 /// Checks the file against the simulator's ground truth: each event once,

@@ -289,6 +289,11 @@ async fn a_refused_event_is_dead_lettered_and_dlq_retry_delivers_it() {
         list.contains("1 dead letter(s)") && list.contains(" 400 "),
         "{list}"
     );
+    let purged = cli(&["dlq", "purge", "--older-than", "1h"]);
+    assert!(
+        purged.contains("0 dead letter(s) of sink `hook` purged"),
+        "a minute-old dead letter is not older than 1h: {purged}"
+    );
     refuse.store(false, std::sync::atomic::Ordering::SeqCst);
     assert!(cli(&["dlq", "retry"]).contains("1 dead letter(s)"));
     wait_hits(&rx, |h| h.len() >= 6, "the dead letter's redelivery").await;
