@@ -67,6 +67,8 @@ const JOURNAL_SIZE_LIMIT: u64 = 16 << 20;
 /// Above this size the writer cuts the WAL back itself with a TRUNCATE
 /// checkpoint, which waits (briefly) for readers.
 const WAL_TRUNCATE_AT: u64 = 24 << 20;
+/// Prepared statements the writer keeps (see [`Store::write_connection`]).
+const WRITER_STATEMENTS: usize = 32;
 /// How often the checkpointer copies the WAL back into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// How often, at most, the writer looks at the WAL's size after a commit
@@ -437,7 +439,10 @@ impl Store {
             .options
             .clone()
             .pragma("wal_autocheckpoint", "0")
-            .pragma("cache_size", "-8192");
+            .pragma("cache_size", "-8192")
+            // Its SQL differs by chunk size (1..64 rows, 1..256 ids), so a
+            // large statement cache slowly fills with rarely used shapes.
+            .statement_cache_capacity(WRITER_STATEMENTS);
         Ok(SqliteConnection::connect_with(&options).await?)
     }
 
