@@ -21,6 +21,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Secret;
 use crate::event::now_us;
 use crate::metrics::Counters;
 use crate::source::RejectReason;
@@ -60,6 +61,8 @@ pub struct Admin {
     /// `poll.alert_after`, when a poller runs.
     pub poll_alert_after: Option<Duration>,
     pub sinks: Vec<SinkWatch>,
+    /// `admin.token_env`: required by `/metrics` and by `/readyz`'s details.
+    pub token: Option<Secret>,
 }
 
 /// One sink's state at the moment of a request.
@@ -407,7 +410,7 @@ impl Admin {
         let bound = listener.local_addr().map_err(AdminError::Serve)?;
         tracing::info!(addr = %bound, "admin endpoint listening (/healthz, /readyz, /metrics)");
         let app = axum::Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_page))
             .with_state(Arc::new(self));
@@ -428,7 +431,43 @@ fn store_failure(e: StoreError) -> Response {
         .into_response()
 }
 
-async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
+/// Whether a request carries the admin token (always, when none is set).
+/// Compared in constant time.
+fn authorized(admin: &Admin, headers: &axum::http::HeaderMap) -> bool {
+    let Some(token) = &admin.token else {
+        return true;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let want = token.expose().as_bytes();
+    given.len() == want.len()
+        && given
+            .bytes()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Liveness: 503 once a task has failed (the daemon is then shutting down).
+async fn healthz(State(admin): State<Arc<Admin>>) -> Response {
+    let failed = admin
+        .counters
+        .failed_task
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    match failed {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(task) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {task}\n")).into_response()
+        }
+    }
+}
+
+async fn readyz(State(admin): State<Arc<Admin>>, headers: axum::http::HeaderMap) -> Response {
     let facts = match admin.facts().await {
         Ok(f) => f,
         Err(e) => return store_failure(e),
@@ -436,6 +475,9 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     let problems = problems(&facts);
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
+    } else if !authorized(&admin, &headers) {
+        // The details name sinks and settings: only with the token.
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -445,7 +487,15 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     }
 }
 
-async fn metrics_page(State(admin): State<Arc<Admin>>) -> Response {
+async fn metrics_page(State(admin): State<Arc<Admin>>, headers: axum::http::HeaderMap) -> Response {
+    if !authorized(&admin, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "the admin token is required (Authorization: Bearer …)\n",
+        )
+            .into_response();
+    }
     match admin.facts().await {
         Ok(f) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -86,6 +86,9 @@ pub async fn run(
     // The lock first: a second gapless on this store stops here, before it
     // logs in, subscribes or writes anything.
     let (store, _lock) = Store::open_exclusive(&config.store).await?;
+    for warning in crate::net::exposure_warnings(&config) {
+        tracing::warn!("{warning}");
+    }
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let (live_tx, live_rx) = watch::channel(Live::default());
     let stream = StreamSettings {
@@ -144,6 +147,7 @@ pub async fn run(
             source_uri: config.source.uri().to_string(),
             counters: counters.clone(),
             stats: counters.sink(&sink.name),
+            retry_after_max: config.http.retry_after_max.0,
         };
         let name = format!("sink {}", sink.name);
         tasks.spawn(async move {
@@ -176,6 +180,7 @@ pub async fn run(
                     alert_after: s.alert_after.0,
                 })
                 .collect(),
+            token: config.admin.token()?,
         };
         let server = admin.serve(addr, shutdown.clone()).await?;
         tasks.spawn(async move {
@@ -194,7 +199,7 @@ pub async fn run(
         tracing::error!(error = %crate::error_chain(e), "start-up failed; shutting down");
         shutdown.cancel();
     }
-    let failure = supervise(&mut tasks, &shutdown, config.shutdown_timeout.0).await;
+    let failure = supervise(&mut tasks, &shutdown, config.shutdown_timeout.0, &counters).await;
     let head = head.borrow().seq;
     let report = report(&store, &counters, head, failure).await;
     started?;
@@ -300,18 +305,18 @@ async fn start_sources(
     if let Some(idle) = options.exit_idle {
         let counters = counters.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let idle_us = idle.as_micros() as i64;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return ("idle watch".into(), Ok(())),
                 }
                 let last = counters.snapshot().last_received_us;
                 if last > 0 && now_us() - last > idle_us {
                     tracing::info!(idle = ?idle, "no message for the idle period; stopping");
                     shutdown.cancel();
-                    return;
+                    return ("idle watch".into(), Ok(()));
                 }
             }
         });
@@ -371,7 +376,17 @@ async fn supervise(
     tasks: &mut JoinSet<TaskResult>,
     shutdown: &CancellationToken,
     timeout: Duration,
+    counters: &Counters,
 ) -> Option<String> {
+    let failed = |failure: &mut Option<String>, what: String| {
+        counters
+            .failed_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| what.clone());
+        failure.get_or_insert(what);
+        shutdown.cancel();
+    };
     let mut failure: Option<String> = None;
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
@@ -404,15 +419,38 @@ async fn supervise(
             Ok(()) if shutdown.is_cancelled() => tracing::debug!(task = %name, "stopped"),
             Ok(()) => {
                 tracing::error!(task = %name, "stopped unexpectedly");
-                failure.get_or_insert_with(|| format!("{name} stopped unexpectedly"));
-                shutdown.cancel();
+                failed(&mut failure, format!("{name} stopped unexpectedly"));
             }
             Err(e) => {
                 tracing::error!(task = %name, error = %e, "task failed; shutting down");
-                failure.get_or_insert_with(|| format!("{name}: {e}"));
-                shutdown.cancel();
+                failed(&mut failure, format!("{name}: {e}"));
             }
         }
     }
     failure
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_fails_the_run_and_health() {
+        let mut tasks: JoinSet<TaskResult> = JoinSet::new();
+        let shutdown = CancellationToken::new();
+        let counters = Counters::default();
+        let s = shutdown.clone();
+        tasks.spawn(async move {
+            s.cancelled().await;
+            ("steady".into(), Ok(()))
+        });
+        tasks.spawn(async { panic!("boom") });
+        let failure = supervise(&mut tasks, &shutdown, Duration::from_secs(5), &counters).await;
+        assert!(
+            failure.as_deref().is_some_and(|f| f.contains("panicked")),
+            "{failure:?}"
+        );
+        assert!(shutdown.is_cancelled());
+        assert!(counters.failed_task.lock().unwrap().is_some());
+    }
 }

@@ -188,9 +188,42 @@ pub struct SourceConfig {
     /// ScaleIT: what happens to a message whose schema cannot be fetched.
     #[serde(default)]
     pub on_schema_unavailable: SchemaUnavailable,
-    /// ScaleIT: the same topic and body within this window is one event.
+    /// ScaleIT, and MQTT without `id_pointer`: the same topic and body
+    /// within this window is one event.
     #[serde(default = "default_dedup_window")]
     pub dedup_window: HumanDuration,
+    /// ScaleIT: `$schema` URLs that may be fetched besides those under
+    /// `schema_base_url` (prefixes, e.g. `"https://schemas.example.com/"`).
+    #[serde(default)]
+    pub schema_allow: Vec<String>,
+    /// ScaleIT: the largest schema body fetched.
+    #[serde(default = "default_schema_max_body")]
+    pub schema_max_body: ByteSize,
+    /// ScaleIT: schemas kept in memory (least recently used dropped first).
+    #[serde(default = "default_schema_cache")]
+    pub schema_cache: usize,
+    /// An event time later than now plus this is rejected (`future_time`):
+    /// it would otherwise hold the stream's order hostage.
+    #[serde(default = "default_max_clock_skew")]
+    pub max_clock_skew: HumanDuration,
+    /// ScaleIT history and schema requests: headers whose values come from
+    /// environment variables (`{ "X-Api-Key" = "APPS_API_KEY" }`).
+    #[serde(default)]
+    pub headers_env: BTreeMap<String, String>,
+    /// ScaleIT history and schema requests: `Authorization: Bearer` from an
+    /// environment variable or a file.
+    pub bearer_env: Option<String>,
+    pub bearer_file: Option<PathBuf>,
+}
+
+fn default_schema_max_body() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_schema_cache() -> usize {
+    1000
+}
+fn default_max_clock_skew() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5 * 60))
 }
 
 /// What to do with a message whose schema service is down.
@@ -254,6 +287,16 @@ fn default_event_types() -> Vec<String> {
 }
 
 impl SourceConfig {
+    /// The ScaleIT history and schema requests' secret headers.
+    pub fn secret_headers(&self) -> Result<Vec<(String, Secret)>, ConfigError> {
+        secret_headers(
+            "source",
+            &self.headers_env,
+            &self.bearer_env,
+            &self.bearer_file,
+        )
+    }
+
     /// The CloudEvent `source` attribute.
     pub fn uri(&self) -> &str {
         self.uri.as_deref().unwrap_or(&self.name)
@@ -283,8 +326,8 @@ pub struct MqttConfig {
     /// Empty in the file means the profile's default (see `derive_mqtt`).
     #[serde(default)]
     pub topics: Vec<String>,
-    #[serde(default = "default_client_id")]
-    pub client_id: String,
+    /// `None`: `gapless-<pid>` (only with a clean session).
+    pub client_id: Option<String>,
     #[serde(default = "default_true")]
     pub clean_session: bool,
     pub username: Option<String>,
@@ -313,9 +356,6 @@ impl Default for MqttConfig {
     }
 }
 
-fn default_client_id() -> String {
-    format!("gapless-{}", std::process::id())
-}
 fn default_true() -> bool {
     true
 }
@@ -439,6 +479,14 @@ pub struct SinkConfig {
     /// Webhook: extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Webhook: headers whose values come from environment variables.
+    #[serde(default)]
+    pub headers_env: BTreeMap<String, String>,
+    /// Webhook: `Authorization: Bearer` from an environment variable or a file.
+    pub bearer_env: Option<String>,
+    pub bearer_file: Option<PathBuf>,
+    /// Webhook: extra PEM CAs trusted besides the system roots.
+    pub ca_file: Option<PathBuf>,
     /// Webhook: what a refused event (4xx) does: `block` or `dead-letter`.
     #[serde(default)]
     pub on_failure: crate::sink::retry::OnFailure,
@@ -457,15 +505,73 @@ fn default_webhook_timeout() -> HumanDuration {
 }
 
 impl SinkConfig {
-    /// The webhook signing secret, if configured.
+    /// The webhook signing secret, if configured; a `whsec_` secret must be base64.
     pub fn secret(&self, i: usize) -> Result<Option<Secret>, ConfigError> {
-        read_secret(
-            &format!("sink[{i}].secret_env"),
+        let key = format!("sink[{i}].secret_env");
+        let secret = read_secret(
+            &key,
             &format!("sink[{i}].secret_file"),
             &self.secret_env,
             &self.secret_file,
+        )?;
+        if let Some(s) = &secret {
+            use base64::Engine;
+            let bad = match s.expose().strip_prefix("whsec_") {
+                Some(b64) => base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_or(true, |k| k.is_empty()),
+                None => s.expose().is_empty(),
+            };
+            if bad {
+                return Err(ConfigError::invalid(
+                    &key,
+                    "the secret is empty, or starts with `whsec_` but the rest is not base64",
+                    "a Standard Webhooks secret is `whsec_` + base64 of the key bytes; or give a plain secret without the prefix",
+                ));
+            }
+        }
+        Ok(secret)
+    }
+
+    /// The webhook's secret request headers (`headers_env`, `bearer_env`/`bearer_file`).
+    pub fn secret_headers(&self, i: usize) -> Result<Vec<(String, Secret)>, ConfigError> {
+        secret_headers(
+            &format!("sink[{i}]"),
+            &self.headers_env,
+            &self.bearer_env,
+            &self.bearer_file,
         )
     }
+}
+
+/// Headers whose values are secrets: each of `headers_env` from its
+/// variable, and `Authorization: Bearer` from `bearer_env` or `bearer_file`.
+fn secret_headers(
+    prefix: &str,
+    headers_env: &BTreeMap<String, String>,
+    bearer_env: &Option<String>,
+    bearer_file: &Option<PathBuf>,
+) -> Result<Vec<(String, Secret)>, ConfigError> {
+    let mut out = Vec::new();
+    for (name, var) in headers_env {
+        let key = format!("{prefix}.headers_env.{name}");
+        let value =
+            read_secret(&key, &key, &Some(var.clone()), &None)?.expect("an env var is named");
+        out.push((name.clone(), value));
+    }
+    let bearer = read_secret(
+        &format!("{prefix}.bearer_env"),
+        &format!("{prefix}.bearer_file"),
+        bearer_env,
+        bearer_file,
+    )?;
+    if let Some(token) = bearer {
+        out.push((
+            "Authorization".into(),
+            Secret(format!("Bearer {}", token.0)),
+        ));
+    }
+    Ok(out)
 }
 
 fn default_sink_batch() -> u32 {
@@ -571,6 +677,10 @@ pub struct AdminConfig {
     /// `host:port` to listen on; `""` turns the endpoint off.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// A bearer token required by `/metrics` and the details of `/readyz`,
+    /// from an environment variable or a file.
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
 }
 
 fn default_admin_listen() -> String {
@@ -584,6 +694,16 @@ impl Default for AdminConfig {
 }
 
 impl AdminConfig {
+    /// The bearer token the endpoint requires, if configured.
+    pub fn token(&self) -> Result<Option<Secret>, ConfigError> {
+        read_secret(
+            "admin.token_env",
+            "admin.token_file",
+            &self.token_env,
+            &self.token_file,
+        )
+    }
+
     /// The socket address to bind, `None` when the endpoint is off.
     pub fn addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
         if self.listen.is_empty() {
@@ -616,9 +736,37 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
     /// How long shutdown may take to drain before gapless gives up.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,
+}
+
+/// Limits on what an HTTP peer (VCD, a ScaleIT app, a webhook endpoint)
+/// can make gapless do.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// The longest `Retry-After` honoured; a longer one waits this long.
+    #[serde(default = "default_retry_after_max")]
+    pub retry_after_max: HumanDuration,
+    /// The largest REST response read (an audit-trail page, a history window).
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+}
+
+fn default_retry_after_max() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(16 << 20)
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every [http] key has a default")
+    }
 }
 
 fn default_shutdown_timeout() -> HumanDuration {
@@ -943,11 +1091,57 @@ impl Config {
                 "subscribe to at least one filter, e.g. topics = [\"publish/#\"]",
             ));
         }
-        if self.mqtt.client_id.is_empty() && !self.mqtt.clean_session {
+        if !self.mqtt.clean_session
+            && self
+                .mqtt
+                .client_id
+                .as_deref()
+                .is_none_or(|id| id.trim().is_empty())
+        {
             return Err(ConfigError::invalid(
                 "mqtt.client_id",
-                "is empty but clean_session = false",
-                "a persistent session needs a stable client_id",
+                "is not set but clean_session = false: the default `gapless-<pid>` changes on every start, \
+                 so each restart would leave the last persistent session (and its queued messages) orphaned",
+                "set a stable client_id, e.g. client_id = \"gapless-prod-1\"",
+            ));
+        }
+        if matches!(url.scheme, Scheme::Ws | Scheme::Wss)
+            && self.mqtt.max_packet_size.0 > WS_MAX_FRAME
+        {
+            return Err(ConfigError::invalid(
+                "mqtt.max_packet_size",
+                format!(
+                    "{} bytes is more than a WebSocket frame may carry ({WS_MAX_FRAME} bytes, the transport's limit)",
+                    self.mqtt.max_packet_size.0
+                ),
+                "keep it at most \"16MiB\" with ws:// and wss://",
+            ));
+        }
+        if let (true, Some(ca)) = (
+            self.source.tls.insecure_skip_verify,
+            &self.source.tls.ca_file,
+        ) {
+            return Err(ConfigError::invalid(
+                "source.tls.insecure_skip_verify",
+                format!(
+                    "is true, so source.tls.ca_file {} would be ignored",
+                    ca.display()
+                ),
+                "keep ca_file (verification against your CA) and remove insecure_skip_verify",
+            ));
+        }
+        if self.source.dedup_window.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "source.dedup_window",
+                "is 0: QoS 1 redeliveries would become new events",
+                "the default, \"10m\", outlasts any redelivery",
+            ));
+        }
+        if self.source.max_clock_skew.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "source.max_clock_skew",
+                "is 0: every event stamped a moment ahead of this host's clock would be rejected",
+                "the default, \"5m\", allows for clocks that drift apart",
             ));
         }
         if self.mqtt.max_packet_size.0 < 1024 || self.mqtt.max_packet_size.0 > MQTT_MAX_PACKET {
@@ -1019,6 +1213,12 @@ impl Config {
                     sink.secret_env.is_some() || sink.secret_file.is_some(),
                 ),
                 ("headers", !sink.headers.is_empty()),
+                ("headers_env", !sink.headers_env.is_empty()),
+                (
+                    "bearer_env",
+                    sink.bearer_env.is_some() || sink.bearer_file.is_some(),
+                ),
+                ("ca_file", sink.ca_file.is_some()),
                 ("retry_schedule", sink.retry_schedule.is_some()),
             ];
             if sink.kind == SinkKind::Webhook {
@@ -1082,6 +1282,11 @@ impl Config {
         if secrets {
             self.mqtt.password()?;
             self.vcd_login()?;
+            self.source.secret_headers()?;
+            self.admin.token()?;
+            for (i, sink) in self.sinks.iter().enumerate() {
+                sink.secret_headers(i)?;
+            }
         } else if self.source.url.is_some() && self.source.kind != SourceKind::Vcd {
             return Err(ConfigError::invalid(
                 "source.url",
@@ -1104,6 +1309,12 @@ impl Config {
                 ("source.schema_base_url", s.schema_base_url.is_some()),
                 ("source.schema_dir", s.schema_dir.is_some()),
                 ("source.history_url", s.history_url.is_some()),
+                ("source.schema_allow", !s.schema_allow.is_empty()),
+                ("source.headers_env", !s.headers_env.is_empty()),
+                (
+                    "source.bearer_env",
+                    s.bearer_env.is_some() || s.bearer_file.is_some(),
+                ),
             ] {
                 if set {
                     return Err(ConfigError::invalid(
@@ -1161,13 +1372,6 @@ impl Config {
                 "set schema_base_url = \"http://{app}.apps.example.com\" or schema_dir = \"/etc/gapless/schemas\", or require_schema = false",
             ));
         }
-        if s.dedup_window.0.is_zero() {
-            return Err(ConfigError::invalid(
-                "source.dedup_window",
-                "is 0: QoS 1 redeliveries would become new events",
-                "the default, \"10m\", outlasts any redelivery",
-            ));
-        }
         Ok(())
     }
 }
@@ -1190,7 +1394,19 @@ fn app_url_template(key: &str, template: &str, example: &str) -> Result<(), Conf
 /// The largest packet the MQTT protocol can express (remaining length limit).
 pub const MQTT_MAX_PACKET: usize = 268_435_455;
 
+/// The largest WebSocket frame the MQTT transport reads (tungstenite's
+/// default, which rumqttc does not let us change): over `ws://`/`wss://`
+/// no packet can be larger, so `max_packet_size` may not be either.
+pub const WS_MAX_FRAME: usize = 16 << 20;
+
 impl MqttConfig {
+    /// The client id: the configured one, or `gapless-<pid>`.
+    pub fn client_id(&self) -> String {
+        self.client_id
+            .clone()
+            .unwrap_or_else(|| format!("gapless-{}", std::process::id()))
+    }
+
     pub fn broker(&self) -> BrokerUrl {
         BrokerUrl::parse(&self.url).expect("validated at load")
     }

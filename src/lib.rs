@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod event;
 pub mod metrics;
+pub mod net;
 pub mod ops;
 pub mod sim;
 pub mod sink;

@@ -26,7 +26,7 @@ use gapless::ops;
 struct Cli {
     /// Log verbosity (error, warn, info, debug, trace) or a full filter such as
     /// "gapless=debug,rumqttc=warn". RUST_LOG wins when set.
-    /// [default: "info,mqtt5=warn,tokio_cron_scheduler=warn"; for `demo`: "warn", to keep its progress line clean]
+    /// [default: "info,mqtt5=warn"; for `demo`: "warn", to keep its progress line clean]
     #[arg(long, global = true)]
     log_level: Option<String>,
     /// Log format on stderr.
@@ -263,7 +263,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Demo { .. } => "warn",
-        _ => "info,mqtt5=warn,tokio_cron_scheduler=warn",
+        _ => "info,mqtt5=warn",
     };
     init_logging(
         cli.log_level.as_deref().unwrap_or(default_level),

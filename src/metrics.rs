@@ -77,6 +77,9 @@ pub struct Counters {
     pub last_commit_us: AtomicI64,
     /// When a sink last delivered a batch (µs since the epoch).
     pub last_delivered_us: AtomicI64,
+    /// The first task that failed or ended unexpectedly: `/healthz` then
+    /// answers 503 while the daemon shuts down (and exits non-zero).
+    pub failed_task: Mutex<Option<String>>,
     /// Per-sink figures, by sink name.
     pub sinks: Mutex<BTreeMap<String, Arc<SinkStats>>>,
 }

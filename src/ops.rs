@@ -20,6 +20,10 @@ pub enum OpsError {
     UnknownSink(String, String),
     #[error("--from-seq must be at least 1")]
     BadSeq,
+    #[error(
+        "--from-seq {from} is past the stream's head (seq {head}): the sink would skip every event up to it\n  hint: pick a seq from 1 to {next}; `gapless status` shows the head"
+    )]
+    PastHead { from: i64, head: i64, next: i64 },
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -69,6 +73,15 @@ pub async fn replay(config: &Config, sink: &str, from_seq: i64) -> Result<(), Op
         return Err(OpsError::BadSeq);
     }
     let store = Store::open(&config.store).await?;
+    let head = store.head().await?;
+    if from_seq > head + 1 {
+        store.close().await;
+        return Err(OpsError::PastHead {
+            from: from_seq,
+            head,
+            next: head + 1,
+        });
+    }
     store.request_replay(sink, from_seq).await?;
     store.close().await;
     Ok(())

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use self::retry::{OnFailure, RetrySchedule, Verdict};
-use self::webhook::WebhookTarget;
+use self::webhook::{WebhookSpec, WebhookTarget};
 
 use crate::config::{SinkConfig, SinkKind};
 use crate::event::{StoredEvent, now_us};
@@ -94,6 +94,8 @@ pub struct SinkTask {
     pub stats: Arc<SinkStats>,
     /// Cancelled at shutdown: a sink then stops at its first retry wait.
     pub shutdown: CancellationToken,
+    /// `http.retry_after_max`: no endpoint makes the sink wait longer.
+    pub retry_after_max: Duration,
 }
 
 /// Decides where a sink resumes from its stored cursor and what its target
@@ -169,6 +171,26 @@ impl SinkTask {
         let name = self.config.name.clone();
         let mut target = Target::open(&self.config).await?;
         let stored = self.store.cursor(&name).await?;
+        let head = self.head.borrow().seq;
+        if let Some(last) = target.last_seq()
+            && last > head
+            && self.store.replay_request(&name).await?.is_none()
+        {
+            return Err(SinkError::Corrupt {
+                sink: name.clone(),
+                message: format!(
+                    "{} ends at seq {last}, but this store's stream ends at seq {head}: the file was \
+                     written from another store (a new or deleted database, or a changed store.path). \
+                     Nothing was written. Move the file aside to start a new one, or run \
+                     `gapless replay --sink {name} --from-seq 1` to append this store's stream after it",
+                    self.config
+                        .path
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display()
+                ),
+            });
+        }
         let mut cursor = resume_point(stored, target.last_seq());
         match target.last_seq() {
             Some(last) if last > stored => {
@@ -211,24 +233,26 @@ impl SinkTask {
     /// until it is delivered, dead-lettered or the endpoint is gone.
     async fn run_webhook(mut self) -> Result<i64, SinkError> {
         let name = self.config.name.clone();
-        let target = WebhookTarget::new(
-            self.config
+        let corrupt = |message: String| SinkError::Corrupt {
+            sink: name.clone(),
+            message,
+        };
+        let target = WebhookTarget::new(WebhookSpec {
+            url: self
+                .config
                 .url
                 .as_deref()
                 .unwrap_or_default()
                 .parse()
-                .map_err(|e| SinkError::Corrupt {
-                    sink: name.clone(),
-                    message: format!("url: {e}"),
-                })?,
-            self.config.secret(self.index)?,
-            self.config.timeout.0,
-            &self.config.headers,
-        )
-        .map_err(|e| SinkError::Corrupt {
-            sink: name.clone(),
-            message: e.to_string(),
-        })?;
+                .map_err(|e| corrupt(format!("url: {e}")))?,
+            secret: self.config.secret(self.index)?,
+            timeout: self.config.timeout.0,
+            headers: &self.config.headers,
+            secret_headers: &self.config.secret_headers(self.index)?,
+            ca_file: self.config.ca_file.as_deref(),
+            retry_after_max: self.retry_after_max,
+        })
+        .map_err(|e| corrupt(e.to_string()))?;
         let schedule = self
             .config
             .retry_schedule
@@ -239,7 +263,7 @@ impl SinkTask {
         // The last queued cursor commit; awaited before the sink stops. A
         // crash before it commits re-sends those events (same webhook-id).
         let mut committing = None;
-        tracing::info!(sink = %name, cursor, url = %self.config.url.as_deref().unwrap_or_default(), "sink started");
+        tracing::info!(sink = %name, cursor, url = %crate::net::redact(self.config.url.as_deref().unwrap_or_default()), "sink started");
         'outer: loop {
             self.apply_replay(&mut cursor).await?;
             if let Some(reason) = self.store.sink_disabled(&name).await? {
@@ -324,12 +348,12 @@ impl SinkTask {
                 }
                 Verdict::Refused { status, reason } => match self.config.on_failure {
                     OnFailure::DeadLetter => {
-                        tracing::warn!(sink = %name, seq = event.seq, status, "refused by the endpoint; dead-lettered");
+                        tracing::warn!(sink = %name, seq = event.seq, ?status, %reason, "refused by the endpoint; dead-lettered");
                         return Outcome::DeadLettered(SinkOp::DeadLetter {
                             seq: event.seq,
                             event_id: event.id.clone(),
                             attempts: attempt,
-                            status: Some(status),
+                            status,
                             error: reason,
                         });
                     }

@@ -31,9 +31,10 @@ pub enum Verdict {
     },
     /// 410 Gone: the endpoint is gone; disable the sink.
     Gone,
-    /// Any other 4xx: the target will not take this event.
+    /// Any other 4xx, a redirect, or a request that cannot be built: the
+    /// target will not take this event as it is (`status` when it answered).
     Refused {
-        status: u16,
+        status: Option<u16>,
         reason: String,
     },
 }
@@ -48,8 +49,16 @@ pub fn classify(status: Option<u16>, retry_after: Option<Duration>, error: &str)
             reason: format!("HTTP {s}"),
         },
         Some(s) if (400..500).contains(&s) => Verdict::Refused {
-            status: s,
+            status: Some(s),
             reason: format!("HTTP {s}"),
+        },
+        Some(s @ 300..=399) => Verdict::Refused {
+            status: Some(s),
+            reason: if error.is_empty() {
+                format!("HTTP {s} redirect")
+            } else {
+                error.to_string()
+            },
         },
         Some(s) => Verdict::Retry {
             retry_after,
@@ -116,14 +125,17 @@ mod tests {
         assert_eq!(
             classify(Some(400), None, ""),
             Verdict::Refused {
-                status: 400,
+                status: Some(400),
                 reason: "HTTP 400".into()
             }
         );
-        assert!(matches!(
-            classify(Some(302), None, ""),
-            Verdict::Retry { .. }
-        ));
+        assert_eq!(
+            classify(Some(302), None, "HTTP 302 redirect to https://x/"),
+            Verdict::Refused {
+                status: Some(302),
+                reason: "HTTP 302 redirect to https://x/".into()
+            }
+        );
     }
 
     #[test]

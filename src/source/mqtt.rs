@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::schema::SchemaRegistry;
 use super::{Parsed, Parser, RejectReason, Rejected};
-use crate::config::{MQTT_MAX_PACKET, MqttConfig, Scheme, Secret};
+use crate::config::{MQTT_MAX_PACKET, MqttConfig, Scheme, Secret, WS_MAX_FRAME};
 use crate::event::now_us;
 use crate::metrics::Counters;
 use crate::store::Ingest;
@@ -33,6 +33,9 @@ pub enum SourceError {
     Tls(#[from] crate::tls::TlsError),
     #[error("mqtt.headers: `{0}` is not a valid HTTP header")]
     Header(String),
+    /// The task that sends acks and subscriptions ended while reading went on.
+    #[error("the MQTT ack/subscribe task ended: {0}")]
+    AckerEnded(String),
 }
 
 /// What the writer needs to acknowledge one message once it is durable.
@@ -133,7 +136,7 @@ fn options(config: &MqttConfig, auth: &MqttAuth) -> Result<MqttOptions, SourceEr
         Scheme::Ws | Scheme::Wss => broker.url.clone(),
         Scheme::Mqtt | Scheme::Mqtts => broker.host.clone(),
     };
-    let mut o = MqttOptions::new(config.client_id.clone(), host, broker.port);
+    let mut o = MqttOptions::new(config.client_id(), host, broker.port);
     let tls = || -> Result<TlsConfiguration, SourceError> {
         Ok(TlsConfiguration::Rustls(crate::tls::client_config(
             config.ca_file.as_deref(),
@@ -151,8 +154,13 @@ fn options(config: &MqttConfig, auth: &MqttAuth) -> Result<MqttOptions, SourceEr
     // gapless enforces `max_packet_size` itself (reject + ack). The transport
     // accepts anything the protocol can carry: a packet over the transport
     // limit would drop the connection, and a persistent session would then
-    // redeliver it forever.
-    o.set_max_packet_size(MQTT_MAX_PACKET, 64 * 1024);
+    // redeliver it forever. Over WebSocket the frame limit is the ceiling
+    // (and `max_packet_size` is validated against it).
+    let transport_max = match broker.scheme {
+        Scheme::Ws | Scheme::Wss => WS_MAX_FRAME,
+        Scheme::Mqtt | Scheme::Mqtts => MQTT_MAX_PACKET,
+    };
+    o.set_max_packet_size(transport_max, 64 * 1024);
     o.set_request_channel_capacity(config.queue + 64);
     if let Some(user) = &auth.username {
         let password = auth.password.as_ref().map(|p| p.expose().to_string());
@@ -183,8 +191,10 @@ fn options(config: &MqttConfig, auth: &MqttAuth) -> Result<MqttOptions, SourceEr
     Ok(o)
 }
 
-/// Sends the acks the writer releases. Runs apart from the event loop so a
-/// full request channel never stalls reading. With a clean session an ack
+/// Sends the acks the writer releases, and the subscriptions the event
+/// loop asks for. Runs apart from the event loop so a full request channel
+/// never stalls reading (awaiting it in the loop that drains it would
+/// deadlock); the source watches this task and fails if it ends. With a clean session an ack
 /// from an earlier connection is dropped: its packet id may name a
 /// different message on the new one (the broker forgot the old one anyway).
 struct Acker {
@@ -194,8 +204,24 @@ struct Acker {
 }
 
 impl Acker {
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<Vec<Ack>>) {
-        while let Some(acks) = rx.recv().await {
+    async fn run(
+        self,
+        mut rx: mpsc::UnboundedReceiver<Vec<Ack>>,
+        mut subscriptions: mpsc::UnboundedReceiver<Vec<SubscribeFilter>>,
+    ) {
+        loop {
+            let acks = tokio::select! {
+                biased;
+                Some(filters) = subscriptions.recv() => {
+                    if let Err(e) = self.client.subscribe_many(filters).await {
+                        tracing::error!(error = %e, "could not queue the subscription");
+                        return;
+                    }
+                    continue;
+                }
+                acks = rx.recv() => acks,
+            };
+            let Some(acks) = acks else { return };
             for ack in acks {
                 if self.clean_session && ack.generation != self.generation.load(Ordering::Acquire) {
                     continue;
@@ -217,6 +243,7 @@ struct Session<'a> {
     generation: Arc<AtomicU64>,
     budget: Arc<Semaphore>,
     max_size: usize,
+    subscriptions: mpsc::UnboundedSender<Vec<SubscribeFilter>>,
 }
 
 impl MqttSource {
@@ -232,13 +259,14 @@ impl MqttSource {
         let opts = options(&self.config, &auth)?;
         let (client, mut eventloop) = AsyncClient::new(opts, self.config.queue + 64);
         let generation = Arc::new(AtomicU64::new(0));
-        let acker = tokio::spawn(
+        let (subscriptions, subscribe_rx) = mpsc::unbounded_channel();
+        let mut acker = tokio::spawn(
             Acker {
                 client: client.clone(),
                 generation: generation.clone(),
                 clean_session: self.config.clean_session,
             }
-            .run(acks),
+            .run(acks, subscribe_rx),
         );
         let session = Session {
             source: &self,
@@ -246,8 +274,9 @@ impl MqttSource {
             generation,
             budget: Arc::new(Semaphore::new(BYTE_BUDGET)),
             max_size: self.config.max_packet_size.0,
+            subscriptions,
         };
-        tracing::info!(url = %self.config.url, client_id = %self.config.client_id,
+        tracing::info!(url = %self.config.url, client_id = %self.config.client_id(),
             clean_session = self.config.clean_session, "connecting to MQTT broker");
         let mut attempt = 0u32;
         let mut auth = auth;
@@ -255,6 +284,10 @@ impl MqttSource {
             let event = tokio::select! {
                 e = eventloop.poll() => e,
                 _ = shutdown.cancelled() => break,
+                ended = &mut acker => return Err(SourceError::AckerEnded(match ended {
+                    Ok(()) => "its channel closed".into(),
+                    Err(e) => e.to_string(),
+                })),
             };
             match event {
                 Ok(event) => {
@@ -301,7 +334,6 @@ impl MqttSource {
         let Session { client, .. } = session;
         drop(self.ingest);
         let drain = async {
-            let mut acker = acker;
             loop {
                 tokio::select! {
                     _ = &mut acker => break,
@@ -382,10 +414,8 @@ impl Session<'_> {
         });
     }
 
-    /// Subscribes in a separate task: the request channel is drained by the
-    /// event loop this task is polling, so awaiting it here could deadlock.
+    /// Asks the acker task to subscribe (see [`Acker`]).
     fn subscribe(&self) {
-        let client = self.client.clone();
         let filters: Vec<SubscribeFilter> = self
             .source
             .config
@@ -393,11 +423,7 @@ impl Session<'_> {
             .iter()
             .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
             .collect();
-        tokio::spawn(async move {
-            if let Err(e) = client.subscribe_many(filters).await {
-                tracing::error!(error = %e, "could not queue the subscription");
-            }
-        });
+        let _ = self.subscriptions.send(filters);
     }
 
     async fn on_publish(&self, p: Publish) {

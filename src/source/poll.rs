@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Parsed;
@@ -58,16 +58,28 @@ impl PollError {
     }
 }
 
-/// Checks a 6-field cron expression (seconds first, UTC).
-pub fn parse_schedule(expr: &str) -> Result<(), String> {
+/// A 6-field cron expression (seconds first, UTC), parsed.
+pub fn parse_schedule(expr: &str) -> Result<croner::Cron, String> {
     if expr.split_whitespace().count() != 6 {
         return Err(format!(
             "`{expr}` must have 6 fields (sec min hour day month weekday)"
         ));
     }
-    tokio_cron_scheduler::Job::new_async(expr, |_, _| Box::pin(async {}))
-        .map(drop)
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
         .map_err(|e| format!("`{expr}`: {e}"))
+}
+
+/// How long until the schedule's next tick after `now`. Computed in the
+/// poller's own loop (no scheduler task that could die unnoticed).
+fn until_next_tick(cron: &croner::Cron, now: chrono::DateTime<chrono::Utc>) -> Duration {
+    cron.find_next_occurrence(&now, false)
+        .ok()
+        .and_then(|at| (at - now).to_std().ok())
+        .unwrap_or(Duration::from_secs(60))
 }
 
 /// The window rules of [`PollConfig`], in µs.
@@ -194,29 +206,11 @@ impl<H: History> Poller<H> {
     /// Runs once now, then on every tick of `poll.schedule`, until shutdown.
     /// Runs never overlap: ticks during a run collapse into one next run.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), PollError> {
-        let tick = Arc::new(Notify::new());
-        let scheduler = tokio_cron_scheduler::JobScheduler::new()
-            .await
-            .map_err(|e| PollError::Schedule(e.to_string()))?;
-        let t = tick.clone();
-        let job =
-            tokio_cron_scheduler::Job::new_async(self.config.schedule.as_str(), move |_, _| {
-                let t = t.clone();
-                Box::pin(async move { t.notify_one() })
-            })
-            .map_err(|e| PollError::Schedule(e.to_string()))?;
-        scheduler
-            .add(job)
-            .await
-            .map_err(|e| PollError::Schedule(e.to_string()))?;
-        scheduler
-            .start()
-            .await
-            .map_err(|e| PollError::Schedule(e.to_string()))?;
+        let cron = parse_schedule(&self.config.schedule).map_err(PollError::Schedule)?;
         tracing::info!(schedule = %self.config.schedule, "poller started");
         let rules = Rules::from(&self.config);
         let mut live = self.live.clone();
-        loop {
+        'runs: loop {
             let run_started = now_us();
             match self.run_once(&shutdown).await {
                 Ok(stats) => {
@@ -241,9 +235,10 @@ impl<H: History> Poller<H> {
                     .map(|since| catch_up_at(since, rules))
                     .filter(|&at| at > run_started)
                     .map(|at| Duration::from_micros((at - now_us()).max(0) as u64));
+                let tick = until_next_tick(&cron, chrono::Utc::now());
                 tokio::select! {
-                    _ = tick.notified() => break,
-                    _ = shutdown.cancelled() => return self.stop(scheduler).await,
+                    _ = tokio::time::sleep(tick) => break,
+                    _ = shutdown.cancelled() => break 'runs,
                     _ = async { tokio::time::sleep(due.unwrap_or_default()).await }, if due.is_some() => {
                         tracing::info!("catch-up poll after the MQTT subscription");
                         break;
@@ -256,17 +251,10 @@ impl<H: History> Poller<H> {
                 }
             }
         }
-        self.stop(scheduler).await
-    }
-
-    async fn stop(
-        &self,
-        mut scheduler: tokio_cron_scheduler::JobScheduler,
-    ) -> Result<(), PollError> {
-        let _ = scheduler.shutdown().await;
         tracing::info!("poller stopped");
         Ok(())
     }
+
     /// One run: every unverified window, in order, each completely.
     pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<RunStats, PollError> {
         self.run_once_at(now_us(), shutdown).await

@@ -190,12 +190,7 @@ impl Gapless {
 
     /// Starts gapless with extra environment variables (secrets).
     pub fn start_env(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Gapless {
-        Self::start_env_level(
-            dir,
-            config,
-            env,
-            "info,mqtt5=warn,tokio_cron_scheduler=warn",
-        )
+        Self::start_env_level(dir, config, env, "info,mqtt5=warn")
     }
 
     /// Starts gapless with extra environment variables and a log filter.
