@@ -224,7 +224,7 @@ async fn start_sources(
     // With a VCD login, MQTT uses the session's token; log in before anything connects.
     let credentials = match config.vcd_login()? {
         Some(login) => {
-            let client = Arc::new(VcdClient::new(login, counters.clone())?);
+            let client = Arc::new(VcdClient::new(login, counters.clone(), (&config.http).into())?);
             let Some((credentials, refresher)) =
                 session::start(client.clone(), config.mqtt.auth, shutdown.clone()).await?
             else {
@@ -254,8 +254,12 @@ async fn start_sources(
             bearer: None,
         }),
     };
-    let schemas = SchemaRegistry::from_config(&config.source, counters.clone())
-        .map_err(|e| AppError::Schema(e.to_string()))?;
+    let schemas = SchemaRegistry::from_config(
+        &config.source,
+        counters.clone(),
+        &config.source.secret_headers()?,
+    )
+    .map_err(|e| AppError::Schema(e.to_string()))?;
     if let Some(registry) = &schemas {
         let registry = registry.clone();
         let (store, writer, shutdown) = (store.clone(), writer_handle.clone(), shutdown.clone());
@@ -275,7 +279,13 @@ async fn start_sources(
     });
     drop(writer_handle);
     if let Parser::Scaleit(p) = &parser
-        && let Some(history) = ScaleitHistory::from_config(&config.source, p.clone(), settler)?
+        && let Some(history) = ScaleitHistory::from_config(
+            &config.source,
+            p.clone(),
+            settler,
+            (&config.http).into(),
+            &config.source.secret_headers()?,
+        )?
     {
         spawn_poller(
             tasks,
@@ -296,6 +306,7 @@ async fn start_sources(
         ingest: channels.ingest,
         live: live_tx,
         schemas,
+        max_skew_us: config.source.max_clock_skew.0.as_micros() as i64,
     };
     let source_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -344,6 +355,7 @@ fn spawn_poller<H: History>(
         config: config.poll.clone(),
         counters: counters.clone(),
         live: Some(live.subscribe()),
+        max_skew_us: config.source.max_clock_skew.0.as_micros() as i64,
     };
     let shutdown = shutdown.clone();
     tasks.spawn(async move {

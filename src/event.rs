@@ -42,11 +42,22 @@ pub struct Event {
     pub payload: String,
     /// What only some profiles have (ScaleIT); boxed so the others stay small.
     pub ext: Option<Box<EventExt>>,
+    /// Identity by content, for sources without ids (ScaleIT, MQTT without
+    /// `id_pointer`): the id then includes the receive time, and this key
+    /// decides what is a redelivery.
+    pub content_key: Option<ContentKey>,
 }
 
-/// Per-message attributes of sources without ids or a single origin
-/// (ScaleIT): the CloudEvent `source` and `dataschema`, the content
-/// identity with its dedup window, and the schema validation state.
+/// Hash of topic and body: the same key within `window_us` of a stored
+/// event (either side) is a redelivery of it, not a new event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContentKey {
+    pub key: String,
+    pub window_us: i64,
+}
+
+/// Per-message attributes of sources without a single origin (ScaleIT):
+/// the CloudEvent `source` and `dataschema`, and the schema validation state.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EventExt {
     /// CloudEvent `source` for this event (`app/<app>/<stack>`).
@@ -56,10 +67,6 @@ pub struct EventExt {
     pub schema_ref: Option<String>,
     /// The resolved schema location (CloudEvent `dataschema`).
     pub dataschema: Option<String>,
-    /// Hash of topic and body: the same key within `dedup_window_us` of a
-    /// stored event is a redelivery of it.
-    pub dedup_key: String,
-    pub dedup_window_us: i64,
     pub validation: Validation,
 }
 
@@ -85,19 +92,34 @@ impl Validation {
     }
 }
 
-/// Turns a source event id into its identity: any `urn:vcloud:<kind>:`
-/// prefix removed, lower-cased, so MQTT's and REST's spellings of one event
-/// are the same key.
+/// Turns a VCD event id into its identity: any `urn:vcloud:<kind>:` prefix
+/// removed, so MQTT's and REST's spellings of one event are the same key;
+/// a UUID (VCD's ids are) lower-cased, since its case carries no meaning.
+/// Any other id keeps its case: ids that differ by case stay distinct.
 pub fn normalise_id(raw: &str) -> String {
     let trimmed = raw.trim();
-    let lower = trimmed.to_ascii_lowercase();
-    if let Some(rest) = lower.strip_prefix("urn:vcloud:")
-        && let Some((_kind, id)) = rest.split_once(':')
-        && !id.is_empty()
-    {
-        return id.to_string();
+    let id = match trimmed.get(..11) {
+        Some(p) if p.eq_ignore_ascii_case("urn:vcloud:") => trimmed[11..]
+            .split_once(':')
+            .map(|(_kind, id)| id)
+            .filter(|id| !id.is_empty())
+            .unwrap_or(trimmed),
+        _ => trimmed,
+    };
+    if is_uuid(id) {
+        id.to_ascii_lowercase()
+    } else {
+        id.to_string()
     }
-    lower
+}
+
+/// `8-4-4-4-12` hex digits.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
 }
 
 /// Current time in microseconds since the Unix epoch (see [`crate::clock`]).
@@ -222,6 +244,8 @@ mod tests {
         assert_eq!(normalise_id(&format!(" {uuid} ")), uuid);
         assert_eq!(normalise_id("urn:vcloud:audit:"), "urn:vcloud:audit:");
         assert_eq!(normalise_id("urn:other:x:y"), "urn:other:x:y");
+        assert_eq!(normalise_id("urn:vcloud:task:Job-A"), "Job-A", "not a UUID: case kept");
+        assert_ne!(normalise_id("Job-A"), normalise_id("job-a"));
     }
 
     #[test]

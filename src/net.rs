@@ -29,6 +29,22 @@ pub enum NetError {
     Body(#[source] reqwest::Error),
 }
 
+/// What a REST peer may make gapless do (`[http]`).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub retry_after_max: Duration,
+    pub max_body: usize,
+}
+
+impl From<&crate::config::HttpConfig> for Limits {
+    fn from(c: &crate::config::HttpConfig) -> Self {
+        Limits {
+            retry_after_max: c.retry_after_max.0,
+            max_body: c.max_body.0,
+        }
+    }
+}
+
 /// How a client reaches its peer.
 #[derive(Clone, Debug, Default)]
 pub struct ClientSpec<'a> {

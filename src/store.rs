@@ -1346,15 +1346,18 @@ impl Writer {
         events: &mut Vec<Event>,
     ) -> Result<(), StoreError> {
         let spans = events.iter().filter_map(|e| {
-            let w = e.ext.as_ref()?.dedup_window_us;
-            Some((e.occurred_at_us - w, e.occurred_at_us + w))
+            let w = e.content_key.as_ref()?.window_us;
+            Some((
+                e.occurred_at_us.saturating_sub(w),
+                e.occurred_at_us.saturating_add(w),
+            ))
         });
         let Some((from, to)) = spans.reduce(|a, b| (a.0.min(b.0), a.1.max(b.1))) else {
             return Ok(());
         };
         let keys: Vec<&str> = events
             .iter()
-            .filter_map(|e| Some(e.ext.as_ref()?.dedup_key.as_str()))
+            .filter_map(|e| Some(e.content_key.as_ref()?.key.as_str()))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -1378,11 +1381,13 @@ impl Writer {
             }
         }
         events.retain(|e| {
-            let Some(x) = &e.ext else { return true };
-            let times = seen.entry(x.dedup_key.clone()).or_default();
+            let Some(k) = &e.content_key else {
+                return true;
+            };
+            let times = seen.entry(k.key.clone()).or_default();
             if times
                 .iter()
-                .any(|t| (t - e.occurred_at_us).abs() < x.dedup_window_us)
+                .any(|t| t.abs_diff(e.occurred_at_us) < k.window_us.unsigned_abs())
             {
                 return false;
             }
@@ -1446,7 +1451,7 @@ impl Writer {
                     .bind(self.stream.order == Order::Arrival && e.origin == Origin::Poll)
                     .bind(e.ext.as_ref().map(|x| x.source.as_str()))
                     .bind(e.ext.as_ref().and_then(|x| x.dataschema.as_deref()))
-                    .bind(e.ext.as_ref().map(|x| x.dedup_key.as_str()))
+                    .bind(e.content_key.as_ref().map(|k| k.key.as_str()))
                     .bind(e.ext.as_ref().map(|x| x.validation.as_str()));
             }
             let done = q.execute(&mut *tx).await?;

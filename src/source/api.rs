@@ -19,11 +19,22 @@ use super::poll::{History, HistoryPage, PollError};
 use crate::config::{Secret, SourceTls, VcdLogin, VcdSecret};
 use crate::event::rfc3339_us;
 use crate::metrics::Counters;
+use crate::net::Limits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// Without the URL, which may carry a token.
     #[error("request failed: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(reqwest::Error),
+    #[error("{what}: {detail}")]
+    Redirect { what: &'static str, detail: String },
+    #[error("{what}: {source}")]
+    Body {
+        what: &'static str,
+        source: crate::net::NetError,
+    },
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     #[error("{what} answered {status}{}", retry_after.map(|d| format!(" (Retry-After {d:?})")).unwrap_or_default())]
     Status {
         what: &'static str,
@@ -38,8 +49,12 @@ pub enum ApiError {
     NoToken(String),
     #[error("unexpected response from {what}: {message}")]
     BadResponse { what: &'static str, message: String },
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+}
+
+impl From<reqwest::Error> for ApiError {
+    fn from(e: reqwest::Error) -> Self {
+        ApiError::Http(e.without_url())
+    }
 }
 
 impl ApiError {
@@ -52,6 +67,10 @@ impl ApiError {
             {
                 Some(None)
             }
+            ApiError::Body {
+                source: crate::net::NetError::Body(_),
+                ..
+            } => Some(None),
             ApiError::Status {
                 status,
                 retry_after,
@@ -146,56 +165,65 @@ pub struct VcdClient {
     /// Serialises logins so concurrent 401s cause one login, not several.
     login_lock: Mutex<()>,
     counters: Arc<Counters>,
+    limits: Limits,
 }
 
-/// The response itself when it is a 2xx, else the error for `what`.
+/// The response itself when it is a 2xx, else the error for `what` (a
+/// redirect is not followed: it names where it pointed).
 pub(crate) fn success(
     resp: reqwest::Response,
     what: &'static str,
+    limits: Limits,
 ) -> Result<reqwest::Response, ApiError> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);
     }
+    if status.is_redirection() {
+        return Err(ApiError::Redirect {
+            what,
+            detail: crate::net::redirect_error(status.as_u16(), resp.headers()),
+        });
+    }
     Err(ApiError::Status {
         what,
         status,
-        retry_after: retry_after(&resp),
+        retry_after: crate::net::retry_after(resp.headers(), limits.retry_after_max),
     })
 }
 
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let v = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// A successful response's body as JSON, read up to `limits.max_body`.
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+    what: &'static str,
+    limits: Limits,
+) -> Result<T, ApiError> {
+    let body = crate::net::read_limited(resp, limits.max_body)
+        .await
+        .map_err(|source| ApiError::Body { what, source })?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::BadResponse {
+        what,
+        message: e.to_string(),
+    })
 }
 
 /// The HTTP client of a REST history (`[source] tls` applies), with
 /// timeouts so a hung server fails the run instead of stalling it.
-pub fn rest_client(tls: &SourceTls, url: &str) -> Result<reqwest::Client, ApiError> {
-    crate::tls::install_crypto_provider();
-    let builder = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .connect_timeout(Duration::from_secs(10));
-    let builder = if tls.insecure_skip_verify {
-        tracing::warn!(%url, "source.tls.insecure_skip_verify = true: the certificate is NOT verified");
-        builder.tls_danger_accept_invalid_certs(true)
-    } else {
-        builder.tls_backend_preconfigured(
-            (*crate::tls::client_config(tls.ca_file.as_deref())?).clone(),
-        )
-    };
-    Ok(builder.build()?)
+pub fn rest_client(tls: &SourceTls) -> Result<reqwest::Client, ApiError> {
+    Ok(crate::net::client(&crate::net::ClientSpec {
+        key: "source.tls",
+        timeout: Duration::from_secs(60),
+        ca_file: tls.ca_file.as_deref(),
+        insecure_skip_verify: tls.insecure_skip_verify,
+    })?)
 }
 
 impl VcdClient {
-    pub fn new(login: VcdLogin, counters: Arc<Counters>) -> Result<Self, ApiError> {
+    pub fn new(login: VcdLogin, counters: Arc<Counters>, limits: Limits) -> Result<Self, ApiError> {
         let accept = format!("application/json;version={}", login.api_version);
         Ok(VcdClient {
-            http: rest_client(&login.tls, login.url.as_str())?,
+            limits,
+            http: rest_client(&login.tls)?,
             login,
             accept,
             token: watch::channel(None).0,
@@ -251,7 +279,7 @@ impl VcdClient {
                 status,
             });
         }
-        let resp = success(resp, "VCD login")?;
+        let resp = success(resp, "VCD login", self.limits)?;
         let jwt = resp
             .headers()
             .get("x-vmware-vcloud-access-token")
@@ -290,14 +318,12 @@ impl VcdClient {
                 status,
             });
         }
-        let resp = success(resp, "VCD token login")?;
-        let body: OAuthToken = resp
-            .json()
-            .await
-            .map_err(|e| ApiError::NoToken(e.to_string()))?;
+        let resp = success(resp, "VCD token login", self.limits)?;
+        let body: OAuthToken = json_body(resp, "VCD token login", self.limits).await?;
         let expires_at_us = jwt_expiry_us(&body.access_token).or_else(|| {
             body.expires_in
-                .map(|s| crate::event::now_us() + s * 1_000_000)
+                .and_then(|s| s.checked_mul(1_000_000))
+                .and_then(|us| crate::event::now_us().checked_add(us))
         });
         Ok(Token {
             jwt: Secret::new(body.access_token),
@@ -344,17 +370,14 @@ impl VcdClient {
                 self.login().await?;
                 continue;
             }
-            let resp = success(resp, "VCD auditTrail")?;
+            let resp = success(resp, "VCD auditTrail", self.limits)?;
             let has_next = resp
                 .headers()
                 .get_all(reqwest::header::LINK)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .any(|v| v.contains("rel=\"nextPage\""));
-            let body: PageBody = resp.json().await.map_err(|e| ApiError::BadResponse {
-                what: "VCD auditTrail",
-                message: e.to_string(),
-            })?;
+            let body: PageBody = json_body(resp, "VCD auditTrail", self.limits).await?;
             return Ok(AuditPage {
                 values: body.values,
                 page_count: body.page_count,

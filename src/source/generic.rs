@@ -1,21 +1,24 @@
 //! Generic JSON over MQTT (`[source] kind = "mqtt"`).
 //!
 //! For event sources without VCD's envelope: identity, time and type are
-//! found by JSON pointers. A source without ids still deduplicates QoS 1
-//! redeliveries by hashing topic and body, at the price that two genuinely
-//! distinct but byte-identical messages collapse into one.
+//! found by JSON pointers. An id keeps its case (ids differing only by case
+//! are different events). A source without ids deduplicates QoS 1
+//! redeliveries by a hash of topic and body within `dedup_window`, as
+//! ScaleIT does: the same bytes again after the window are a new event.
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{Decoded, ParseError, RejectReason, parse_time_us};
-use crate::event::{Event, Origin, normalise_id};
+use crate::event::{ContentKey, Event, Origin};
 
 #[derive(Clone, Debug)]
 pub struct GenericParser {
     pub id_pointer: Option<String>,
     pub time_pointer: Option<String>,
     pub type_pointer: Option<String>,
+    /// Without `id_pointer`: how long the same topic and body count as one event.
+    pub dedup_window_us: i64,
 }
 
 /// Identity of a message without an id: SHA-256 over topic, a NUL, and body.
@@ -36,13 +39,22 @@ impl GenericParser {
     ) -> Result<Decoded, ParseError> {
         let body: Value =
             serde_json::from_str(text).map_err(|e| (RejectReason::MalformedJson, e.to_string()))?;
-        let id = match &self.id_pointer {
+        let (id, content_key) = match &self.id_pointer {
             Some(p) => match body.pointer(p) {
-                Some(Value::String(s)) if !s.is_empty() => normalise_id(s),
-                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::String(s)) if !s.trim().is_empty() => (s.trim().to_string(), None),
+                Some(Value::Number(n)) => (n.to_string(), None),
                 _ => return Err((RejectReason::MissingId, format!("no id at `{p}`"))),
             },
-            None => content_id(topic, text),
+            None => {
+                let key = content_id(topic, text);
+                (
+                    format!("{}-{received_at_us}", &key[..32]),
+                    Some(ContentKey {
+                        key,
+                        window_us: self.dedup_window_us,
+                    }),
+                )
+            }
         };
         let occurred_at_us = match &self.time_pointer {
             Some(p) => match body.pointer(p) {
@@ -68,6 +80,7 @@ impl GenericParser {
             origin: Origin::Mqtt,
             payload: text.to_string(),
             ext: None,
+            content_key,
         }))
     }
 }
@@ -81,6 +94,7 @@ mod tests {
             id_pointer: Some("/id".into()),
             time_pointer: Some("/time".into()),
             type_pointer: Some("/type".into()),
+            dedup_window_us: 600_000_000,
         }
     }
 
@@ -90,7 +104,7 @@ mod tests {
         let Decoded::Event(e) = with_pointers().parse("a/b", text, 7).unwrap() else {
             panic!()
         };
-        assert_eq!(e.id, "abc");
+        assert_eq!(e.id, "ABC", "an id keeps its case");
         assert_eq!(e.occurred_at_us, 1_795_428_000_000_000);
         assert_eq!(e.event_type, "door.open");
         assert_eq!(e.payload, text);
@@ -114,11 +128,12 @@ mod tests {
     }
 
     #[test]
-    fn without_pointers_identity_is_the_content_hash() {
+    fn without_pointers_identity_is_the_content_hash_within_the_window() {
         let p = GenericParser {
             id_pointer: None,
             time_pointer: None,
             type_pointer: None,
+            dedup_window_us: 600_000_000,
         };
         let Decoded::Event(a) = p.parse("t/1", r#"{"v":1}"#, 9).unwrap() else {
             panic!()
@@ -129,9 +144,10 @@ mod tests {
         let Decoded::Event(c) = p.parse("t/2", r#"{"v":1}"#, 10).unwrap() else {
             panic!()
         };
-        assert_eq!(a.id, b.id);
-        assert_ne!(a.id, c.id);
-        assert_eq!(a.id.len(), 64);
+        assert_ne!(a.id, b.id, "the receive time is part of the id");
+        assert_eq!(a.content_key, b.content_key);
+        assert_ne!(a.content_key, c.content_key);
+        assert_eq!(a.content_key.as_ref().unwrap().window_us, 600_000_000);
         assert_eq!(a.occurred_at_us, 9);
         assert_eq!(a.event_type, "t/1");
     }

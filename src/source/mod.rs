@@ -34,15 +34,18 @@ pub enum RejectReason {
     BadTopic,
     /// ScaleIT: the body names no `$schema` (and `require_schema = true`).
     MissingSchema,
-    /// ScaleIT: the schema service answered 404 (or the file is missing).
+    /// ScaleIT: `$schema` names a URL outside the app's `schema_base_url`
+    /// and `schema_allow`, which gapless never fetches.
     UnknownSchema,
     /// ScaleIT: the body does not validate against its schema.
     SchemaInvalid,
+    /// The event's time is later than now plus `source.max_clock_skew`.
+    FutureTime,
 }
 
 impl RejectReason {
     /// Every reason, so that `/metrics` shows each at 0 before it happens.
-    pub const ALL: [RejectReason; 12] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::Oversized,
         RejectReason::NotUtf8,
         RejectReason::MalformedJson,
@@ -55,6 +58,7 @@ impl RejectReason {
         RejectReason::MissingSchema,
         RejectReason::UnknownSchema,
         RejectReason::SchemaInvalid,
+        RejectReason::FutureTime,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +75,7 @@ impl RejectReason {
             RejectReason::MissingSchema => "missing_schema",
             RejectReason::UnknownSchema => "unknown_schema",
             RejectReason::SchemaInvalid => "schema_invalid",
+            RejectReason::FutureTime => "future_time",
         }
     }
 }
@@ -121,6 +126,30 @@ pub enum Parsed {
     Rejected(Rejected),
 }
 
+impl Parsed {
+    /// An event dated later than `now_us + max_skew_us` becomes a rejection
+    /// (`future_time`): released in event-time order it would mark every
+    /// later event `late` until real time caught up with it.
+    pub fn bound_time(self, topic: &str, now_us: i64, max_skew_us: i64) -> Parsed {
+        match self {
+            Parsed::Event(e) if e.occurred_at_us > now_us.saturating_add(max_skew_us) => {
+                Parsed::Rejected(Rejected::new(
+                    topic,
+                    e.payload.as_bytes(),
+                    RejectReason::FutureTime,
+                    format!(
+                        "event time {} is more than source.max_clock_skew ({} s) ahead of this host's clock",
+                        crate::event::rfc3339_us(e.occurred_at_us),
+                        max_skew_us / 1_000_000
+                    ),
+                    now_us,
+                ))
+            }
+            other => other,
+        }
+    }
+}
+
 /// The sans-IO parser for the configured source profile.
 #[derive(Clone, Debug)]
 pub enum Parser {
@@ -137,12 +166,14 @@ impl Parser {
                 id_pointer: c.id_pointer.clone(),
                 time_pointer: c.time_pointer.clone(),
                 type_pointer: c.type_pointer.clone(),
+                dedup_window_us: c.dedup_window.0.as_micros() as i64,
             }),
             SourceKind::Scaleit => Parser::Scaleit(scaleit::ScaleitParser {
                 schema_base_url: c.schema_base_url.clone(),
                 require_schema: c.require_schema,
                 dedup_window_us: c.dedup_window.0.as_micros() as i64,
                 validating: c.schema_base_url.is_some() || c.schema_dir.is_some(),
+                schema_allow: c.schema_allow.clone(),
             }),
         }
     }
@@ -249,6 +280,26 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_event_from_the_future_is_rejected_beyond_the_skew() {
+        let p = Parser::Vcd(vcd::VcdParser::new(vec!["EVENT".into()]));
+        let now = 1_795_428_000_000_000;
+        let at = |us: i64| {
+            let env = crate::sim::events::envelope(&crate::sim::events::audit_event(1, 0, us));
+            p.parse("publish/o/u", &env, now).bound_time("publish/o/u", now, 300_000_000)
+        };
+        assert!(matches!(at(now + 299_000_000), Parsed::Event(_)));
+        assert!(matches!(at(now - 86_400_000_000), Parsed::Event(_)));
+        match at(now + 3_600_000_000) {
+            Parsed::Rejected(r) => {
+                assert_eq!(r.reason, RejectReason::FutureTime);
+                assert!(r.detail.contains("max_clock_skew"), "{}", r.detail);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(at(i64::MAX / 1000 * 1000), Parsed::Rejected(_)));
     }
 
     #[test]

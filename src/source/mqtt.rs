@@ -127,6 +127,8 @@ pub struct MqttSource {
     pub live: watch::Sender<Live>,
     /// Validates bodies against their JSON Schema (ScaleIT), memory-only.
     pub schemas: Option<Arc<SchemaRegistry>>,
+    /// `source.max_clock_skew` in µs: later event times are rejected.
+    pub max_skew_us: i64,
 }
 
 /// Builds the rumqttc options for a connect with `auth`.
@@ -454,6 +456,7 @@ impl Session<'_> {
                 (Parsed::Event(e), Some(schemas)) => schemas.apply(e, &p.topic, now),
                 (item, _) => item,
             }
+            .bound_time(&p.topic, now, self.source.max_skew_us)
         };
         let cost = match &item {
             Parsed::Rejected(r) => {

@@ -112,15 +112,17 @@ fn floor_ms(us: i64) -> i64 {
 /// pieces of at most `max_window`, on whole milliseconds (the audit trail's
 /// precision). Each window's end becomes the watermark once it is done.
 pub fn plan(verified_until_us: Option<i64>, now_us: i64, rules: Rules) -> Vec<Window> {
-    let end = floor_ms(now_us - rules.visibility_lag_us);
+    let end = floor_ms(now_us.saturating_sub(rules.visibility_lag_us));
     let start = floor_ms(match verified_until_us {
-        Some(v) => v - rules.overlap_us,
-        None => now_us - rules.initial_lookback_us - rules.visibility_lag_us,
+        Some(v) => v.saturating_sub(rules.overlap_us),
+        None => now_us
+            .saturating_sub(rules.initial_lookback_us)
+            .saturating_sub(rules.visibility_lag_us),
     });
     let mut windows = Vec::new();
     let mut from = start;
     while from < end {
-        let to = (from + floor_ms(rules.max_window_us)).min(end);
+        let to = from.saturating_add(floor_ms(rules.max_window_us)).min(end);
         windows.push(Window {
             from_us: from,
             to_us: to,
@@ -192,6 +194,8 @@ pub struct Poller<H> {
     /// catch-up run follows as soon as `visibility_lag` has passed, instead
     /// of waiting for the next tick. `None` runs on the schedule alone.
     pub live: Option<watch::Receiver<Live>>,
+    /// `source.max_clock_skew` in µs: later event times are rejected.
+    pub max_skew_us: i64,
 }
 
 /// What one run did.
@@ -308,7 +312,9 @@ impl<H: History> Poller<H> {
                 };
                 pages += 1;
                 events += body.items.len() as u64;
+                let now = crate::event::now_us();
                 for item in body.items {
+                    let item = item.bound_time("rest:history", now, self.max_skew_us);
                     match &item {
                         Parsed::Event(e) => drop(ids.insert(e.id.clone())),
                         // A rejection dated before the watermark is the

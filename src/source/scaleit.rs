@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::generic::content_id;
 use super::{Decoded, ParseError, RejectReason};
-use crate::event::{Event, EventExt, Origin, Validation};
+use crate::event::{ContentKey, Event, EventExt, Origin, Validation};
 
 /// The parser, with what it needs from the config.
 #[derive(Clone, Debug)]
@@ -24,6 +24,8 @@ pub struct ScaleitParser {
     pub dedup_window_us: i64,
     /// Whether a schema registry validates events (a schema source is configured).
     pub validating: bool,
+    /// `source.schema_allow`: URL prefixes an absolute `$schema` may name.
+    pub schema_allow: Vec<String>,
 }
 
 /// The four fixed levels of a ScaleIT topic and what follows them.
@@ -73,6 +75,43 @@ pub fn schema_url(base: &str, app: &str, reference: &str) -> String {
     )
 }
 
+/// The URL a `$schema` reference may be fetched from, or why it may not:
+/// publishers choose references, so only URLs under the app's
+/// `<schema_base_url>/api/messages/` or under a `schema_allow` prefix are
+/// ever requested (compared after `..` and `.` are resolved). `Ok(None)`:
+/// a relative reference with no base URL (local files only).
+pub fn allowed_schema_url(
+    base: Option<&str>,
+    allow: &[String],
+    app: &str,
+    reference: &str,
+) -> Result<Option<String>, String> {
+    let absolute = reference.starts_with("http://") || reference.starts_with("https://");
+    let Some(candidate) = (match (absolute, base) {
+        (true, _) => Some(reference.to_string()),
+        (false, Some(base)) => Some(schema_url(base, app, reference)),
+        (false, None) => None,
+    }) else {
+        return Ok(None);
+    };
+    let normal = |u: &str| url::Url::parse(u).map(|u| u.to_string()).ok();
+    let url = normal(&candidate)
+        .ok_or_else(|| format!("`$schema` `{}` does not make a URL", crate::net::redact(reference)))?;
+    let app_prefix = base.and_then(|b| normal(&schema_url(b, app, "")));
+    let allowed = app_prefix
+        .iter()
+        .chain(allow)
+        .any(|prefix| url.starts_with(prefix.as_str()));
+    if allowed && !url.contains('@') {
+        Ok(Some(url))
+    } else {
+        Err(format!(
+            "`$schema` `{}` is not under the app's schema_base_url or a source.schema_allow prefix; gapless fetches nothing else",
+            crate::net::redact(reference)
+        ))
+    }
+}
+
 impl ScaleitParser {
     pub fn parse(
         &self,
@@ -105,9 +144,11 @@ impl ScaleitParser {
             }
             None => None,
         };
-        let dataschema = match (&schema_ref, &self.schema_base_url) {
-            (Some(r), Some(base)) => Some(schema_url(base, t.app, r)),
-            _ => None,
+        let dataschema = match &schema_ref {
+            Some(r) => allowed_schema_url(self.schema_base_url.as_deref(), &self.schema_allow, t.app, r)
+                .map_err(|e| (RejectReason::UnknownSchema, e))?
+                .map(|url| crate::net::redact(&url)),
+            None => None,
         };
         let validation = if self.validating && schema_ref.is_some() {
             Validation::Pending
@@ -129,10 +170,12 @@ impl ScaleitParser {
                 app: t.app.to_string(),
                 schema_ref,
                 dataschema,
-                dedup_key: key,
-                dedup_window_us: self.dedup_window_us,
                 validation,
             })),
+            content_key: Some(ContentKey {
+                key,
+                window_us: self.dedup_window_us,
+            }),
         }))
     }
 }
@@ -147,6 +190,7 @@ mod tests {
             require_schema: true,
             dedup_window_us: 600_000_000,
             validating: true,
+            schema_allow: Vec::new(),
         }
     }
 
@@ -199,7 +243,7 @@ mod tests {
         assert_eq!(x.validation, Validation::Pending);
         assert!(e.id.ends_with("-42"));
         assert_eq!(
-            x.dedup_key,
+            e.content_key.as_ref().unwrap().key,
             content_id(
                 "app/de-ondics-pacman/de-ondics-pacman_1/gameover",
                 r#"{"$schema":"gameover.json","isHighscore":true,"score":10230}"#
@@ -212,9 +256,9 @@ mod tests {
         let p = parser();
         let key = |body: &str| {
             event(p.parse("app/a/s/t", body, 1).unwrap())
-                .ext
+                .content_key
                 .unwrap()
-                .dedup_key
+                .key
         };
         assert_eq!(
             key(r#"{"$schema": "t.json", "v": 1, "w": [1, 2]}"#),
@@ -233,7 +277,39 @@ mod tests {
         let a = event(p.parse("app/a/s/t", body, 1).unwrap());
         let b = event(p.parse("app/a/s/t", body, 2).unwrap());
         assert_ne!(a.id, b.id);
-        assert_eq!(a.ext.unwrap().dedup_key, b.ext.unwrap().dedup_key);
+        assert_eq!(a.content_key, b.content_key);
+    }
+
+    #[test]
+    fn only_schemas_under_the_base_or_an_allowed_prefix_are_fetched() {
+        let base = Some("http://{app}.apps.local:8080");
+        let allow = vec!["https://schemas.example.com/shared/".to_string()];
+        let ok = |r: &str| allowed_schema_url(base, &allow, "pacman", r);
+        assert_eq!(
+            ok("gameover.json").unwrap().as_deref(),
+            Some("http://pacman.apps.local:8080/api/messages/gameover.json")
+        );
+        assert_eq!(
+            ok("https://schemas.example.com/shared/a.json").unwrap().as_deref(),
+            Some("https://schemas.example.com/shared/a.json")
+        );
+        for hostile in [
+            "http://169.254.169.254/latest/meta-data/",
+            "https://schemas.example.com/shared/../private/k.json",
+            "https://schemas.example.com.evil.net/shared/a.json",
+            "../../admin/reset",
+            "http://pacman.apps.local:8080/api/messages/x@evil.net/",
+            "http://pacman.apps.local:8080/api/other",
+        ] {
+            let e = ok(hostile).unwrap_err();
+            assert!(e.contains("schema_allow"), "{hostile}: {e}");
+        }
+        assert_eq!(allowed_schema_url(None, &[], "a", "t.json").unwrap(), None);
+        let p = parser();
+        let err = p
+            .parse("app/a/s/t", r#"{"$schema":"http://127.0.0.1:9/steal"}"#, 1)
+            .unwrap_err();
+        assert_eq!(err.0, RejectReason::UnknownSchema);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 use serde_json::Value;
 
 use super::api::{ApiError, Window, rest_client, success};
+use crate::net::Limits;
 use super::poll::{History, HistoryPage, PollError};
 use super::scaleit::ScaleitParser;
 use super::schema::Settler;
@@ -23,6 +24,9 @@ use crate::event::{Origin, now_us, rfc3339_us};
 /// The history endpoints of the configured apps.
 pub struct ScaleitHistory {
     http: reqwest::Client,
+    /// `source.headers_env` and the bearer token (sensitive).
+    headers: reqwest::header::HeaderMap,
+    limits: Limits,
     /// One URL per app (`{app}` filled in), or the one URL for all apps.
     urls: Vec<String>,
     parser: ScaleitParser,
@@ -114,6 +118,8 @@ impl ScaleitHistory {
         c: &SourceConfig,
         parser: ScaleitParser,
         schemas: Option<Settler>,
+        limits: Limits,
+        secret_headers: &[(String, crate::config::Secret)],
     ) -> Result<Option<Self>, ApiError> {
         let Some(template) = &c.history_url else {
             return Ok(None);
@@ -127,7 +133,9 @@ impl ScaleitHistory {
             vec![template.clone()]
         };
         Ok(Some(ScaleitHistory {
-            http: rest_client(&c.tls, template)?,
+            http: rest_client(&c.tls)?,
+            headers: crate::net::headers(&Default::default(), secret_headers)?,
+            limits,
             urls,
             parser,
             schemas,
@@ -146,6 +154,7 @@ impl History for ScaleitHistory {
         let resp = self
             .http
             .get(url)
+            .headers(self.headers.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .query(&[
                 ("since", rfc3339_us(window.from_us)),
@@ -154,15 +163,16 @@ impl History for ScaleitHistory {
             .send()
             .await
             .map_err(ApiError::from)?;
-        let text = success(resp, "the ScaleIT history endpoint")?
-            .text()
+        const WHAT: &str = "the ScaleIT history endpoint";
+        let text = crate::net::read_limited(success(resp, WHAT, self.limits)?, self.limits.max_body)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(|source| ApiError::Body { what: WHAT, source })?;
+        let text = String::from_utf8_lossy(&text);
         let now = now_us();
         let entries =
             parse_history(&self.parser, &text, now).map_err(|message| ApiError::BadResponse {
                 what: "the ScaleIT history endpoint",
-                message: format!("{url}: {message}"),
+                message: format!("{}: {message}", crate::net::redact(url)),
             })?;
         let mut items = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -199,6 +209,7 @@ mod tests {
             require_schema: true,
             dedup_window_us: 600_000_000,
             validating: true,
+            schema_allow: Vec::new(),
         }
     }
 
@@ -234,7 +245,7 @@ mod tests {
             )
             .unwrap();
         let Decoded::Event(m) = mqtt else { panic!() };
-        assert_eq!(m.ext.unwrap().dedup_key, x.dedup_key);
+        assert_eq!(m.content_key, e.content_key);
         assert_eq!(entries[1].received_at_us, 1_795_428_000_500_000);
     }
 

@@ -6,12 +6,19 @@
 //! a known schema validates at once; an unknown one leaves the event
 //! `pending` (stored and acked, held back from the stream) and wakes the
 //! background task ([`SchemaRegistry::run`]), which fetches the schema and
-//! settles every pending event through the writer. A schema service that is
-//! down never stops ingestion: events wait (`on_schema_unavailable =
-//! "queue"`) or go out marked unvalidated (`"ingest"`), and both are counted.
+//! settles every pending event through the writer. A schema that cannot be
+//! had (service down, 404, a body that is not a schema) never stops
+//! ingestion and never rejects: events wait (`on_schema_unavailable =
+//! "queue"`) or go out marked unvalidated (`"ingest"`), both counted, and
+//! the schema is tried again after a wait that doubles per failure (2 s to
+//! 5 min): an app that publishes its schema late is not punished forever.
+//! Fetches go only to URLs the parser allowed, never follow redirects, read
+//! at most `schema_max_body`, and the cache holds at most `schema_cache`
+//! schemas (least recently used dropped first).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,15 +26,17 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::scaleit::schema_url;
+use super::scaleit::allowed_schema_url;
 use super::{Parsed, RejectReason, Rejected};
 use crate::config::{SchemaUnavailable, SourceConfig};
 use crate::event::{Event, Validation};
 use crate::metrics::Counters;
 use crate::store::{SchemaOp, Store, StoreError, WriterHandle};
 
-/// How long a failed fetch is trusted before the schema is tried again.
+/// The first wait before a schema that could not be had is tried again;
+/// it doubles per failure up to `RETRY_MAX`.
 const RETRY: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(300);
 /// How long one schema request may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pending events settled per writer transaction.
@@ -38,14 +47,28 @@ const SWEEP_PAGE: u32 = 500;
 enum Entry {
     Ready {
         validator: Arc<jsonschema::Validator>,
-        /// Where it came from: the CloudEvent `dataschema`.
+        /// Where it came from (redacted): the CloudEvent `dataschema`.
         location: String,
     },
-    /// The schema does not exist (HTTP 404, no file) or does not compile:
-    /// bodies naming it are rejected.
-    Missing(String),
-    /// The service could not be reached; tried again after `retry_at`.
-    Unavailable { error: String, retry_at: Instant },
+    /// Could not be had: the service is down, answered 404/410 or a body
+    /// that is not a JSON Schema. Tried again after `retry_at`.
+    Unusable {
+        failures: u32,
+        retry_at: Instant,
+    },
+}
+
+/// A cache entry with when it was last used (for the LRU bound).
+struct Cached {
+    entry: Entry,
+    used: AtomicU64,
+}
+
+/// The wait before the `failures`-th retry of a schema.
+fn retry_wait(failures: u32) -> Duration {
+    RETRY
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(RETRY_MAX)
 }
 
 /// The verdict on one body.
@@ -55,7 +78,7 @@ pub enum Check {
         location: String,
     },
     Invalid(String),
-    Unknown(String),
+    /// The schema cannot be had now: `on_schema_unavailable` applies.
     Unavailable,
     /// Not looked up yet.
     NotYet,
@@ -66,10 +89,18 @@ pub enum Check {
 pub struct SchemaRegistry {
     dir: Option<PathBuf>,
     base_url: Option<String>,
+    allow: Vec<String>,
     mode: SchemaUnavailable,
-    cache: RwLock<HashMap<(String, String), Entry>>,
+    cache: RwLock<HashMap<(String, String), Cached>>,
+    /// Most entries the cache holds.
+    capacity: usize,
+    /// The LRU clock: bumped on every use.
+    clock: AtomicU64,
     wake: Notify,
     http: reqwest::Client,
+    /// `source.headers_env` and the bearer token (sensitive).
+    headers: reqwest::header::HeaderMap,
+    max_body: usize,
     counters: Arc<Counters>,
 }
 
@@ -118,18 +149,19 @@ pub fn describe_errors(validator: &jsonschema::Validator, body: &Value) -> Optio
     (!errors.is_empty()).then(|| errors.join("; "))
 }
 
-fn compile(text: &str, location: &str) -> Entry {
-    let schema: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(e) => return Entry::Missing(format!("{location} is not JSON: {e}")),
-    };
-    match jsonschema::validator_for(&schema) {
-        Ok(v) => Entry::Ready {
+/// A ready entry, or why the text is not a usable schema.
+fn compile(text: &str, location: &str) -> Result<Entry, String> {
+    let schema: Value =
+        serde_json::from_str(text).map_err(|e| format!("{location} is not JSON: {e}"))?;
+    if !schema.is_object() && !schema.is_boolean() {
+        return Err(format!("{location} is not a JSON Schema (neither an object nor a boolean)"));
+    }
+    jsonschema::validator_for(&schema)
+        .map(|v| Entry::Ready {
             validator: Arc::new(v),
             location: location.to_string(),
-        },
-        Err(e) => Entry::Missing(format!("{location} is not a valid JSON Schema: {e}")),
-    }
+        })
+        .map_err(|e| format!("{location} is not a valid JSON Schema: {e}"))
 }
 
 impl SchemaRegistry {
@@ -137,18 +169,28 @@ impl SchemaRegistry {
     pub fn from_config(
         c: &SourceConfig,
         counters: Arc<Counters>,
-    ) -> Result<Option<Arc<Self>>, reqwest::Error> {
+        secret_headers: &[(String, crate::config::Secret)],
+    ) -> Result<Option<Arc<Self>>, crate::net::NetError> {
         if c.schema_dir.is_none() && c.schema_base_url.is_none() {
             return Ok(None);
         }
-        crate::tls::install_crypto_provider();
         Ok(Some(Arc::new(SchemaRegistry {
             dir: c.schema_dir.clone(),
             base_url: c.schema_base_url.clone(),
+            allow: c.schema_allow.clone(),
             mode: c.on_schema_unavailable,
             cache: RwLock::new(HashMap::new()),
+            capacity: c.schema_cache.max(1),
+            clock: AtomicU64::new(0),
             wake: Notify::new(),
-            http: reqwest::Client::builder().timeout(FETCH_TIMEOUT).build()?,
+            http: crate::net::client(&crate::net::ClientSpec {
+                key: "source.schema_base_url",
+                timeout: FETCH_TIMEOUT,
+                ca_file: c.tls.ca_file.as_deref(),
+                insecure_skip_verify: c.tls.insecure_skip_verify,
+            })?,
+            headers: crate::net::headers(&Default::default(), secret_headers)?,
+            max_body: c.schema_max_body.0,
             counters,
         })))
     }
@@ -156,14 +198,16 @@ impl SchemaRegistry {
     /// Checks `body` against the cached schema `reference` of `app`.
     pub fn check(&self, app: &str, reference: &str, body: &Value) -> Check {
         let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-        match cache.get(&(app.to_string(), reference.to_string())) {
-            None => Check::NotYet,
-            Some(Entry::Missing(detail)) => Check::Unknown(detail.clone()),
-            Some(Entry::Unavailable { .. }) => Check::Unavailable,
-            Some(Entry::Ready {
+        let Some(cached) = cache.get(&(app.to_string(), reference.to_string())) else {
+            return Check::NotYet;
+        };
+        cached.used.store(self.clock.fetch_add(1, Relaxed), Relaxed);
+        match &cached.entry {
+            Entry::Unusable { .. } => Check::Unavailable,
+            Entry::Ready {
                 validator,
                 location,
-            }) => match describe_errors(validator, body) {
+            } => match describe_errors(validator, body) {
                 None => Check::Valid {
                     location: location.clone(),
                 },
@@ -198,7 +242,6 @@ impl SchemaRegistry {
                 x.dataschema = Some(location);
             }
             Check::Invalid(detail) => return reject(RejectReason::SchemaInvalid, detail),
-            Check::Unknown(detail) => return reject(RejectReason::UnknownSchema, detail),
             Check::Unavailable => self.unavailable(&mut x.validation),
             Check::NotYet => {
                 Counters::add(&self.counters.validation_queued, 1);
@@ -272,14 +315,6 @@ impl SchemaRegistry {
                             detail,
                         }
                     }
-                    Check::Unknown(detail) => {
-                        tracing::warn!(%id, source = %source, %detail, "held-back message names an unknown schema; moved to rejected");
-                        SchemaOp::Reject {
-                            id,
-                            reason: RejectReason::UnknownSchema,
-                            detail,
-                        }
-                    }
                     Check::Unavailable | Check::NotYet
                         if self.mode == SchemaUnavailable::Ingest =>
                     {
@@ -309,47 +344,65 @@ impl SchemaRegistry {
         writer: &WriterHandle,
     ) -> Result<(), StoreError> {
         let key = (app.to_string(), reference.to_string());
-        let stale = match self
+        let failures = match self
             .cache
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
+            .map(|c| &c.entry)
         {
-            None => true,
-            Some(Entry::Unavailable { retry_at, .. }) => Instant::now() >= *retry_at,
-            Some(_) => false,
+            None => 0,
+            Some(Entry::Unusable {
+                retry_at, failures, ..
+            }) if Instant::now() >= *retry_at => *failures,
+            Some(_) => return Ok(()),
         };
-        if !stale {
-            return Ok(());
+        let entry = match self.load(app, reference, store, writer).await? {
+            Ok(entry) => entry,
+            Err(error) => {
+                let failures = failures + 1;
+                let wait = retry_wait(failures);
+                tracing::warn!(app, schema = reference, %error, failures, retry_in = ?wait,
+                    "schema not available; messages naming it wait (on_schema_unavailable)");
+                Entry::Unusable {
+                    failures,
+                    retry_at: Instant::now() + wait,
+                }
+            }
+        };
+        if let Entry::Ready { location, .. } = &entry {
+            tracing::info!(app, schema = reference, %location, "schema loaded");
         }
-        let entry = self.load(app, reference, store, writer).await?;
-        match &entry {
-            Entry::Ready { location, .. } => {
-                tracing::info!(app, schema = reference, %location, "schema loaded")
-            }
-            Entry::Missing(detail) => {
-                tracing::warn!(app, schema = reference, %detail, "schema missing")
-            }
-            Entry::Unavailable { error, .. } => {
-                tracing::warn!(app, schema = reference, %error, retry_in = ?RETRY, "schema service unavailable")
-            }
-        }
-        self.cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, entry);
+        self.insert(key, entry);
         Ok(())
+    }
+
+    /// Caches an entry, dropping the least recently used one when full.
+    fn insert(&self, key: (String, String), entry: Entry) {
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        if !cache.contains_key(&key)
+            && cache.len() >= self.capacity
+            && let Some(oldest) = cache
+                .iter()
+                .min_by_key(|(_, c)| c.used.load(Relaxed))
+                .map(|(k, _)| k.clone())
+        {
+            cache.remove(&oldest);
+        }
+        let used = AtomicU64::new(self.clock.fetch_add(1, Relaxed));
+        cache.insert(key, Cached { entry, used });
     }
 
     /// Finds a schema: the directory first, then the app's API (with the
     /// stored copy's ETag, and that copy as the fallback when it is down).
+    /// `Err` says why it cannot be had now.
     async fn load(
         &self,
         app: &str,
         reference: &str,
         store: &Store,
         writer: &WriterHandle,
-    ) -> Result<Entry, StoreError> {
+    ) -> Result<Result<Entry, String>, StoreError> {
         if let Some(dir) = &self.dir {
             for path in local_candidates(dir, app, reference) {
                 if let Ok(text) = tokio::fs::read_to_string(&path).await {
@@ -357,21 +410,26 @@ impl SchemaRegistry {
                 }
             }
         }
-        let Some(base) = &self.base_url else {
-            return Ok(Entry::Missing(format!(
-                "no schema file `{reference}` for app `{app}` in schema_dir"
-            )));
+        let url = match allowed_schema_url(self.base_url.as_deref(), &self.allow, app, reference) {
+            Ok(Some(url)) => url,
+            Ok(None) => {
+                return Ok(Err(format!(
+                    "no schema file `{reference}` for app `{app}` in schema_dir"
+                )));
+            }
+            Err(e) => return Ok(Err(e)),
         };
-        let url = schema_url(base, app, reference);
-        let stored = store.schema(&url).await?;
-        let mut request = self.http.get(&url);
+        // The key in the store and the CloudEvent `dataschema`: no secrets.
+        let location = crate::net::redact(&url);
+        let stored = store.schema(&location).await?;
+        let mut request = self.http.get(&url).headers(self.headers.clone());
         if let Some((Some(etag), _)) = &stored {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
         Counters::add(&self.counters.schema_fetches, 1);
         let failure = match request.send().await {
             Ok(r) if r.status() == reqwest::StatusCode::NOT_MODIFIED && stored.is_some() => {
-                return Ok(compile(&stored.expect("checked").1, &url));
+                return Ok(compile(&stored.expect("checked").1, &location));
             }
             Ok(r) if r.status().is_success() => {
                 let etag = r
@@ -379,13 +437,14 @@ impl SchemaRegistry {
                     .get(reqwest::header::ETAG)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                match r.text().await {
-                    Ok(body) => {
-                        let entry = compile(&body, &url);
-                        if matches!(entry, Entry::Ready { .. }) {
+                match crate::net::read_limited(r, self.max_body).await {
+                    Ok(bytes) => {
+                        let body = String::from_utf8_lossy(&bytes).into_owned();
+                        let entry = compile(&body, &location);
+                        if entry.is_ok() {
                             writer
                                 .schema_ops(vec![SchemaOp::Put {
-                                    url: url.clone(),
+                                    url: location.clone(),
                                     etag,
                                     body,
                                 }])
@@ -393,24 +452,22 @@ impl SchemaRegistry {
                         }
                         return Ok(entry);
                     }
-                    Err(e) => e.to_string(),
+                    Err(e) => format!("{location}: {e}"),
                 }
             }
-            Ok(r) if matches!(r.status().as_u16(), 404 | 410) => {
-                return Ok(Entry::Missing(format!("{url}: HTTP {}", r.status())));
-            }
-            Ok(r) => format!("{url}: HTTP {}", r.status()),
-            Err(e) => format!("{url}: {e}"),
+            Ok(r) if r.status().is_redirection() => format!(
+                "{location}: {}",
+                crate::net::redirect_error(r.status().as_u16(), r.headers())
+            ),
+            Ok(r) => format!("{location}: HTTP {}", r.status()),
+            Err(e) => format!("{location}: {}", crate::net::error_text(e)),
         };
         Ok(match stored {
             Some((_, body)) => {
-                tracing::warn!(%url, error = %failure, "schema service unavailable; using the stored copy");
-                compile(&body, &url)
+                tracing::warn!(%location, error = %failure, "schema service unavailable; using the stored copy");
+                compile(&body, &location)
             }
-            None => Entry::Unavailable {
-                error: failure,
-                retry_at: Instant::now() + RETRY,
-            },
+            None => Err(failure),
         })
     }
 }
@@ -473,12 +530,23 @@ mod tests {
     }
 
     #[test]
-    fn a_schema_that_does_not_compile_is_missing_not_fatal() {
-        assert!(matches!(compile("{", "x"), Entry::Missing(_)));
-        assert!(matches!(compile(r#"{"type": 12}"#, "x"), Entry::Missing(_)));
+    fn a_body_that_is_not_a_schema_is_unusable_not_fatal() {
+        assert!(compile("{", "x").is_err());
+        assert!(compile(r#"{"type": 12}"#, "x").is_err());
+        assert!(compile("<html>error</html>", "x").is_err());
+        assert!(compile("42", "x").is_err());
         assert!(matches!(
             compile(r#"{"type": "object"}"#, "x"),
-            Entry::Ready { .. }
+            Ok(Entry::Ready { .. })
         ));
+    }
+
+    #[test]
+    fn retries_back_off_from_2s_to_5min() {
+        assert_eq!(retry_wait(1), Duration::from_secs(2));
+        assert_eq!(retry_wait(2), Duration::from_secs(4));
+        assert_eq!(retry_wait(8), Duration::from_secs(256));
+        assert_eq!(retry_wait(9), RETRY_MAX);
+        assert_eq!(retry_wait(u32::MAX), RETRY_MAX);
     }
 }

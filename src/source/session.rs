@@ -20,7 +20,7 @@ use crate::event::now_us;
 /// life, between 1 s and 5 min.
 pub fn renew_in(token: &Token, now_us: i64) -> Option<Duration> {
     let exp = token.expires_at_us?;
-    let left = (exp - now_us).max(0);
+    let left = exp.saturating_sub(now_us).max(0);
     let margin = (left / 10).clamp(1_000_000, 300_000_000);
     Some(Duration::from_micros((left - margin).max(0) as u64))
 }

@@ -101,6 +101,7 @@ impl VcdParser {
             origin: Origin::Mqtt,
             payload: event_text,
             ext: None,
+            content_key: None,
         }))
     }
 }
@@ -189,6 +190,7 @@ pub fn audit_event(text: &str, now: i64) -> Parsed {
             origin: Origin::Poll,
             payload: text.to_string(),
             ext: None,
+            content_key: None,
         }),
         Err((reason, detail)) => {
             tracing::warn!(reason = reason.as_str(), %detail, "rejected audit trail event");

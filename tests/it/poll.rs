@@ -59,7 +59,7 @@ async fn rig(sim: &VcdSim, poll: PollConfig) -> Rig {
     };
     let (writer, channels) = Writer::new(&store, &config, plan).await.unwrap();
     tokio::spawn(writer.run());
-    let client = Arc::new(VcdClient::new(login(sim), counters.clone()).unwrap());
+    let client = Arc::new(VcdClient::new(login(sim), counters.clone(), limits()).unwrap());
     let poller = Poller {
         history: client,
         store: store.clone(),
@@ -68,6 +68,7 @@ async fn rig(sim: &VcdSim, poll: PollConfig) -> Rig {
         config: poll,
         counters: counters.clone(),
         live: None,
+        max_skew_us: 300_000_000,
     };
     Rig {
         _dir: dir,
@@ -253,7 +254,7 @@ async fn api_token_login_reads_the_audit_trail() {
     sim.create_events_at(130, now_ms() - 5_000).await.unwrap();
     let mut with_token = login(&sim);
     with_token.secret = VcdSecret::ApiToken(Secret::new(sim.config().api_token.clone()));
-    let client = VcdClient::new(with_token.clone(), Arc::new(Counters::default())).unwrap();
+    let client = VcdClient::new(with_token.clone(), Arc::new(Counters::default()), limits()).unwrap();
     let token = client.login().await.unwrap();
     assert!(token.expires_at_us.is_some(), "the JWT's exp is read");
     let rig = rig(
@@ -269,7 +270,7 @@ async fn api_token_login_reads_the_audit_trail() {
     assert_eq!(stored_ids(&rig.store).await.len(), 130);
 
     with_token.secret = VcdSecret::ApiToken(Secret::new("wrong"));
-    let refused = VcdClient::new(with_token, Arc::new(Counters::default()))
+    let refused = VcdClient::new(with_token, Arc::new(Counters::default()), limits())
         .unwrap()
         .login()
         .await;
@@ -316,4 +317,9 @@ async fn a_window_short_of_the_server_count_is_never_verified() {
     rig.poller.run_once(&rig.shutdown).await.unwrap();
     assert!(rig.store.verified_until("sim").await.unwrap().is_some());
     assert_eq!(stored_ids(&rig.store).await.len(), 40);
+}
+
+/// The default `[http]` limits.
+fn limits() -> gapless::net::Limits {
+    (&gapless::config::HttpConfig::default()).into()
 }
