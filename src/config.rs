@@ -507,10 +507,11 @@ fn default_webhook_timeout() -> HumanDuration {
 impl SinkConfig {
     /// The webhook signing secret, if configured; a `whsec_` secret must be base64.
     pub fn secret(&self, i: usize) -> Result<Option<Secret>, ConfigError> {
-        let key = format!("sink[{i}].secret_env");
+        let (env_key, file_key) = (format!("sink[{i}].secret_env"), format!("sink[{i}].secret_file"));
+        let key = if self.secret_file.is_some() { &file_key } else { &env_key };
         let secret = read_secret(
-            &key,
-            &format!("sink[{i}].secret_file"),
+            &env_key,
+            &file_key,
             &self.secret_env,
             &self.secret_file,
         )?;
@@ -524,7 +525,7 @@ impl SinkConfig {
             };
             if bad {
                 return Err(ConfigError::invalid(
-                    &key,
+                    key,
                     "the secret is empty, or starts with `whsec_` but the rest is not base64",
                     "a Standard Webhooks secret is `whsec_` + base64 of the key bytes; or give a plain secret without the prefix",
                 ));
@@ -1657,5 +1658,61 @@ mod tests {
     fn secrets_do_not_print() {
         let s = Secret::new("hunter2");
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_persistent_session_needs_an_explicit_client_id() {
+        let e = err_of(&MINIMAL.replace("[mqtt]", "[mqtt]\nclean_session = false"));
+        assert!(e.contains("mqtt.client_id") && e.contains("orphaned"), "{e}");
+        let ok = MINIMAL.replace("[mqtt]", "[mqtt]\nclean_session = false\nclient_id = \"g-1\"");
+        assert_eq!(Config::parse(&ok).unwrap().mqtt.client_id(), "g-1");
+        assert!(Config::parse(MINIMAL).unwrap().mqtt.client_id().starts_with("gapless-"));
+    }
+
+    #[test]
+    fn websocket_packets_stay_within_a_frame() {
+        let ws = MINIMAL.replace("mqtt://127.0.0.1:1883", "ws://127.0.0.1:8080/mqtt");
+        let e = err_of(&ws.replace("[mqtt]", "[mqtt]\nmax_packet_size = \"32MiB\""));
+        assert!(e.contains("mqtt.max_packet_size") && e.contains("WebSocket"), "{e}");
+        assert!(Config::parse(&ws.replace("[mqtt]", "[mqtt]\nmax_packet_size = \"16MiB\"")).is_ok());
+        let tcp = MINIMAL.replace("[mqtt]", "[mqtt]\nmax_packet_size = \"32MiB\"");
+        assert!(Config::parse(&tcp).is_ok());
+    }
+
+    #[test]
+    fn skipping_verification_does_not_silently_drop_a_ca_file() {
+        let text = MINIMAL.replace(
+            "name = \"vcd-lab\"",
+            "name = \"vcd-lab\"\ntls = { ca_file = \"/etc/ca.pem\", insecure_skip_verify = true }",
+        );
+        let e = err_of(&text);
+        assert!(e.contains("source.tls.insecure_skip_verify") && e.contains("ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn an_invalid_whsec_secret_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        let hook = |secret: &str| {
+            std::fs::write(&file, secret).unwrap();
+            MINIMAL.replace(
+                "[[sink]]",
+                &format!(
+                    "[[sink]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"https://h.example/x\"\n\
+                     secret_file = \"{}\"\n[[sink]]",
+                    file.display()
+                ),
+            )
+        };
+        let e = err_of(&hook("whsec_not*base64"));
+        assert!(e.contains("sink[0].secret_file") && e.contains("base64"), "{e}");
+        assert!(!e.contains("not*base64"), "the secret is not echoed: {e}");
+        assert!(Config::parse(&hook("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")).is_ok());
+    }
+
+    #[test]
+    fn a_zero_clock_skew_is_refused() {
+        let e = err_of(&MINIMAL.replace("name = \"vcd-lab\"", "name = \"vcd-lab\"\nmax_clock_skew = \"0s\""));
+        assert!(e.contains("source.max_clock_skew"), "{e}");
     }
 }

@@ -122,7 +122,19 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         older_than: Option<Duration>,
     },
-    /// Check a configuration file and exit: 0 if valid, 2 with the offending key if not.
+    /// Ask a running daemon whether it is alive: exit 0 when its `/healthz`
+    /// answers 200, 1 otherwise (not reachable, or a task failed). For
+    /// container health checks, which then need no curl.
+    ///
+    /// Example: gapless health --admin http://127.0.0.1:9464
+    Health {
+        /// The daemon's admin endpoint (`admin.listen`).
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        admin: String,
+    },
+    /// Check a configuration file and exit: 0 if valid, 2 with the offending
+    /// key if not. Also prints what the configuration exposes (credentials
+    /// over plain text, an admin endpoint reachable from other hosts).
     CheckConfig {
         #[arg(long, short, env = "GAPLESS_CONFIG")]
         config: PathBuf,
@@ -289,6 +301,9 @@ fn main() -> ExitCode {
             c.sinks.len(),
             c.source.name
         );
+        for warning in gapless::net::exposure_warnings(&c) {
+            println!("  warning: {warning}");
+        }
         for dir in created {
             println!(
                 "  {} does not exist yet: gapless run creates it",
@@ -382,6 +397,16 @@ fn main() -> ExitCode {
                 })
                 .await
             }
+            Command::Health { admin } => match ops::health(&admin).await {
+                Ok(body) => {
+                    print!("{body}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(why) => {
+                    eprintln!("unhealthy: {why}");
+                    Ok(ExitCode::FAILURE)
+                }
+            },
             Command::CheckConfig { .. } => unreachable!("handled above"),
         }
     });

@@ -334,4 +334,33 @@ mod tests {
         assert!(!format!("{h:?}").contains("tok"));
         assert!(headers(&[("bad name".into(), "v".into())].into(), &[]).is_err());
     }
+
+    #[test]
+    fn exposure_is_named_key_by_key() {
+        let base = r#"
+            [source]
+            kind = "mqtt"
+            name = "x"
+            [mqtt]
+            url = "ws://broker.example/mqtt"
+            username = "u"
+            [admin]
+            listen = "0.0.0.0:9464"
+            [[sink]]
+            name = "hook"
+            kind = "webhook"
+            url = "http://user:pw@hooks.example/in?sig=abc"
+        "#;
+        let c = Config::parse(base).unwrap();
+        let w = exposure_warnings(&c).join("\n");
+        assert!(w.contains("mqtt.url: `ws://broker.example/mqtt` sends the MQTT credentials unencrypted"), "{w}");
+        assert!(w.contains("sink[0].url: `http://hooks.example/in`"), "{w}");
+        assert!(w.contains("admin.listen: 0.0.0.0:9464 is reachable from other hosts"), "{w}");
+        assert!(!w.contains("pw") && !w.contains("sig"), "{w}");
+        let safe = base
+            .replace("ws://", "wss://")
+            .replace("http://user:pw@", "https://")
+            .replace("0.0.0.0", "127.0.0.1");
+        assert!(exposure_warnings(&Config::parse(&safe).unwrap()).is_empty());
+    }
 }

@@ -186,6 +186,25 @@ pub struct Status {
     pub daemon: String,
 }
 
+/// Asks a daemon's `/healthz` at `admin` (a base URL): its answer when it
+/// is 200, else why not.
+pub async fn health(admin: &str) -> Result<String, String> {
+    let url = format!("{}/healthz", admin.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {}", crate::error_chain(&e.without_url())))?;
+    let ok = resp.status().is_success();
+    let body = resp.text().await.unwrap_or_default();
+    if ok { Ok(body) } else { Err(format!("{url}: {body}")) }
+}
+
 /// Asks the daemon's `/readyz` (when `admin.listen` is set) how it is: the
 /// MQTT connection, the poller and the sinks live only in its memory.
 async fn daemon_state(config: &Config) -> String {
@@ -200,8 +219,18 @@ async fn daemon_state(config: &Config) -> String {
         .timeout(std::time::Duration::from_secs(2))
         .no_proxy()
         .build();
+    // The details need the admin token, when one is set and readable here.
+    let token = config.admin.token().ok().flatten();
     let answer = match client {
-        Ok(c) => c.get(&url).send().await,
+        Ok(c) => {
+            let request = c.get(&url);
+            match &token {
+                Some(t) => request.bearer_auth(t.expose()),
+                None => request,
+            }
+            .send()
+            .await
+        }
         Err(e) => return format!("unknown ({e})"),
     };
     match answer {

@@ -25,7 +25,7 @@ use crate::net::Limits;
 pub enum ApiError {
     /// Without the URL, which may carry a token.
     #[error("request failed: {0}")]
-    Http(reqwest::Error),
+    Http(#[source] reqwest::Error),
     #[error("{what}: {detail}")]
     Redirect { what: &'static str, detail: String },
     #[error("{what}: {source}")]

@@ -30,6 +30,10 @@ struct SchemaService {
     requests: Arc<AtomicUsize>,
     /// Requests answered 304 Not Modified (the client sent our ETag).
     not_modified: Arc<AtomicUsize>,
+    /// Requests for `late.json`: 404, then an HTML page with 200, then the schema.
+    late: Arc<AtomicUsize>,
+    /// Requests for anything outside `/api/messages/`.
+    stray: Arc<AtomicUsize>,
     url: String,
 }
 
@@ -37,13 +41,28 @@ async fn schema_service(down: bool) -> SchemaService {
     let down = Arc::new(AtomicBool::new(down));
     let requests = Arc::new(AtomicUsize::new(0));
     let not_modified = Arc::new(AtomicUsize::new(0));
-    let (d, r, n) = (down.clone(), requests.clone(), not_modified.clone());
+    let late = Arc::new(AtomicUsize::new(0));
+    let stray = Arc::new(AtomicUsize::new(0));
+    let (d, r, n, l, st) = (
+        down.clone(),
+        requests.clone(),
+        not_modified.clone(),
+        late.clone(),
+        stray.clone(),
+    );
     let app = axum::Router::new().route(
         "/api/messages/{name}",
         get(
             move |axum::extract::Path(name): axum::extract::Path<String>, headers: HeaderMap| {
-                let (d, r, n) = (d.clone(), r.clone(), n.clone());
+                let (d, r, n, l) = (d.clone(), r.clone(), n.clone(), l.clone());
                 async move {
+                    if name == "late.json" {
+                        return match l.fetch_add(1, Ordering::SeqCst) {
+                            0 => StatusCode::NOT_FOUND.into_response(),
+                            1 => "<html><body>temporarily broken</body></html>".into_response(),
+                            _ => GAMEOVER.into_response(),
+                        };
+                    }
                     r.fetch_add(1, Ordering::SeqCst);
                     if d.load(Ordering::SeqCst) {
                         return StatusCode::SERVICE_UNAVAILABLE.into_response();
@@ -59,7 +78,11 @@ async fn schema_service(down: bool) -> SchemaService {
                 }
             },
         ),
-    );
+    )
+    .fallback(move || {
+        st.fetch_add(1, Ordering::SeqCst);
+        async { StatusCode::NOT_FOUND }
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -67,6 +90,8 @@ async fn schema_service(down: bool) -> SchemaService {
         down,
         requests,
         not_modified,
+        late,
+        stray,
         url,
     }
 }
@@ -192,7 +217,11 @@ async fn validates_dedups_in_window_and_maps_to_cloudevents() {
                 ),
                 msg(PACMAN_1, &gameover(r#""score": 5"#)),
                 msg(PACMAN_1, r#"{"score": 5, "isHighscore": true}"#),
-                msg(PACMAN_1, r#"{"$schema": "nothere.json", "score": 5}"#),
+                // A publisher may not make gapless fetch what it likes.
+                msg(
+                    PACMAN_1,
+                    &format!(r#"{{"$schema": "{}/private/key.json", "score": 5}}"#, service.url),
+                ),
                 msg("app/de-ondics-pacman/only-three", &first),
                 msg(PACMAN_1, &big),
             ],
@@ -250,8 +279,13 @@ async fn validates_dedups_in_window_and_maps_to_cloudevents() {
     assert_eq!(c["rejected"], 6, "{summary}");
     assert_eq!(
         service.requests.load(Ordering::SeqCst),
-        2,
-        "gameover.json once, nothere.json once"
+        1,
+        "gameover.json once"
+    );
+    assert_eq!(
+        service.stray.load(Ordering::SeqCst),
+        0,
+        "a $schema outside schema_base_url is never fetched"
     );
 
     let status = status_json(&config);
@@ -323,7 +357,7 @@ async fn schema_service_down_queues_then_validates() {
         )
         .await
         .unwrap();
-    gapless.wait_log("schema service unavailable", 1, Duration::from_secs(20));
+    gapless.wait_log("schema not available", 1, Duration::from_secs(20));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         count_lines(&file),
@@ -359,6 +393,44 @@ async fn schema_service_down_queues_then_validates() {
     wait_lines(&file, 3, Duration::from_secs(30), &mut gapless);
     gapless.stop();
     assert_eq!(service.not_modified.load(Ordering::SeqCst), 1);
+}
+
+/// A schema the app does not serve yet (404), then serves broken (an HTML
+/// page with 200), then serves: the message naming it waits, is not
+/// rejected, and goes out valid once the schema is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_missing_at_first_is_retried_not_rejected() {
+    let Some(Rig {
+        broker,
+        service,
+        config,
+        mut gapless,
+        file,
+        dir: _dir,
+    }) = rig("scaleit_late_schema", false, "").await
+    else {
+        return;
+    };
+    let mut publisher = broker.publisher("pacman").await;
+    publisher
+        .publish_all(
+            vec![msg(
+                PACMAN_1,
+                r#"{"$schema": "late.json", "score": 1, "isHighscore": false}"#,
+            )],
+            None,
+        )
+        .await
+        .unwrap();
+    gapless.wait_log("schema not available", 2, Duration::from_secs(30));
+    assert_eq!(count_lines(&file), 0, "held back while the schema is missing");
+    wait_lines(&file, 1, Duration::from_secs(30), &mut gapless);
+    let summary = gapless.stop();
+    assert_eq!(summary["counters"]["rejected"], 0, "{summary}");
+    assert_eq!(lines(&file)[0]["validation"], "valid");
+    assert!(service.late.load(Ordering::SeqCst) >= 3);
+    let status = status_json(&config);
+    assert_eq!(status["rejected"], 0, "{status}");
 }
 
 /// `on_schema_unavailable = "ingest"`: with the service down, events go out

@@ -45,8 +45,9 @@ impl Hit {
     }
 }
 
-/// Decides the answer to the n-th request (0-based): status and Retry-After.
-type Script = Box<dyn FnMut(usize, &Hit) -> (u16, Option<u64>) + Send>;
+/// Decides the answer to the n-th request (0-based): status and the raw
+/// Retry-After value. A 3xx answer points `Location` at `/elsewhere`.
+type Script = Box<dyn FnMut(usize, &Hit) -> (u16, Option<String>) + Send>;
 
 /// Hold the answer to request `.0`: notify `.1` when it arrives, answer
 /// once `.2` is notified.
@@ -54,6 +55,8 @@ type Hold = (usize, Arc<Notify>, Arc<Notify>);
 
 struct Receiver {
     hits: Mutex<Vec<Hit>>,
+    /// Requests that followed a redirect to `/elsewhere`.
+    followed: std::sync::atomic::AtomicUsize,
     script: Mutex<Script>,
     hold: Mutex<Option<Hold>>,
 }
@@ -80,7 +83,13 @@ async fn receive(State(rx): State<Arc<Receiver>>, headers: HeaderMap, body: Byte
     let mut resp = StatusCode::from_u16(status).unwrap().into_response();
     if let Some(s) = retry_after {
         resp.headers_mut()
-            .insert("retry-after", HeaderValue::from(s));
+            .insert("retry-after", HeaderValue::from_str(&s).unwrap());
+    }
+    if (300..400).contains(&status) {
+        resp.headers_mut().insert(
+            "location",
+            HeaderValue::from_static("http://user:pw@127.0.0.1:9/elsewhere?token=leak"),
+        );
     }
     resp
 }
@@ -89,6 +98,7 @@ async fn receive(State(rx): State<Arc<Receiver>>, headers: HeaderMap, body: Byte
 async fn start_receiver(addr: SocketAddr, script: Script) -> (Arc<Receiver>, SocketAddr) {
     let rx = Arc::new(Receiver {
         hits: Mutex::new(Vec::new()),
+        followed: Default::default(),
         script: Mutex::new(script),
         hold: Mutex::new(None),
     });
@@ -96,6 +106,13 @@ async fn start_receiver(addr: SocketAddr, script: Script) -> (Arc<Receiver>, Soc
     let addr = listener.local_addr().unwrap();
     let app = Router::new()
         .route("/hook", post(receive))
+        .route(
+            "/elsewhere",
+            axum::routing::any(|State(rx): State<Arc<Receiver>>| async move {
+                rx.followed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                StatusCode::OK
+            }),
+        )
         .with_state(rx.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (rx, addr)
@@ -226,7 +243,7 @@ async fn retry_after_on_429_is_honoured() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let (rx, addr) = start_receiver(
         ([127, 0, 0, 1], 0).into(),
-        Box::new(|n, _| if n == 0 { (429, Some(2)) } else { (200, None) }),
+        Box::new(|n, _| if n == 0 { (429, Some("2".into())) } else { (200, None) }),
     )
     .await;
     let (gapless, _) = start(dir.path(), &broker, &webhook_sink("hook", addr, "block")).await;
@@ -430,5 +447,105 @@ async fn replay_while_running_redelivers_and_tail_prints_the_stream() {
         })
         .collect();
     assert_eq!(seqs, vec![4, 5]);
+    gapless.stop();
+}
+
+/// A redirect is not followed (a POST turned into a body-less GET would
+/// count as delivered): it is a refusal naming where it pointed, without
+/// the credentials in that URL, and under `dead-letter` the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_a_refusal_naming_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let (rx, addr) = start_receiver(
+        ([127, 0, 0, 1], 0).into(),
+        Box::new(|n, _| if n == 0 { (302, None) } else { (200, None) }),
+    )
+    .await;
+    let (mut gapless, config) =
+        start(dir.path(), &broker, &webhook_sink("hook", addr, "dead-letter")).await;
+    publish(&broker, 0x3e_51, 3).await;
+    wait_hits(&rx, |h| h.len() >= 3, "3 requests").await;
+    gapless.wait_log("dead-lettered", 1, Duration::from_secs(20));
+    gapless.stop();
+    assert_eq!(rx.followed.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let out = run_ok(gapless_cmd().args(["dlq", "list", "--sink", "hook", "--config"]).arg(&config));
+    assert!(out.contains("HTTP 302 redirect to http://127.0.0.1:9/elsewhere"), "{out}");
+    assert!(!out.contains("leak") && !out.contains("pw"), "{out}");
+}
+
+/// An event id with a control character cannot be a header value: the
+/// `webhook-id` carries it base64-encoded (`b64.` prefix), signed as sent,
+/// and the body keeps the id as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_that_is_no_header_value_is_sent_encoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let (rx, addr) = start_receiver(([127, 0, 0, 1], 0).into(), ok()).await;
+    let config = dir.path().join("gapless.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nkind = \"mqtt\"\nname = \"ids\"\nid_pointer = \"/id\"\n\n[mqtt]\nurl = \"{}\"\ntopics = [\"t/#\"]\n\n\
+             [stream]\norder = \"arrival\"\n\n{}{}",
+            broker.url(),
+            webhook_sink("hook", addr, "dead-letter"),
+            store_and_file_sink(dir.path())
+        ),
+    )
+    .unwrap();
+    let mut gapless = Gapless::start_env(dir.path(), &config, &[(SECRET_ENV, SECRET)]);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    let mut p =
+        gapless::sim::publisher::Publisher::connect("127.0.0.1", broker.addr().port(), "ids-pub")
+            .await
+            .unwrap();
+    let bodies = [r#"{"id":"a\u0001b"}"#, r#"{"id":"Plain-ID"}"#];
+    p.publish_all(
+        bodies.iter().map(|b| ("t/1".to_string(), b.as_bytes().to_vec())).collect(),
+        None,
+    )
+    .await
+    .unwrap();
+    p.disconnect().await;
+    wait_hits(&rx, |h| h.len() >= 2, "2 deliveries").await;
+    gapless.stop();
+    let hits = rx.hits.lock().unwrap().clone();
+    assert_eq!(hits.len(), 2, "delivered once each, no retry");
+    assert_eq!(hits[0].header("webhook-id"), "b64.YQFi");
+    let body: serde_json::Value = serde_json::from_str(&hits[0].body).unwrap();
+    assert_eq!(body["id"], "a\u{1}b");
+    assert_eq!(hits[1].header("webhook-id"), "Plain-ID", "case kept");
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(SECRET.trim_start_matches("whsec_"))
+        .unwrap();
+    let msg = format!("b64.YQFi.{}.{}", hits[0].header("webhook-timestamp"), hits[0].body);
+    let want = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(hmac_sha256(&key, msg.as_bytes()))
+    );
+    assert_eq!(hits[0].header("webhook-signature"), want);
+}
+
+/// A `Retry-After` of centuries (seconds or an HTTP-date) waits at most
+/// `http.retry_after_max`, not forever, and does not crash the sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_retry_after_is_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let (rx, addr) = start_receiver(
+        ([127, 0, 0, 1], 0).into(),
+        Box::new(|n, _| match n {
+            0 => (503, Some(u64::MAX.to_string())),
+            1 => (429, Some("Fri, 31 Dec 9999 23:59:59 GMT".into())),
+            _ => (200, None),
+        }),
+    )
+    .await;
+    let sinks = format!("[http]\nretry_after_max = \"1s\"\n\n{}", webhook_sink("hook", addr, "block"));
+    let (mut gapless, _) = start(dir.path(), &broker, &sinks).await;
+    publish(&broker, 0x3e_61, 1).await;
+    // wait_hits gives up after 30 s: the two waits were capped at 1 s each.
+    wait_hits(&rx, |h| h.len() >= 3, "the third attempt").await;
     gapless.stop();
 }
