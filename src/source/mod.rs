@@ -15,6 +15,9 @@ pub mod schema;
 pub mod session;
 pub mod vcd;
 
+#[cfg(test)]
+mod props;
+
 use crate::config::{SourceConfig, SourceKind};
 use crate::event::Event;
 

@@ -5,6 +5,7 @@ mod admin;
 mod cli;
 mod faults;
 mod gap;
+mod hostile;
 mod ingest;
 mod ops;
 mod output;

@@ -502,7 +502,7 @@ async fn an_id_that_is_no_header_value_is_sent_encoded() {
             .unwrap();
     let bodies = [r#"{"id":"a\u0001b"}"#, r#"{"id":"Plain-ID"}"#];
     p.publish_all(
-        bodies.iter().map(|b| ("t/1".to_string(), b.as_bytes().to_vec())).collect(),
+        bodies.iter().map(|b| ("t/1".to_string(), b.as_bytes().to_vec())).collect::<Vec<_>>(),
         None,
     )
     .await
@@ -543,7 +543,7 @@ async fn a_huge_retry_after_is_capped() {
     )
     .await;
     let sinks = format!("[http]\nretry_after_max = \"1s\"\n\n{}", webhook_sink("hook", addr, "block"));
-    let (mut gapless, _) = start(dir.path(), &broker, &sinks).await;
+    let (gapless, _) = start(dir.path(), &broker, &sinks).await;
     publish(&broker, 0x3e_61, 1).await;
     // wait_hits gives up after 30 s: the two waits were capped at 1 s each.
     wait_hits(&rx, |h| h.len() >= 3, "the third attempt").await;
