@@ -74,3 +74,102 @@ async fn mqtts_with_a_private_ca_from_ca_file() {
     gapless.stop();
     assert_exactly_once(&file, salt, 500);
 }
+
+/// An HTTPS endpoint on 127.0.0.1 with the test CA's server certificate
+/// (rustls on a plain thread): answers 200 and counts the requests.
+fn https_endpoint(dir: &std::path::Path) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+    gapless::tls::install_crypto_provider();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let tls = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut stream = rustls::StreamOwned::new(tls, conn);
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then as many body bytes as content-length says.
+            let complete = |r: &[u8]| {
+                let text = String::from_utf8_lossy(r);
+                let Some(end) = text.find("\r\n\r\n") else {
+                    return false;
+                };
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                    .unwrap_or(0);
+                r.len() >= end + 4 + len
+            };
+            while !complete(&request) {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            if complete(&request) {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = stream.flush();
+            }
+        }
+    });
+    (port, hits)
+}
+
+/// A webhook behind a private CA is trusted through the sink's `ca_file`;
+/// without it the handshake fails and the sink retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_with_a_private_ca_from_its_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_certs(dir.path());
+    let (port, hits) = https_endpoint(dir.path());
+    let broker = gapless::sim::broker::EmbeddedBroker::start().await.unwrap();
+    let config = config(dir.path(), &broker.url(), true, "gapless-hook-tls");
+    let sink = |ca_line: &str| {
+        format!(
+            "[[sink]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"https://127.0.0.1:{port}/hook\"\n\
+             retry_schedule = [\"200ms\"]\n{ca_line}\n\n[store]"
+        )
+    };
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("[store]", &sink(""))).unwrap();
+    let mut untrusting = Gapless::start(dir.path(), &config);
+    untrusting.wait_log("subscribed", 1, Duration::from_secs(20));
+    let mut p = gapless::sim::publisher::Publisher::connect("127.0.0.1", broker.addr().port(), "tls-hook")
+        .await
+        .unwrap();
+    p.publish_all(event_messages(0x5eed_0400, 0..3), None).await.unwrap();
+    untrusting.wait_log("delivery failed", 2, Duration::from_secs(20));
+    assert!(untrusting.log_text().contains("UnknownIssuer"), "{}", untrusting.log_text());
+    drop(untrusting);
+
+    std::fs::write(
+        &config,
+        text.replace("[store]", &sink(&format!("ca_file = \"{}\"", ca.display()))),
+    )
+    .unwrap();
+    let mut gapless = Gapless::start(dir.path(), &config);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while hits.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        assert!(std::time::Instant::now() < deadline, "{}", gapless.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gapless.wait_log("subscribed", 1, Duration::from_secs(5));
+    gapless.stop();
+}
