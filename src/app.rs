@@ -224,7 +224,11 @@ async fn start_sources(
     // With a VCD login, MQTT uses the session's token; log in before anything connects.
     let credentials = match config.vcd_login()? {
         Some(login) => {
-            let client = Arc::new(VcdClient::new(login, counters.clone(), (&config.http).into())?);
+            let client = Arc::new(VcdClient::new(
+                login,
+                counters.clone(),
+                (&config.http).into(),
+            )?);
             let Some((credentials, refresher)) =
                 session::start(client.clone(), config.mqtt.auth, shutdown.clone()).await?
             else {

@@ -507,14 +507,16 @@ fn default_webhook_timeout() -> HumanDuration {
 impl SinkConfig {
     /// The webhook signing secret, if configured; a `whsec_` secret must be base64.
     pub fn secret(&self, i: usize) -> Result<Option<Secret>, ConfigError> {
-        let (env_key, file_key) = (format!("sink[{i}].secret_env"), format!("sink[{i}].secret_file"));
-        let key = if self.secret_file.is_some() { &file_key } else { &env_key };
-        let secret = read_secret(
-            &env_key,
-            &file_key,
-            &self.secret_env,
-            &self.secret_file,
-        )?;
+        let (env_key, file_key) = (
+            format!("sink[{i}].secret_env"),
+            format!("sink[{i}].secret_file"),
+        );
+        let key = if self.secret_file.is_some() {
+            &file_key
+        } else {
+            &env_key
+        };
+        let secret = read_secret(&env_key, &file_key, &self.secret_env, &self.secret_file)?;
         if let Some(s) = &secret {
             use base64::Engine;
             let bad = match s.expose().strip_prefix("whsec_") {
@@ -1352,6 +1354,17 @@ impl Config {
                 "http://{app}.apps.example.com",
             )?;
         }
+        if let Some(bad) = s.schema_allow.iter().find(|p| {
+            !(p.starts_with("http://") || p.starts_with("https://"))
+                || !p.ends_with('/')
+                || url::Url::parse(p).is_err()
+        }) {
+            return Err(ConfigError::invalid(
+                "source.schema_allow",
+                format!("`{bad}` is not an http(s) URL prefix ending in `/`"),
+                "e.g. schema_allow = [\"https://schemas.example.com/shared/\"]; the `/` keeps `example.com.evil.net` out",
+            ));
+        }
         if let Some(history) = &s.history_url {
             app_url_template(
                 "source.history_url",
@@ -1663,18 +1676,35 @@ mod tests {
     #[test]
     fn a_persistent_session_needs_an_explicit_client_id() {
         let e = err_of(&MINIMAL.replace("[mqtt]", "[mqtt]\nclean_session = false"));
-        assert!(e.contains("mqtt.client_id") && e.contains("orphaned"), "{e}");
-        let ok = MINIMAL.replace("[mqtt]", "[mqtt]\nclean_session = false\nclient_id = \"g-1\"");
+        assert!(
+            e.contains("mqtt.client_id") && e.contains("orphaned"),
+            "{e}"
+        );
+        let ok = MINIMAL.replace(
+            "[mqtt]",
+            "[mqtt]\nclean_session = false\nclient_id = \"g-1\"",
+        );
         assert_eq!(Config::parse(&ok).unwrap().mqtt.client_id(), "g-1");
-        assert!(Config::parse(MINIMAL).unwrap().mqtt.client_id().starts_with("gapless-"));
+        assert!(
+            Config::parse(MINIMAL)
+                .unwrap()
+                .mqtt
+                .client_id()
+                .starts_with("gapless-")
+        );
     }
 
     #[test]
     fn websocket_packets_stay_within_a_frame() {
         let ws = MINIMAL.replace("mqtt://127.0.0.1:1883", "ws://127.0.0.1:8080/mqtt");
         let e = err_of(&ws.replace("[mqtt]", "[mqtt]\nmax_packet_size = \"32MiB\""));
-        assert!(e.contains("mqtt.max_packet_size") && e.contains("WebSocket"), "{e}");
-        assert!(Config::parse(&ws.replace("[mqtt]", "[mqtt]\nmax_packet_size = \"16MiB\"")).is_ok());
+        assert!(
+            e.contains("mqtt.max_packet_size") && e.contains("WebSocket"),
+            "{e}"
+        );
+        assert!(
+            Config::parse(&ws.replace("[mqtt]", "[mqtt]\nmax_packet_size = \"16MiB\"")).is_ok()
+        );
         let tcp = MINIMAL.replace("[mqtt]", "[mqtt]\nmax_packet_size = \"32MiB\"");
         assert!(Config::parse(&tcp).is_ok());
     }
@@ -1686,7 +1716,10 @@ mod tests {
             "name = \"vcd-lab\"\ntls = { ca_file = \"/etc/ca.pem\", insecure_skip_verify = true }",
         );
         let e = err_of(&text);
-        assert!(e.contains("source.tls.insecure_skip_verify") && e.contains("ca.pem"), "{e}");
+        assert!(
+            e.contains("source.tls.insecure_skip_verify") && e.contains("ca.pem"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1705,14 +1738,20 @@ mod tests {
             )
         };
         let e = err_of(&hook("whsec_not*base64"));
-        assert!(e.contains("sink[0].secret_file") && e.contains("base64"), "{e}");
+        assert!(
+            e.contains("sink[0].secret_file") && e.contains("base64"),
+            "{e}"
+        );
         assert!(!e.contains("not*base64"), "the secret is not echoed: {e}");
         assert!(Config::parse(&hook("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")).is_ok());
     }
 
     #[test]
     fn a_zero_clock_skew_is_refused() {
-        let e = err_of(&MINIMAL.replace("name = \"vcd-lab\"", "name = \"vcd-lab\"\nmax_clock_skew = \"0s\""));
+        let e = err_of(&MINIMAL.replace(
+            "name = \"vcd-lab\"",
+            "name = \"vcd-lab\"\nmax_clock_skew = \"0s\"",
+        ));
         assert!(e.contains("source.max_clock_skew"), "{e}");
     }
 }

@@ -244,7 +244,11 @@ mod tests {
         assert_eq!(normalise_id(&format!(" {uuid} ")), uuid);
         assert_eq!(normalise_id("urn:vcloud:audit:"), "urn:vcloud:audit:");
         assert_eq!(normalise_id("urn:other:x:y"), "urn:other:x:y");
-        assert_eq!(normalise_id("urn:vcloud:task:Job-A"), "Job-A", "not a UUID: case kept");
+        assert_eq!(
+            normalise_id("urn:vcloud:task:Job-A"),
+            "Job-A",
+            "not a UUID: case kept"
+        );
         assert_ne!(normalise_id("Job-A"), normalise_id("job-a"));
     }
 

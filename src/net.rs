@@ -353,9 +353,17 @@ mod tests {
         "#;
         let c = Config::parse(base).unwrap();
         let w = exposure_warnings(&c).join("\n");
-        assert!(w.contains("mqtt.url: `ws://broker.example/mqtt` sends the MQTT credentials unencrypted"), "{w}");
+        assert!(
+            w.contains(
+                "mqtt.url: `ws://broker.example/mqtt` sends the MQTT credentials unencrypted"
+            ),
+            "{w}"
+        );
         assert!(w.contains("sink[0].url: `http://hooks.example/in`"), "{w}");
-        assert!(w.contains("admin.listen: 0.0.0.0:9464 is reachable from other hosts"), "{w}");
+        assert!(
+            w.contains("admin.listen: 0.0.0.0:9464 is reachable from other hosts"),
+            "{w}"
+        );
         assert!(!w.contains("pw") && !w.contains("sig"), "{w}");
         let safe = base
             .replace("ws://", "wss://")

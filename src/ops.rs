@@ -202,7 +202,11 @@ pub async fn health(admin: &str) -> Result<String, String> {
         .map_err(|e| format!("{url}: {}", crate::error_chain(&e.without_url())))?;
     let ok = resp.status().is_success();
     let body = resp.text().await.unwrap_or_default();
-    if ok { Ok(body) } else { Err(format!("{url}: {body}")) }
+    if ok {
+        Ok(body)
+    } else {
+        Err(format!("{url}: {body}"))
+    }
 }
 
 /// Asks the daemon's `/readyz` (when `admin.listen` is set) how it is: the

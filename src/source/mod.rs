@@ -291,7 +291,8 @@ mod tests {
         let now = 1_795_428_000_000_000;
         let at = |us: i64| {
             let env = crate::sim::events::envelope(&crate::sim::events::audit_event(1, 0, us));
-            p.parse("publish/o/u", &env, now).bound_time("publish/o/u", now, 300_000_000)
+            p.parse("publish/o/u", &env, now)
+                .bound_time("publish/o/u", now, 300_000_000)
         };
         assert!(matches!(at(now + 299_000_000), Parsed::Event(_)));
         assert!(matches!(at(now - 86_400_000_000), Parsed::Event(_)));
@@ -302,7 +303,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(at(253_402_300_799_000_000), Parsed::Rejected(_)), "year 9999");
+        assert!(
+            matches!(at(253_402_300_799_000_000), Parsed::Rejected(_)),
+            "year 9999"
+        );
     }
 
     #[test]

@@ -10,7 +10,10 @@ use super::{Parsed, Parser, generic, scaleit, vcd};
 
 fn parsers() -> Vec<Parser> {
     vec![
-        Parser::Vcd(vcd::VcdParser::new(vec!["EVENT".into(), "EXTERNAL_EVENT".into()])),
+        Parser::Vcd(vcd::VcdParser::new(vec![
+            "EVENT".into(),
+            "EXTERNAL_EVENT".into(),
+        ])),
         Parser::Generic(generic::GenericParser {
             id_pointer: Some("/id".into()),
             time_pointer: Some("/time".into()),
@@ -35,7 +38,11 @@ fn parsers() -> Vec<Parser> {
 
 /// Valid messages of every profile, to mutate.
 fn seeds() -> Vec<(String, Vec<u8>)> {
-    let vcd = crate::sim::events::envelope(&crate::sim::events::audit_event(3, 1, 1_795_428_000_000_000));
+    let vcd = crate::sim::events::envelope(&crate::sim::events::audit_event(
+        3,
+        1,
+        1_795_428_000_000_000,
+    ));
     vec![
         ("publish/org/user".into(), vcd),
         (

@@ -95,8 +95,12 @@ pub fn allowed_schema_url(
         return Ok(None);
     };
     let normal = |u: &str| url::Url::parse(u).map(|u| u.to_string()).ok();
-    let url = normal(&candidate)
-        .ok_or_else(|| format!("`$schema` `{}` does not make a URL", crate::net::redact(reference)))?;
+    let url = normal(&candidate).ok_or_else(|| {
+        format!(
+            "`$schema` `{}` does not make a URL",
+            crate::net::redact(reference)
+        )
+    })?;
     let app_prefix = base.and_then(|b| normal(&schema_url(b, app, "")));
     let allowed = app_prefix
         .iter()
@@ -145,9 +149,14 @@ impl ScaleitParser {
             None => None,
         };
         let dataschema = match &schema_ref {
-            Some(r) => allowed_schema_url(self.schema_base_url.as_deref(), &self.schema_allow, t.app, r)
-                .map_err(|e| (RejectReason::UnknownSchema, e))?
-                .map(|url| crate::net::redact(&url)),
+            Some(r) => allowed_schema_url(
+                self.schema_base_url.as_deref(),
+                &self.schema_allow,
+                t.app,
+                r,
+            )
+            .map_err(|e| (RejectReason::UnknownSchema, e))?
+            .map(|url| crate::net::redact(&url)),
             None => None,
         };
         let validation = if self.validating && schema_ref.is_some() {
@@ -290,7 +299,9 @@ mod tests {
             Some("http://pacman.apps.local:8080/api/messages/gameover.json")
         );
         assert_eq!(
-            ok("https://schemas.example.com/shared/a.json").unwrap().as_deref(),
+            ok("https://schemas.example.com/shared/a.json")
+                .unwrap()
+                .as_deref(),
             Some("https://schemas.example.com/shared/a.json")
         );
         for hostile in [

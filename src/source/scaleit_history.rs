@@ -13,13 +13,13 @@
 use serde_json::Value;
 
 use super::api::{ApiError, Window, rest_client, success};
-use crate::net::Limits;
 use super::poll::{History, HistoryPage, PollError};
 use super::scaleit::ScaleitParser;
 use super::schema::Settler;
 use super::{Decoded, Parsed, RejectReason, Rejected, parse_time_us};
 use crate::config::SourceConfig;
 use crate::event::{Origin, now_us, rfc3339_us};
+use crate::net::Limits;
 
 /// The history endpoints of the configured apps.
 pub struct ScaleitHistory {
@@ -164,9 +164,10 @@ impl History for ScaleitHistory {
             .await
             .map_err(ApiError::from)?;
         const WHAT: &str = "the ScaleIT history endpoint";
-        let text = crate::net::read_limited(success(resp, WHAT, self.limits)?, self.limits.max_body)
-            .await
-            .map_err(|source| ApiError::Body { what: WHAT, source })?;
+        let text =
+            crate::net::read_limited(success(resp, WHAT, self.limits)?, self.limits.max_body)
+                .await
+                .map_err(|source| ApiError::Body { what: WHAT, source })?;
         let text = String::from_utf8_lossy(&text);
         let now = now_us();
         let entries =

@@ -52,10 +52,7 @@ enum Entry {
     },
     /// Could not be had: the service is down, answered 404/410 or a body
     /// that is not a JSON Schema. Tried again after `retry_at`.
-    Unusable {
-        failures: u32,
-        retry_at: Instant,
-    },
+    Unusable { failures: u32, retry_at: Instant },
 }
 
 /// A cache entry with when it was last used (for the LRU bound).
@@ -154,7 +151,9 @@ fn compile(text: &str, location: &str) -> Result<Entry, String> {
     let schema: Value =
         serde_json::from_str(text).map_err(|e| format!("{location} is not JSON: {e}"))?;
     if !schema.is_object() && !schema.is_boolean() {
-        return Err(format!("{location} is not a JSON Schema (neither an object nor a boolean)"));
+        return Err(format!(
+            "{location} is not a JSON Schema (neither an object nor a boolean)"
+        ));
     }
     jsonschema::validator_for(&schema)
         .map(|v| Entry::Ready {

@@ -354,7 +354,11 @@ mod tests {
         let ok = r#"{"eventId":"urn:vcloud:audit:ABC","eventType":"t","timestamp":"2026-11-23T10:00:00.000Z"}"#;
         match audit_event(ok, 1) {
             Parsed::Event(e) => {
-                assert_eq!((e.id.as_str(), e.origin), ("ABC", Origin::Poll), "not a UUID: case kept");
+                assert_eq!(
+                    (e.id.as_str(), e.origin),
+                    ("ABC", Origin::Poll),
+                    "not a UUID: case kept"
+                );
                 assert_eq!(e.payload, ok);
             }
             other => panic!("{other:?}"),

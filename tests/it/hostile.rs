@@ -65,7 +65,11 @@ async fn a_file_from_another_store_is_refused_until_replayed() {
     let seqs: Vec<i64> = std::fs::read_to_string(&file)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_i64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_i64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(seqs, [41, 42, 1, 2, 3, 4, 5]);
 
@@ -286,11 +290,18 @@ on_failure = "dead-letter"
     // Each secret went where it was meant to go.
     let requests = seen.lock().unwrap().join("\n");
     for secret in &SECRETS[1..] {
-        assert!(requests.contains(secret), "{secret} never sent:\n{requests}");
+        assert!(
+            requests.contains(secret),
+            "{secret} never sent:\n{requests}"
+        );
     }
 
     // And nowhere else.
-    let status = run_ok(gapless_cmd().args(["status", "--json", "--config"]).arg(&config));
+    let status = run_ok(
+        gapless_cmd()
+            .args(["status", "--json", "--config"])
+            .arg(&config),
+    );
     let dlq = run_ok(
         gapless_cmd()
             .args(["dlq", "list", "--sink", "hook", "--config"])
@@ -310,9 +321,14 @@ on_failure = "dead-letter"
         }
     }
     assert!(dlq.contains("HTTP 400"), "{dlq}");
-    let line: serde_json::Value =
-        serde_json::from_str(std::fs::read_to_string(&file).unwrap().lines().next().unwrap())
-            .unwrap();
+    let line: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(
         line["dataschema"],
         format!("http://{peer}/api/messages/reading.json")
@@ -351,14 +367,20 @@ async fn bodies_over_the_limit_are_refused() {
                 let chunked = String::from_utf8_lossy(&request[..n]).contains("/streamed");
                 let body = vec![b'x'; 2 << 20];
                 let head = if chunked {
-                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_string()
+                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+                        .to_string()
                 } else {
-                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len())
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    )
                 };
                 let _ = conn.write_all(head.as_bytes()).await;
                 if chunked {
                     for chunk in body.chunks(64 * 1024) {
-                        let _ = conn.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await;
+                        let _ = conn
+                            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                            .await;
                         let _ = conn.write_all(chunk).await;
                         let _ = conn.write_all(b"\r\n").await;
                     }
@@ -384,7 +406,9 @@ async fn bodies_over_the_limit_are_refused() {
             err.to_string().contains("larger than 1048576 bytes"),
             "{path}: {err}"
         );
-        let whole = gapless::net::read_limited(get().await.unwrap(), 4 << 20).await.unwrap();
+        let whole = gapless::net::read_limited(get().await.unwrap(), 4 << 20)
+            .await
+            .unwrap();
         assert_eq!(whole.len(), 2 << 20, "{path}");
     }
 }
@@ -394,7 +418,12 @@ async fn bodies_over_the_limit_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_token_guards_metrics_and_health_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), "mqtt://127.0.0.1:1", true, "gapless-admin-token");
+    let config = config(
+        dir.path(),
+        "mqtt://127.0.0.1:1",
+        true,
+        "gapless-admin-token",
+    );
     let port = free_port();
     let text = std::fs::read_to_string(&config).unwrap().replace(
         "[admin]\nlisten = \"\"",
@@ -423,7 +452,12 @@ async fn the_admin_token_guards_metrics_and_health_answers() {
     assert!(page.contains("gapless_mqtt_subscribed 0"), "{page}");
     // MQTT cannot connect (port 1): not ready, details only with the token.
     assert_eq!(get("/readyz", None).await, (503, "not ready\n".to_string()));
-    assert!(get("/readyz", Some(token)).await.1.contains("mqtt: not connected"));
+    assert!(
+        get("/readyz", Some(token))
+            .await
+            .1
+            .contains("mqtt: not connected")
+    );
     assert_eq!(get("/healthz", None).await, (200, "ok\n".to_string()));
 
     let health = |admin: &str| {
@@ -433,7 +467,11 @@ async fn the_admin_token_guards_metrics_and_health_answers() {
             .unwrap()
     };
     let out = health(&base);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     gapless.stop();
     let out = health(&base);
     assert_eq!(out.status.code(), Some(1));

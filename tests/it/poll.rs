@@ -254,7 +254,8 @@ async fn api_token_login_reads_the_audit_trail() {
     sim.create_events_at(130, now_ms() - 5_000).await.unwrap();
     let mut with_token = login(&sim);
     with_token.secret = VcdSecret::ApiToken(Secret::new(sim.config().api_token.clone()));
-    let client = VcdClient::new(with_token.clone(), Arc::new(Counters::default()), limits()).unwrap();
+    let client =
+        VcdClient::new(with_token.clone(), Arc::new(Counters::default()), limits()).unwrap();
     let token = client.login().await.unwrap();
     assert!(token.expires_at_us.is_some(), "the JWT's exp is read");
     let rig = rig(

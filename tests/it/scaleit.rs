@@ -50,39 +50,41 @@ async fn schema_service(down: bool) -> SchemaService {
         late.clone(),
         stray.clone(),
     );
-    let app = axum::Router::new().route(
-        "/api/messages/{name}",
-        get(
-            move |axum::extract::Path(name): axum::extract::Path<String>, headers: HeaderMap| {
-                let (d, r, n, l) = (d.clone(), r.clone(), n.clone(), l.clone());
-                async move {
-                    if name == "late.json" {
-                        return match l.fetch_add(1, Ordering::SeqCst) {
-                            0 => StatusCode::NOT_FOUND.into_response(),
-                            1 => "<html><body>temporarily broken</body></html>".into_response(),
-                            _ => GAMEOVER.into_response(),
-                        };
+    let app = axum::Router::new()
+        .route(
+            "/api/messages/{name}",
+            get(
+                move |axum::extract::Path(name): axum::extract::Path<String>,
+                      headers: HeaderMap| {
+                    let (d, r, n, l) = (d.clone(), r.clone(), n.clone(), l.clone());
+                    async move {
+                        if name == "late.json" {
+                            return match l.fetch_add(1, Ordering::SeqCst) {
+                                0 => StatusCode::NOT_FOUND.into_response(),
+                                1 => "<html><body>temporarily broken</body></html>".into_response(),
+                                _ => GAMEOVER.into_response(),
+                            };
+                        }
+                        r.fetch_add(1, Ordering::SeqCst);
+                        if d.load(Ordering::SeqCst) {
+                            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                        }
+                        if name != "gameover.json" {
+                            return StatusCode::NOT_FOUND.into_response();
+                        }
+                        if headers.get("if-none-match").is_some_and(|v| v == "\"v1\"") {
+                            n.fetch_add(1, Ordering::SeqCst);
+                            return StatusCode::NOT_MODIFIED.into_response();
+                        }
+                        ([("etag", "\"v1\"")], GAMEOVER).into_response()
                     }
-                    r.fetch_add(1, Ordering::SeqCst);
-                    if d.load(Ordering::SeqCst) {
-                        return StatusCode::SERVICE_UNAVAILABLE.into_response();
-                    }
-                    if name != "gameover.json" {
-                        return StatusCode::NOT_FOUND.into_response();
-                    }
-                    if headers.get("if-none-match").is_some_and(|v| v == "\"v1\"") {
-                        n.fetch_add(1, Ordering::SeqCst);
-                        return StatusCode::NOT_MODIFIED.into_response();
-                    }
-                    ([("etag", "\"v1\"")], GAMEOVER).into_response()
-                }
-            },
-        ),
-    )
-    .fallback(move || {
-        st.fetch_add(1, Ordering::SeqCst);
-        async { StatusCode::NOT_FOUND }
-    });
+                },
+            ),
+        )
+        .fallback(move || {
+            st.fetch_add(1, Ordering::SeqCst);
+            async { StatusCode::NOT_FOUND }
+        });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -220,7 +222,10 @@ async fn validates_dedups_in_window_and_maps_to_cloudevents() {
                 // A publisher may not make gapless fetch what it likes.
                 msg(
                     PACMAN_1,
-                    &format!(r#"{{"$schema": "{}/private/key.json", "score": 5}}"#, service.url),
+                    &format!(
+                        r#"{{"$schema": "{}/private/key.json", "score": 5}}"#,
+                        service.url
+                    ),
                 ),
                 msg("app/de-ondics-pacman/only-three", &first),
                 msg(PACMAN_1, &big),
@@ -423,7 +428,11 @@ async fn a_schema_missing_at_first_is_retried_not_rejected() {
         .await
         .unwrap();
     gapless.wait_log("schema not available", 2, Duration::from_secs(30));
-    assert_eq!(count_lines(&file), 0, "held back while the schema is missing");
+    assert_eq!(
+        count_lines(&file),
+        0,
+        "held back while the schema is missing"
+    );
     wait_lines(&file, 1, Duration::from_secs(30), &mut gapless);
     let summary = gapless.stop();
     assert_eq!(summary["counters"]["rejected"], 0, "{summary}");

@@ -112,7 +112,11 @@ fn https_endpoint(dir: &std::path::Path) -> (u16, std::sync::Arc<std::sync::atom
                 };
                 let len = text[..end]
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
                     .unwrap_or(0);
                 r.len() >= end + 4 + len
             };
@@ -124,7 +128,9 @@ fn https_endpoint(dir: &std::path::Path) -> (u16, std::sync::Arc<std::sync::atom
             }
             if complete(&request) {
                 counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
                 let _ = stream.flush();
             }
         }
@@ -151,12 +157,19 @@ async fn a_webhook_with_a_private_ca_from_its_ca_file() {
     std::fs::write(&config, text.replace("[store]", &sink(""))).unwrap();
     let mut untrusting = Gapless::start(dir.path(), &config);
     untrusting.wait_log("subscribed", 1, Duration::from_secs(20));
-    let mut p = gapless::sim::publisher::Publisher::connect("127.0.0.1", broker.addr().port(), "tls-hook")
+    let mut p =
+        gapless::sim::publisher::Publisher::connect("127.0.0.1", broker.addr().port(), "tls-hook")
+            .await
+            .unwrap();
+    p.publish_all(event_messages(0x5eed_0400, 0..3), None)
         .await
         .unwrap();
-    p.publish_all(event_messages(0x5eed_0400, 0..3), None).await.unwrap();
     untrusting.wait_log("delivery failed", 2, Duration::from_secs(20));
-    assert!(untrusting.log_text().contains("UnknownIssuer"), "{}", untrusting.log_text());
+    assert!(
+        untrusting.log_text().contains("UnknownIssuer"),
+        "{}",
+        untrusting.log_text()
+    );
     drop(untrusting);
 
     std::fs::write(
@@ -167,7 +180,11 @@ async fn a_webhook_with_a_private_ca_from_its_ca_file() {
     let mut gapless = Gapless::start(dir.path(), &config);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while hits.load(std::sync::atomic::Ordering::SeqCst) < 3 {
-        assert!(std::time::Instant::now() < deadline, "{}", gapless.log_text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            gapless.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     gapless.wait_log("subscribed", 1, Duration::from_secs(5));

@@ -109,7 +109,8 @@ async fn start_receiver(addr: SocketAddr, script: Script) -> (Arc<Receiver>, Soc
         .route(
             "/elsewhere",
             axum::routing::any(|State(rx): State<Arc<Receiver>>| async move {
-                rx.followed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                rx.followed
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 StatusCode::OK
             }),
         )
@@ -243,7 +244,13 @@ async fn retry_after_on_429_is_honoured() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let (rx, addr) = start_receiver(
         ([127, 0, 0, 1], 0).into(),
-        Box::new(|n, _| if n == 0 { (429, Some("2".into())) } else { (200, None) }),
+        Box::new(|n, _| {
+            if n == 0 {
+                (429, Some("2".into()))
+            } else {
+                (200, None)
+            }
+        }),
     )
     .await;
     let (gapless, _) = start(dir.path(), &broker, &webhook_sink("hook", addr, "block")).await;
@@ -462,15 +469,26 @@ async fn a_redirect_is_a_refusal_naming_its_location() {
         Box::new(|n, _| if n == 0 { (302, None) } else { (200, None) }),
     )
     .await;
-    let (mut gapless, config) =
-        start(dir.path(), &broker, &webhook_sink("hook", addr, "dead-letter")).await;
+    let (mut gapless, config) = start(
+        dir.path(),
+        &broker,
+        &webhook_sink("hook", addr, "dead-letter"),
+    )
+    .await;
     publish(&broker, 0x3e_51, 3).await;
     wait_hits(&rx, |h| h.len() >= 3, "3 requests").await;
     gapless.wait_log("dead-lettered", 1, Duration::from_secs(20));
     gapless.stop();
     assert_eq!(rx.followed.load(std::sync::atomic::Ordering::SeqCst), 0);
-    let out = run_ok(gapless_cmd().args(["dlq", "list", "--sink", "hook", "--config"]).arg(&config));
-    assert!(out.contains("HTTP 302 redirect to http://127.0.0.1:9/elsewhere"), "{out}");
+    let out = run_ok(
+        gapless_cmd()
+            .args(["dlq", "list", "--sink", "hook", "--config"])
+            .arg(&config),
+    );
+    assert!(
+        out.contains("HTTP 302 redirect to http://127.0.0.1:9/elsewhere"),
+        "{out}"
+    );
     assert!(!out.contains("leak") && !out.contains("pw"), "{out}");
 }
 
@@ -502,7 +520,10 @@ async fn an_id_that_is_no_header_value_is_sent_encoded() {
             .unwrap();
     let bodies = [r#"{"id":"a\u0001b"}"#, r#"{"id":"Plain-ID"}"#];
     p.publish_all(
-        bodies.iter().map(|b| ("t/1".to_string(), b.as_bytes().to_vec())).collect::<Vec<_>>(),
+        bodies
+            .iter()
+            .map(|b| ("t/1".to_string(), b.as_bytes().to_vec()))
+            .collect::<Vec<_>>(),
         None,
     )
     .await
@@ -519,7 +540,11 @@ async fn an_id_that_is_no_header_value_is_sent_encoded() {
     let key = base64::engine::general_purpose::STANDARD
         .decode(SECRET.trim_start_matches("whsec_"))
         .unwrap();
-    let msg = format!("b64.YQFi.{}.{}", hits[0].header("webhook-timestamp"), hits[0].body);
+    let msg = format!(
+        "b64.YQFi.{}.{}",
+        hits[0].header("webhook-timestamp"),
+        hits[0].body
+    );
     let want = format!(
         "v1,{}",
         base64::engine::general_purpose::STANDARD.encode(hmac_sha256(&key, msg.as_bytes()))
@@ -542,7 +567,10 @@ async fn a_huge_retry_after_is_capped() {
         }),
     )
     .await;
-    let sinks = format!("[http]\nretry_after_max = \"1s\"\n\n{}", webhook_sink("hook", addr, "block"));
+    let sinks = format!(
+        "[http]\nretry_after_max = \"1s\"\n\n{}",
+        webhook_sink("hook", addr, "block")
+    );
     let (gapless, _) = start(dir.path(), &broker, &sinks).await;
     publish(&broker, 0x3e_61, 1).await;
     // wait_hits gives up after 30 s: the two waits were capped at 1 s each.
