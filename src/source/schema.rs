@@ -548,4 +548,35 @@ mod tests {
         assert_eq!(retry_wait(9), RETRY_MAX);
         assert_eq!(retry_wait(u32::MAX), RETRY_MAX);
     }
+
+    #[test]
+    fn the_cache_drops_the_least_recently_used_schema() {
+        let config = crate::config::Config::parse(
+            "[source]\nkind = \"scaleit\"\nname = \"s\"\nschema_dir = \"/nonexistent\"\nschema_cache = 2\n\
+             [mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n[[sink]]\nname = \"f\"\nkind = \"stdout\"\n",
+        )
+        .unwrap();
+        let registry = SchemaRegistry::from_config(&config.source, Default::default(), &[])
+            .unwrap()
+            .unwrap();
+        let ready = || compile(r#"{"type": "object"}"#, "x").unwrap();
+        let key = |r: &str| ("app".to_string(), r.to_string());
+        registry.insert(key("a"), ready());
+        registry.insert(key("b"), ready());
+        // Using `a` makes `b` the least recently used.
+        assert!(matches!(
+            registry.check("app", "a", &json!({})),
+            Check::Valid { .. }
+        ));
+        registry.insert(key("c"), ready());
+        assert_eq!(registry.check("app", "b", &json!({})), Check::NotYet);
+        assert!(matches!(
+            registry.check("app", "a", &json!({})),
+            Check::Valid { .. }
+        ));
+        assert!(matches!(
+            registry.check("app", "c", &json!({})),
+            Check::Valid { .. }
+        ));
+    }
 }

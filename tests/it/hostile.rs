@@ -477,3 +477,35 @@ async fn the_admin_token_guards_metrics_and_health_answers() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy"));
 }
+
+/// The task that sends acks and subscriptions is watched: when it ends
+/// (here: its channel from the writer closes) the MQTT source fails instead
+/// of reading on with nobody to acknowledge, so the daemon stops (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mqtt_source_fails_when_its_ack_task_ends() {
+    use gapless::source::mqtt::{Credentials, MqttAuth, MqttSource};
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let config = gapless::config::Config::parse(&format!(
+        "[source]\nkind = \"vcd\"\nname = \"x\"\n[mqtt]\nurl = \"{}\"\n\
+         [[sink]]\nname = \"f\"\nkind = \"stdout\"\n",
+        broker.url()
+    ))
+    .unwrap();
+    let (ingest, _ingest_rx) = tokio::sync::mpsc::channel(16);
+    let source = MqttSource {
+        config: config.mqtt.clone(),
+        parser: gapless::source::Parser::from_config(&config.source),
+        credentials: Credentials::fixed(MqttAuth::default()),
+        counters: Arc::new(gapless::metrics::Counters::default()),
+        ingest,
+        live: tokio::sync::watch::channel(Default::default()).0,
+        schemas: None,
+        max_skew_us: 300_000_000,
+    };
+    let (acks_tx, acks_rx) = tokio::sync::mpsc::unbounded_channel();
+    drop(acks_tx);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let ran = tokio::time::timeout(Duration::from_secs(20), source.run(acks_rx, shutdown)).await;
+    let err = ran.expect("the source noticed").unwrap_err().to_string();
+    assert!(err.contains("ack/subscribe task ended"), "{err}");
+}
