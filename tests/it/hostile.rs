@@ -35,13 +35,10 @@ async fn a_file_from_another_store_is_refused_until_replayed() {
     let before = "{\"seq\":41}\n{\"seq\":42}\n";
     std::fs::write(&file, before).unwrap();
 
-    let out = gapless_cmd()
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let mut refused = Gapless::start(dir.path(), &config);
+    let code = refused.wait_exit(Duration::from_secs(30));
+    let stderr = refused.log_text();
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("ends at seq 42") && stderr.contains("stream ends at seq 0"),
         "{stderr}"
