@@ -87,6 +87,18 @@ pub fn allowed_schema_url(
     reference: &str,
 ) -> Result<Option<String>, String> {
     let absolute = reference.starts_with("http://") || reference.starts_with("https://");
+    // The app name comes from the topic, which the publisher chooses, and
+    // stands in the base URL (often its host): only name characters pass.
+    let app_in_url = !absolute && base.is_some_and(|b| b.contains("{app}"));
+    if app_in_url
+        && !app
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(format!(
+            "the app name `{app}` has characters that do not belong in a URL; gapless fetches no schema for it"
+        ));
+    }
     let Some(candidate) = (match (absolute, base) {
         (true, _) => Some(reference.to_string()),
         (false, Some(base)) => Some(schema_url(base, app, reference)),
@@ -315,6 +327,16 @@ mod tests {
             assert!(e.contains("schema_allow"), "{hostile}: {e}");
         }
         assert_eq!(allowed_schema_url(None, &[], "a", "t.json").unwrap(), None);
+        for app in [
+            "evil.net?",
+            "evil.net#",
+            "x@evil.net",
+            "169.254.169.254:80",
+            "a%2fb",
+        ] {
+            let e = allowed_schema_url(base, &allow, app, "gameover.json").unwrap_err();
+            assert!(e.contains("app name"), "{app}: {e}");
+        }
         let p = parser();
         let err = p
             .parse("app/a/s/t", r#"{"$schema":"http://127.0.0.1:9/steal"}"#, 1)
