@@ -166,7 +166,11 @@ pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<V
         return Err(NetError::TooLarge { limit });
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(NetError::Body)? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| NetError::Body(e.without_url()))?
+    {
         if body.len() + chunk.len() > limit {
             return Err(NetError::TooLarge { limit });
         }
