@@ -278,7 +278,7 @@ impl MqttSource {
             max_size: self.config.max_packet_size.0,
             subscriptions,
         };
-        tracing::info!(url = %self.config.url, client_id = %self.config.client_id(),
+        tracing::info!(url = %crate::net::redact(&self.config.url), client_id = %self.config.client_id(),
             clean_session = self.config.clean_session, "connecting to MQTT broker");
         let mut attempt = 0u32;
         let mut auth = auth;
