@@ -113,7 +113,7 @@ pub fn parse_retry_after(value: &str, now_s: i64, cap: Duration) -> Option<Durat
             u64::try_from(at.saturating_sub(now_s)).unwrap_or(0)
         }
     };
-    Some(Duration::from_secs(secs.min(cap.as_secs())).min(cap))
+    Some(Duration::from_secs(secs).min(cap))
 }
 
 /// The capped `Retry-After` of a response, if it has one.
@@ -126,6 +126,11 @@ pub fn retry_after(headers: &HeaderMap, cap: Duration) -> Option<Duration> {
 /// fragment (where tokens live). Text that is not a URL is kept up to its
 /// first `?` and without anything before an `@` in its authority.
 pub fn redact(url: &str) -> String {
+    // Nothing to remove (the common case, per message for `dataschema`):
+    // no parse.
+    if !url.contains(['@', '?', '#']) {
+        return url.to_string();
+    }
     match url::Url::parse(url) {
         Ok(mut u) if u.has_host() => {
             let _ = u.set_username("");

@@ -99,6 +99,12 @@ pub fn allowed_schema_url(
             "the app name `{app}` has characters that do not belong in a URL; gapless fetches no schema for it"
         ));
     }
+    // The common case needs no URL parsing (this runs per message): a
+    // relative reference of plain path segments stays under the app's
+    // prefix by construction.
+    if !absolute && is_plain_path(reference) {
+        return Ok(base.map(|b| schema_url(b, app, reference)));
+    }
     let Some(candidate) = (match (absolute, base) {
         (true, _) => Some(reference.to_string()),
         (false, Some(base)) => Some(schema_url(base, app, reference)),
@@ -126,6 +132,20 @@ pub fn allowed_schema_url(
             crate::net::redact(reference)
         ))
     }
+}
+
+/// Path segments of letters, digits, `-`, `_`, `.`, none of them `.` or
+/// `..`, no leading `/`: nothing a URL parser would resolve or reinterpret.
+fn is_plain_path(reference: &str) -> bool {
+    !reference.is_empty()
+        && reference.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
 }
 
 impl ScaleitParser {
@@ -327,6 +347,8 @@ mod tests {
             assert!(e.contains("schema_allow"), "{hostile}: {e}");
         }
         assert_eq!(allowed_schema_url(None, &[], "a", "t.json").unwrap(), None);
+        assert!(is_plain_path("v2/game-over_1.json") && !is_plain_path("a/../b"));
+        assert!(!is_plain_path("/abs") && !is_plain_path("a//b") && !is_plain_path("x?y"));
         for app in [
             "evil.net?",
             "evil.net#",
