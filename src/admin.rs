@@ -453,13 +453,7 @@ fn authorized(admin: &Admin, headers: &axum::http::HeaderMap) -> bool {
 
 /// Liveness: 503 once a task has failed (the daemon is then shutting down).
 async fn healthz(State(admin): State<Arc<Admin>>) -> Response {
-    let failed = admin
-        .counters
-        .failed_task
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    match failed {
+    match admin.counters.failure() {
         None => (StatusCode::OK, "ok\n").into_response(),
         Some(task) => {
             (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {task}\n")).into_response()

@@ -258,12 +258,10 @@ async fn start_sources(
             bearer: None,
         }),
     };
-    let schemas = SchemaRegistry::from_config(
-        &config.source,
-        counters.clone(),
-        &config.source.secret_headers()?,
-    )
-    .map_err(|e| AppError::Schema(e.to_string()))?;
+    // ScaleIT's history and schema requests share these.
+    let source_headers = config.source.secret_headers()?;
+    let schemas = SchemaRegistry::from_config(&config.source, counters.clone(), &source_headers)
+        .map_err(|e| AppError::Schema(e.to_string()))?;
     if let Some(registry) = &schemas {
         let registry = registry.clone();
         let (store, writer, shutdown) = (store.clone(), writer_handle.clone(), shutdown.clone());
@@ -288,7 +286,7 @@ async fn start_sources(
             p.clone(),
             settler,
             (&config.http).into(),
-            &config.source.secret_headers()?,
+            &source_headers,
         )?
     {
         spawn_poller(
@@ -310,7 +308,7 @@ async fn start_sources(
         ingest: channels.ingest,
         live: live_tx,
         schemas,
-        max_skew_us: config.source.max_clock_skew.0.as_micros() as i64,
+        max_skew_us: config.source.max_skew_us(),
     };
     let source_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -359,7 +357,7 @@ fn spawn_poller<H: History>(
         config: config.poll.clone(),
         counters: counters.clone(),
         live: Some(live.subscribe()),
-        max_skew_us: config.source.max_clock_skew.0.as_micros() as i64,
+        max_skew_us: config.source.max_skew_us(),
     };
     let shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -394,16 +392,10 @@ async fn supervise(
     timeout: Duration,
     counters: &Counters,
 ) -> Option<String> {
-    let failed = |failure: &mut Option<String>, what: String| {
-        counters
-            .failed_task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(|| what.clone());
-        failure.get_or_insert(what);
+    let failed = |what: String| {
+        counters.fail(what);
         shutdown.cancel();
     };
-    let mut failure: Option<String> = None;
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         let next = match deadline {
@@ -421,7 +413,7 @@ async fn supervise(
                     tracing::error!(timeout = ?timeout, remaining = tasks.len(),
                         "shutdown timed out; aborting the remaining tasks");
                     tasks.abort_all();
-                    failure.get_or_insert_with(|| "shutdown timed out".into());
+                    counters.fail("shutdown timed out".into());
                     break;
                 }
             },
@@ -435,15 +427,15 @@ async fn supervise(
             Ok(()) if shutdown.is_cancelled() => tracing::debug!(task = %name, "stopped"),
             Ok(()) => {
                 tracing::error!(task = %name, "stopped unexpectedly");
-                failed(&mut failure, format!("{name} stopped unexpectedly"));
+                failed(format!("{name} stopped unexpectedly"));
             }
             Err(e) => {
                 tracing::error!(task = %name, error = %e, "task failed; shutting down");
-                failed(&mut failure, format!("{name}: {e}"));
+                failed(format!("{name}: {e}"));
             }
         }
     }
-    failure
+    counters.failure()
 }
 
 #[cfg(test)]
@@ -467,6 +459,6 @@ mod tests {
             "{failure:?}"
         );
         assert!(shutdown.is_cancelled());
-        assert!(counters.failed_task.lock().unwrap().is_some());
+        assert!(counters.failure().is_some());
     }
 }

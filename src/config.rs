@@ -297,6 +297,11 @@ impl SourceConfig {
         )
     }
 
+    /// `max_clock_skew` in µs.
+    pub fn max_skew_us(&self) -> i64 {
+        self.max_clock_skew.0.as_micros() as i64
+    }
+
     /// The CloudEvent `source` attribute.
     pub fn uri(&self) -> &str {
         self.uri.as_deref().unwrap_or(&self.name)

@@ -79,7 +79,7 @@ pub struct Counters {
     pub last_delivered_us: AtomicI64,
     /// The first task that failed or ended unexpectedly: `/healthz` then
     /// answers 503 while the daemon shuts down (and exits non-zero).
-    pub failed_task: Mutex<Option<String>>,
+    failed_task: Mutex<Option<String>>,
     /// Per-sink figures, by sink name.
     pub sinks: Mutex<BTreeMap<String, Arc<SinkStats>>>,
 }
@@ -131,6 +131,22 @@ pub struct Snapshot {
 }
 
 impl Counters {
+    /// Records why the run failed; the first reason stays.
+    pub fn fail(&self, what: String) {
+        self.failed_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(what);
+    }
+
+    /// The first recorded failure, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.failed_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }

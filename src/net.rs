@@ -221,9 +221,8 @@ pub fn exposure_warnings(config: &Config) -> Vec<String> {
             redact(url)
         ));
     }
-    let source_secrets = !config.source.headers_env.is_empty()
-        || config.source.bearer_env.is_some()
-        || config.source.bearer_file.is_some();
+    let s = &config.source;
+    let source_secrets = sends_secrets(&s.headers_env, &s.bearer_env, &s.bearer_file);
     for (key, url) in [
         ("source.schema_base_url", &config.source.schema_base_url),
         ("source.history_url", &config.source.history_url),
@@ -239,8 +238,7 @@ pub fn exposure_warnings(config: &Config) -> Vec<String> {
         }
     }
     for (i, sink) in config.sinks.iter().enumerate() {
-        let secrets =
-            !sink.headers_env.is_empty() || sink.bearer_env.is_some() || sink.bearer_file.is_some();
+        let secrets = sends_secrets(&sink.headers_env, &sink.bearer_env, &sink.bearer_file);
         if let Some(url) = sink
             .url
             .as_deref()
@@ -265,6 +263,15 @@ pub fn exposure_warnings(config: &Config) -> Vec<String> {
         ));
     }
     out
+}
+
+/// Whether a client is configured with secret headers.
+fn sends_secrets<T>(
+    headers_env: &std::collections::BTreeMap<String, String>,
+    bearer_env: &Option<String>,
+    bearer_file: &Option<T>,
+) -> bool {
+    !headers_env.is_empty() || bearer_env.is_some() || bearer_file.is_some()
 }
 
 #[cfg(test)]

@@ -186,15 +186,19 @@ pub struct Status {
     pub daemon: String,
 }
 
+/// A client for the daemon's own admin endpoint: short timeout, no proxy.
+fn admin_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .no_proxy()
+        .build()
+}
+
 /// Asks a daemon's `/healthz` at `admin` (a base URL): its answer when it
 /// is 200, else why not.
 pub async fn health(admin: &str) -> Result<String, String> {
     let url = format!("{}/healthz", admin.trim_end_matches('/'));
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(3))
-        .no_proxy()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let client = admin_client().map_err(|e| e.to_string())?;
     let resp = client
         .get(&url)
         .send()
@@ -219,10 +223,7 @@ async fn daemon_state(config: &Config) -> String {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let url = format!("http://{addr}/readyz");
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(2))
-        .no_proxy()
-        .build();
+    let client = admin_client();
     // The details need the admin token, when one is set and readable here.
     let token = config.admin.token().ok().flatten();
     let answer = match client {

@@ -31,8 +31,8 @@ use crate::stream::Live;
 pub enum SourceError {
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("mqtt.headers: `{0}` is not a valid HTTP header")]
-    Header(String),
+    #[error("mqtt.headers: {0}")]
+    Header(#[from] crate::net::NetError),
     /// The task that sends acks and subscriptions ended while reading went on.
     #[error("the MQTT ack/subscribe task ended: {0}")]
     AckerEnded(String),
@@ -169,24 +169,19 @@ fn options(config: &MqttConfig, auth: &MqttAuth) -> Result<MqttOptions, SourceEr
         o.set_credentials(user.clone(), password.unwrap_or_default());
     }
     if matches!(broker.scheme, Scheme::Ws | Scheme::Wss) {
-        let mut headers = Vec::new();
-        for (name, value) in &config.headers {
-            let name = http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| SourceError::Header(name.clone()))?;
-            let value = http::HeaderValue::from_str(value)
-                .map_err(|_| SourceError::Header(name.to_string()))?;
-            headers.push((name, value));
-        }
-        if let Some(token) = &auth.bearer {
-            let mut value = http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                .map_err(|_| SourceError::Header("Authorization".into()))?;
-            value.set_sensitive(true);
-            headers.push((http::header::AUTHORIZATION, value));
-        }
+        let bearer: Vec<(String, Secret)> = auth
+            .bearer
+            .iter()
+            .map(|t| {
+                (
+                    "Authorization".into(),
+                    Secret::new(format!("Bearer {}", t.expose())),
+                )
+            })
+            .collect();
+        let headers = crate::net::headers(&config.headers, &bearer)?;
         o.set_request_modifier(move |mut req: http::Request<()>| {
-            for (name, value) in &headers {
-                req.headers_mut().insert(name.clone(), value.clone());
-            }
+            req.headers_mut().extend(headers.clone());
             async move { req }
         });
     }
