@@ -504,6 +504,31 @@ mod tests {
         }
     }
 
+    /// The WebSocket upgrade carries `mqtt.headers` and, in bearer mode,
+    /// the token as a sensitive `Authorization` header; a bad header name is
+    /// an error naming the key.
+    #[tokio::test]
+    async fn websocket_upgrades_carry_the_configured_headers_and_the_bearer() {
+        let config = crate::config::Config::parse(
+            "[source]\nkind = \"mqtt\"\nname = \"x\"\n[mqtt]\nurl = \"wss://broker.example/mqtt\"\n\
+             headers = { \"X-Tenant\" = \"acme\" }\n[[sink]]\nname = \"f\"\nkind = \"stdout\"\n",
+        )
+        .unwrap();
+        let auth = MqttAuth {
+            bearer: Some(Secret::new("jwt-1")),
+            ..Default::default()
+        };
+        let modify = options(&config.mqtt, &auth).unwrap().request_modifier().unwrap();
+        let req = modify(http::Request::new(())).await;
+        assert_eq!(req.headers()["x-tenant"], "acme");
+        assert_eq!(req.headers()["authorization"], "Bearer jwt-1");
+        assert!(req.headers()["authorization"].is_sensitive());
+        let mut bad = config.mqtt.clone();
+        bad.headers.insert("bad name".into(), "v".into());
+        let e = options(&bad, &auth).err().unwrap().to_string();
+        assert!(e.contains("mqtt.headers") && e.contains("bad name"), "{e}");
+    }
+
     #[test]
     fn credentials_never_print() {
         let auth = MqttAuth {
