@@ -239,8 +239,6 @@ history_url = "http://{peer}/history?token={s3}"
 headers_env = {{ "X-Api-Key" = "IT_API_KEY" }}
 bearer_env = "IT_BEARER"
 
-[poll]
-schedule = "*/1 * * * * *"
 
 [mqtt]
 url = "{broker}"
