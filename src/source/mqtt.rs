@@ -518,7 +518,10 @@ mod tests {
             bearer: Some(Secret::new("jwt-1")),
             ..Default::default()
         };
-        let modify = options(&config.mqtt, &auth).unwrap().request_modifier().unwrap();
+        let modify = options(&config.mqtt, &auth)
+            .unwrap()
+            .request_modifier()
+            .unwrap();
         let req = modify(http::Request::new(())).await;
         assert_eq!(req.headers()["x-tenant"], "acme");
         assert_eq!(req.headers()["authorization"], "Bearer jwt-1");

@@ -156,6 +156,13 @@ async fn the_readme_minimal_config_reconciles_with_every_default() {
         &[("VCD_PASSWORD", &world.sim.config().password)],
     );
     gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    use std::os::unix::fs::PermissionsExt;
+    let created = std::fs::metadata(world.dir.path().join("var/lib/gapless")).unwrap();
+    assert_eq!(
+        created.permissions().mode() & 0o777,
+        0o750,
+        "the store's directory"
+    );
     let t0 = std::time::Instant::now();
     world.sim.create_events(5).await.unwrap();
     wait_lines(&file, 5, Duration::from_secs(120), &mut gapless);
