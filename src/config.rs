@@ -55,6 +55,24 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// The HMAC key of a webhook signing secret: a `whsec_` secret is
+    /// base64 (as Standard Webhooks issues them), any other is its bytes.
+    pub fn signing_key(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine;
+        let key = match self.0.strip_prefix("whsec_") {
+            Some(b64) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| format!("a whsec_ secret must be base64 ({e})"))?,
+            None => self.0.as_bytes().to_vec(),
+        };
+        if key.is_empty() {
+            return Err("the secret is empty".into());
+        }
+        Ok(key)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
@@ -522,21 +540,12 @@ impl SinkConfig {
             &env_key
         };
         let secret = read_secret(&env_key, &file_key, &self.secret_env, &self.secret_file)?;
-        if let Some(s) = &secret {
-            use base64::Engine;
-            let bad = match s.expose().strip_prefix("whsec_") {
-                Some(b64) => base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map_or(true, |k| k.is_empty()),
-                None => s.expose().is_empty(),
-            };
-            if bad {
-                return Err(ConfigError::invalid(
-                    key,
-                    "the secret is empty, or starts with `whsec_` but the rest is not base64",
-                    "a Standard Webhooks secret is `whsec_` + base64 of the key bytes; or give a plain secret without the prefix",
-                ));
-            }
+        if let Some(Err(e)) = secret.as_ref().map(Secret::signing_key) {
+            return Err(ConfigError::invalid(
+                key,
+                e,
+                "a Standard Webhooks secret is `whsec_` + base64 of the key bytes; or give a plain secret without the prefix",
+            ));
         }
         Ok(secret)
     }

@@ -38,19 +38,9 @@ impl std::fmt::Debug for Signer {
 
 impl Signer {
     pub fn new(secret: &Secret) -> Result<Self, WebhookError> {
-        let s = secret.expose();
-        let key = match s.strip_prefix("whsec_") {
-            Some(b64) => base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map_err(|e| {
-                    WebhookError::Secret(format!("a whsec_ secret must be base64 ({e})"))
-                })?,
-            None => s.as_bytes().to_vec(),
-        };
-        if key.is_empty() {
-            return Err(WebhookError::Secret("is empty".into()));
-        }
-        Ok(Signer { key })
+        Ok(Signer {
+            key: secret.signing_key().map_err(WebhookError::Secret)?,
+        })
     }
 
     /// The `webhook-signature` header value.
