@@ -2,18 +2,32 @@
 # Drain benchmark: a backlog of QoS 1 VCD envelopes parked in mosquitto for a
 # persistent session, drained by the release gapless binary (into SQLite and
 # a file sink) and, in the same run, by `mosquitto_sub -q 1 -c` (which acks
-# at once and writes nowhere). Reports both rates, their ratio and gapless's
-# peak RSS and peak WAL size; the median of the runs is the figure.
+# at once and writes nowhere). Reports per run:
+#   - both rates and their ratio;
+#   - gapless's CPU per event (user + system, from `perf stat`'s task-clock);
+#   - the serial limit 1/(1/C + 1/S): S is mosquitto_sub's rate, C the rate of
+#     20-row commits to a SQLite file in the same directory with the same
+#     pragmas (examples/bench_commit), and gapless's ratio to it;
+#   - WAL bytes per event (frames counted as SQLite's 24-byte frame-header
+#     writes, times page size + 24) beside the stored row (the event row's
+#     column bytes), and their ratio;
+#   - peak RSS and peak WAL size.
+# The median of the runs is the figure.
 # GAPLESS_BIN=path runs another gapless binary (e.g. an older build) instead.
+# PERF_DATA=path also records a profile of gapless's drain (`perf record
+# --call-graph dwarf`; the last run's is kept) for `perf report -i path`.
 #
-# Usage: scripts/bench-drain.sh [EVENTS] [RUNS] [SYNCHRONOUS] [PROFILE]
+# Usage: scripts/bench-drain.sh [EVENTS] [RUNS] [SYNCHRONOUS] [PROFILE] [WINDOW]
 #   EVENTS       backlog size (default 200000)
 #   RUNS         repetitions (default 3)
 #   SYNCHRONOUS  gapless store.synchronous: full (default) or normal
 #   PROFILE      vcd (default); scaleit (Pacman gameover bodies validated
 #                against a draft-06 schema from schema_dir); scaleit-off (the
 #                same bodies, no schema, require_schema = false)
-# Needs: mosquitto, mosquitto-clients, python3; builds the gapless binary and
+#   WINDOW       mosquitto's max_inflight_messages (default 20, its own
+#                default); also the rows per commit of the C probe
+# Needs: mosquitto, mosquitto-clients, python3, perf (linux-perf; syscall
+# tracepoints, so root or perf_event_paranoid <= -1); builds the gapless binary and
 # examples/publish_lines (a QoS 1 publisher; `mosquitto_pub -l` drops messages
 # when fed a large file at full speed).
 set -euo pipefail
@@ -22,21 +36,23 @@ EVENTS=${1:-200000}
 RUNS=${2:-3}
 SYNC=${3:-full}
 PROFILE=${4:-vcd}
+WINDOW=${5:-20}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-for tool in mosquitto mosquitto_sub python3; do
+for tool in mosquitto mosquitto_sub python3 perf; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || {
-    echo "bench-drain: $tool is missing (apt-get install mosquitto mosquitto-clients python3)" >&2
+    echo "bench-drain: $tool is missing (apt-get install mosquitto mosquitto-clients python3 linux-perf)" >&2
     exit 2
   }
 done
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
 echo "building the release binary..." >&2
-cargo build --release -q --bin gapless --example publish_lines
+cargo build --release -q --bin gapless --example publish_lines --example bench_commit
 GAPLESS="$ROOT/target/release/gapless"
 PUBLISH="$ROOT/target/release/examples/publish_lines"
+COMMIT="$ROOT/target/release/examples/bench_commit"
 
 WORK=$(mktemp -d)
 BROKER_PID=
@@ -114,6 +130,7 @@ allow_anonymous true
 persistence false
 max_queued_messages 0
 max_queued_bytes 0
+max_inflight_messages $WINDOW
 EOF
   "$MOSQUITTO" -c "$WORK/mosquitto.conf" >/dev/null 2>&1 &
   BROKER_PID=$!
@@ -144,8 +161,16 @@ kind = "file"
 path = "$WORK/events.jsonl"
 EOF
   start=$(now_us)
-  "${GAPLESS_BIN:-$GAPLESS}" --log-level warn run --config "$WORK/gapless.toml" --exit-idle 1s --summary "$WORK/summary.json" &
+  # CPU and WAL frame headers (24-byte writes) of the gapless process and its threads.
+  perf stat -x, -o "$WORK/perf.csv" -e task-clock \
+    -e syscalls:sys_enter_pwrite64 --filter 'count == 24' \
+    -e syscalls:sys_enter_write --filter 'count == 24' \
+    "${GAPLESS_BIN:-$GAPLESS}" --log-level warn run --config "$WORK/gapless.toml" --exit-idle 1s --summary "$WORK/summary.json" &
   GPID=$!
+  if [ -n "${PERF_DATA:-}" ]; then
+    sleep 0.2
+    perf record -q -F 999 --call-graph dwarf,16384 -o "$PERF_DATA" -p "$(pgrep -P "$GPID")" 2>/dev/null &
+  fi
   wal=0  # the WAL's peak size, sampled every 100 ms while gapless drains
   while kill -0 "$GPID" 2>/dev/null; do
     s=$(stat -c %s "$WORK/gapless.db-wal" 2>/dev/null || echo 0)
@@ -153,34 +178,55 @@ EOF
     sleep 0.1
   done
   wait "$GPID"
-  read -r stored last rss < <(python3 -c '
+  read -r stored last rss batches < <(python3 -c '
 import json,sys; s=json.load(open(sys.argv[1])); c=s["counters"]
-print(c["stored"], max(c["last_commit_us"], c["last_delivered_us"]), s["peak_rss_kib"])' "$WORK/summary.json")
+print(c["stored"], max(c["last_commit_us"], c["last_delivered_us"]), s["peak_rss_kib"], c["batches"])' "$WORK/summary.json")
   lines=$(wc -l < "$WORK/events.jsonl")
   if [ "$stored" != "$EVENTS" ] || [ "$lines" != "$EVENTS" ]; then
     echo "run $run: gapless stored $stored and wrote $lines lines, expected $EVENTS" >&2
     exit 1
   fi
   g_s=$(python3 -c "print(($last - $start) / 1e6)")
+  read -r cpu_ms frames < <(python3 -c '
+import sys
+v = {}
+for line in open(sys.argv[1]):
+    f = line.strip().split(",")
+    if len(f) > 2 and f[0] and f[0][0].isdigit():
+        v[f[2]] = v.get(f[2], 0) + float(f[0])
+print(v["task-clock"], int(v.get("syscalls:sys_enter_pwrite64", 0) + v.get("syscalls:sys_enter_write", 0)))' "$WORK/perf.csv")
+  read -r page row < <(python3 -c '
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+page = db.execute("PRAGMA page_size").fetchone()[0]
+cols = [r[1] for r in db.execute("PRAGMA table_info(events)")]
+row = db.execute("SELECT avg(" + " + ".join(f"coalesce(length(CAST({c} AS BLOB)), 8)" for c in cols) + ") FROM events").fetchone()[0]
+print(page, row)' "$WORK/gapless.db")
+  c_rate=$("$COMMIT" "$WORK" 50000 "$WINDOW" "$SYNC")
 
   start=$(now_us)
   mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -c -i bench-mosquitto-sub -t "$FILTER" -C "$EVENTS" > /dev/null
   m_s=$(python3 -c "print(($(now_us) - $start) / 1e6)")
 
   kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=
-  python3 - "$run" "$EVENTS" "$g_s" "$m_s" "$rss" "$wal" <<'PY' | tee -a "$RESULTS"
+  python3 - "$run" "$EVENTS" "$g_s" "$m_s" "$rss" "$wal" "$cpu_ms" "$frames" "$page" "$row" "$c_rate" "$batches" <<'PY' | tee -a "$RESULTS"
 import sys
-run, n, g, m, rss, wal = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-print(f"{run}\t{g:.2f}\t{n/g:.0f}\t{m:.2f}\t{n/m:.0f}\t{(n/g)/(n/m):.2f}\t{rss/1024:.1f}\t{wal/2**20:.1f}")
+a = sys.argv[1:]
+run, n, g, m, rss, wal = a[0], int(a[1]), float(a[2]), float(a[3]), int(a[4]), int(a[5])
+cpu_ms, frames, page, row, c, batches = float(a[6]), int(a[7]), int(a[8]), float(a[9]), float(a[10]), int(a[11])
+s = n / m
+limit = 1 / (1 / c + 1 / s)
+wal_ev = frames * (page + 24) / n
+print(f"{run}\t{g:.2f}\t{n/g:.0f}\t{cpu_ms*1000/n:.1f}\t{s:.0f}\t{(n/g)/s:.2f}\t{c:.0f}\t{limit:.0f}\t{(n/g)/limit:.2f}"
+      f"\t{wal_ev:.0f}\t{row:.0f}\t{wal_ev/row:.2f}\t{rss/1024:.1f}\t{wal/2**20:.1f}\t{n/batches:.1f}")
 PY
 done
 
 echo
-echo "| run | gapless s | gapless ev/s | mosquitto_sub s | mosquitto_sub ev/s | ratio | gapless peak RSS MB | peak WAL MiB |"
-echo "|---|---|---|---|---|---|---|---|"
-awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1,$2,$3,$4,$5,$6,$7,$8}' "$RESULTS"
-printf "| **median** | %s | %s | %s | %s | %s | %s | %s |\n" \
-  "$(cut -f2 "$RESULTS" | median)" "$(cut -f3 "$RESULTS" | median)" "$(cut -f4 "$RESULTS" | median)" \
-  "$(cut -f5 "$RESULTS" | median)" "$(cut -f6 "$RESULTS" | median)" "$(cut -f7 "$RESULTS" | median)" \
-  "$(cut -f8 "$RESULTS" | median)"
-echo "($EVENTS $PROFILE events, store.synchronous = $SYNC, mosquitto max_inflight_messages = 20 (default))"
+echo "| run | gapless s | gapless ev/s | CPU µs/event | mosquitto_sub ev/s | ratio | commits C rows/s | serial limit ev/s | ratio to limit | WAL B/event | stored row B | WAL/row | peak RSS MB | peak WAL MiB | events/commit |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+awk -F'\t' '{printf "|"; for (i = 1; i <= 15; i++) printf " %s |", $i; printf "\n"}' "$RESULTS"
+printf "| **median** |"
+for col in $(seq 2 15); do printf " %s |" "$(cut -f"$col" "$RESULTS" | median)"; done
+echo
+echo "($EVENTS $PROFILE events, store.synchronous = $SYNC, mosquitto max_inflight_messages = $WINDOW)"
