@@ -82,15 +82,20 @@ impl VcdParser {
                 ));
             }
         };
-        let event: Value = serde_json::from_str(&event_text)
-            .map_err(|e| (RejectReason::MalformedJson, format!("payload: {e}")))?;
-        if !event.is_object() {
-            return Err((
-                RejectReason::UnsupportedPayload,
-                "payload is not a JSON object".to_string(),
-            ));
-        }
-        let fields = EventFields::read(&event)?;
+        let fields = match EventFields::read_borrowed(&event_text) {
+            Some(fields) => fields,
+            None => {
+                let event: Value = serde_json::from_str(&event_text)
+                    .map_err(|e| (RejectReason::MalformedJson, format!("payload: {e}")))?;
+                if !event.is_object() {
+                    return Err((
+                        RejectReason::UnsupportedPayload,
+                        "payload is not a JSON object".to_string(),
+                    ));
+                }
+                EventFields::read(&event)?
+            }
+        };
         Ok(Decoded::Event(Event {
             id: fields.id,
             occurred_at_us: fields.occurred_at_us,
@@ -126,6 +131,47 @@ fn entity_id(v: Option<&Value>) -> Option<String> {
     }
 }
 
+/// The fields [`EventFields`] reads, borrowed from the event's text: most
+/// events are read through this without building a JSON tree for the whole
+/// event (that tree was the largest cost of parsing a VCD message).
+#[derive(Deserialize)]
+struct Borrowed<'a> {
+    #[serde(rename = "eventId", borrow)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(rename = "eventType", borrow)]
+    event_type: Option<&'a RawValue>,
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(rename = "eventEntity", borrow)]
+    event_entity: Option<&'a RawValue>,
+    #[serde(borrow)]
+    entity: Option<&'a RawValue>,
+    #[serde(rename = "operatingOrg", borrow)]
+    operating_org: Option<&'a RawValue>,
+    #[serde(borrow)]
+    org: Option<&'a RawValue>,
+}
+
+/// A JSON string's value; `None` for any other JSON value.
+fn raw_str(v: Option<&RawValue>) -> Option<String> {
+    let v = v?.get();
+    v.starts_with('"')
+        .then(|| serde_json::from_str(v).ok())
+        .flatten()
+}
+
+/// [`first_str`] on borrowed values: the first that is a string, if not empty.
+fn first_raw_str(values: &[Option<&RawValue>]) -> Option<String> {
+    values
+        .iter()
+        .find_map(|v| raw_str(*v))
+        .filter(|s| !s.is_empty())
+}
+
 fn first_str<'a>(event: &'a Value, keys: &[&str]) -> Option<&'a str> {
     keys.iter()
         .find_map(|k| event.get(*k).and_then(Value::as_str))
@@ -133,6 +179,46 @@ fn first_str<'a>(event: &'a Value, keys: &[&str]) -> Option<&'a str> {
 }
 
 impl EventFields {
+    /// Reads the fields straight from an event's JSON text, for most
+    /// events: `None` unless every field reads cleanly. Anything else (bad
+    /// JSON, not an object, a duplicate key, odd shapes) goes through
+    /// [`EventFields::read`] on the parsed tree, which stays the one rule
+    /// and decides the rejection reason.
+    pub fn read_borrowed(text: &str) -> Option<Self> {
+        let b: Borrowed = serde_json::from_str(text).ok()?;
+        let id = first_raw_str(&[b.event_id, b.id])?;
+        let time: Value = serde_json::from_str(b.timestamp?.get()).ok()?;
+        let occurred_at_us = parse_time_us(&time).ok()?;
+        let event_type =
+            first_raw_str(&[b.event_type, b.kind]).unwrap_or_else(|| "unknown".to_string());
+        let subject = Self::entity(b.event_entity)?.or(Self::entity(b.entity)?);
+        let org = Self::entity(b.operating_org)?.or(Self::entity(b.org)?);
+        Some(EventFields {
+            id: normalise_id(&id),
+            occurred_at_us,
+            event_type,
+            subject,
+            org,
+        })
+    }
+
+    /// [`entity_id`] on a borrowed value; `None` when it cannot tell.
+    fn entity(v: Option<&RawValue>) -> Option<Option<String>> {
+        #[derive(Deserialize)]
+        struct Ref<'a> {
+            #[serde(borrow)]
+            id: Option<&'a RawValue>,
+        }
+        let Some(raw) = v else {
+            return Some(None);
+        };
+        match raw.get().as_bytes().first() {
+            Some(b'"') => Some(raw_str(Some(raw)).filter(|s| !s.is_empty())),
+            Some(b'{') => Some(raw_str(serde_json::from_str::<Ref>(raw.get()).ok()?.id)),
+            _ => Some(None),
+        }
+    }
+
     pub fn read(event: &Value) -> Result<Self, ParseError> {
         let id = first_str(event, &["eventId", "id"])
             .map(normalise_id)
@@ -173,12 +259,11 @@ impl EventFields {
 /// has a readable one, so the poller can tell an overlap re-read from a new
 /// bad value (and records it once).
 pub fn audit_event(text: &str, now: i64) -> Parsed {
-    let value = serde_json::from_str::<serde_json::Value>(text)
-        .map_err(|e| (RejectReason::MalformedJson, e.to_string()));
-    let parsed = value
-        .as_ref()
-        .map_err(Clone::clone)
-        .and_then(EventFields::read);
+    let parsed = EventFields::read_borrowed(text).map(Ok).unwrap_or_else(|| {
+        serde_json::from_str::<Value>(text)
+            .map_err(|e| (RejectReason::MalformedJson, e.to_string()))
+            .and_then(|v| EventFields::read(&v))
+    });
     match parsed {
         Ok(f) => Parsed::Event(Event {
             id: f.id,
@@ -194,7 +279,7 @@ pub fn audit_event(text: &str, now: i64) -> Parsed {
         }),
         Err((reason, detail)) => {
             tracing::warn!(reason = reason.as_str(), %detail, "rejected audit trail event");
-            let at = value
+            let at = serde_json::from_str::<Value>(text)
                 .ok()
                 .and_then(|v| parse_time_us(v.get("timestamp")?).ok())
                 .unwrap_or(now);
@@ -251,6 +336,39 @@ mod tests {
         assert_eq!(e.subject.as_deref(), Some("urn:vcloud:vapp:3"));
         assert_eq!(e.payload, ev.to_string());
         assert_eq!(e.origin, Origin::Mqtt);
+    }
+
+    /// The borrowed fast path may only decline, never disagree with
+    /// [`EventFields::read`]; and it does answer for ordinary events.
+    #[test]
+    fn the_fast_path_agrees_with_the_tree_or_declines() {
+        let shapes = [
+            modern().to_string(),
+            r#"{"eventId":"","id":"x-1","timestamp":1795428000123}"#.into(),
+            r#"{"eventId":5,"id":"x-2","timestamp":"2026-11-23T10:00:00Z","type":"a/b"}"#.into(),
+            r#"{"eventId":"x-3","eventType":"","type":"t","timestamp":"2026-11-23T10:00:00Z"}"#
+                .into(),
+            r#"{"eventId":"x-4","timestamp":null}"#.into(),
+            r#"{"eventId":"x-5","timestamp":"yesterday"}"#.into(),
+            r#"{"eventId":"x-6","timestamp":1,"eventEntity":{"id":7},"entity":"e-1"}"#.into(),
+            r#"{"eventId":"x-7","timestamp":1,"eventEntity":"","entity":{"id":""}}"#.into(),
+            r#"{"eventId":"x-8","timestamp":1,"operatingOrg":[1],"org":{"name":"n"}}"#.into(),
+            r#"{"eventId":"x-9","eventId":"x-10","timestamp":1}"#.into(),
+            r#"{"eventId":"x-\u0041\n","timestamp":1,"org":{"id":"o\"1","id":"o2"}}"#.into(),
+            r#"{"timestamp":1}"#.into(),
+        ];
+        let mut answered = 0;
+        for text in &shapes {
+            let tree: Value = serde_json::from_str(text).unwrap();
+            if let Some(fast) = EventFields::read_borrowed(text) {
+                answered += 1;
+                assert_eq!(Ok(fast), EventFields::read(&tree), "{text}");
+            }
+        }
+        assert!(
+            answered >= 6,
+            "the fast path answered only {answered} shapes"
+        );
     }
 
     #[test]
