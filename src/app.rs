@@ -216,7 +216,7 @@ async fn start_sources(
     store: &Store,
     channels: crate::store::WriterChannels,
     live_tx: watch::Sender<Live>,
-    acks_rx: mpsc::UnboundedReceiver<Vec<crate::source::mqtt::Ack>>,
+    acks_rx: mpsc::UnboundedReceiver<Vec<crate::store::Receipt>>,
     counters: &Arc<Counters>,
     shutdown: &CancellationToken,
 ) -> Result<(), AppError> {
@@ -372,13 +372,13 @@ async fn report(
     head: i64,
     failure: Option<String>,
 ) -> Result<RunReport, AppError> {
-    let (events_in_store, rejected_in_store) = store.counts().await?;
+    let in_store = store.counts().await?;
     store.close().await;
     Ok(RunReport {
         counters: counters.snapshot(),
         head,
-        events_in_store,
-        rejected_in_store,
+        events_in_store: in_store.events,
+        rejected_in_store: in_store.rejected,
         peak_rss_kib: peak_rss_kib(),
         failure,
     })

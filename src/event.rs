@@ -3,7 +3,8 @@
 //! Sources produce [`Event`]s; the store keeps them; sinks read
 //! [`StoredEvent`]s back and render them with [`StoredEvent::to_cloudevent`],
 //! the single renderer every sink uses, so no two sinks can disagree on the
-//! output format (DESIGN.md, "Output").
+//! output format. What a message turned into ([`Parsed`]: an event, a skip
+//! or a [`Rejected`] message) is here too: sources make it, the store keeps it.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -225,6 +226,138 @@ impl StoredEvent {
             self.id,
             if self.late { " late" } else { "" }
         )
+    }
+}
+
+/// Why a message was refused. Each reason is a counter and a `reason` value
+/// in the `rejected` table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    Oversized,
+    NotUtf8,
+    MalformedJson,
+    BadEnvelope,
+    UnsupportedPayload,
+    MissingId,
+    MissingTimestamp,
+    BadTimestamp,
+    /// ScaleIT: the topic is not `app/<app>/<stack>/<message>/...`.
+    BadTopic,
+    /// ScaleIT: the body names no `$schema` (and `require_schema = true`).
+    MissingSchema,
+    /// ScaleIT: `$schema` names a URL outside the app's `schema_base_url`
+    /// and `schema_allow`, which gapless never fetches.
+    UnknownSchema,
+    /// ScaleIT: the body does not validate against its schema.
+    SchemaInvalid,
+    /// The event's time is later than now plus `source.max_clock_skew`.
+    FutureTime,
+}
+
+impl RejectReason {
+    /// Every reason, so that `/metrics` shows each at 0 before it happens.
+    pub const ALL: [RejectReason; 13] = [
+        RejectReason::Oversized,
+        RejectReason::NotUtf8,
+        RejectReason::MalformedJson,
+        RejectReason::BadEnvelope,
+        RejectReason::UnsupportedPayload,
+        RejectReason::MissingId,
+        RejectReason::MissingTimestamp,
+        RejectReason::BadTimestamp,
+        RejectReason::BadTopic,
+        RejectReason::MissingSchema,
+        RejectReason::UnknownSchema,
+        RejectReason::SchemaInvalid,
+        RejectReason::FutureTime,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Oversized => "oversized",
+            RejectReason::NotUtf8 => "not_utf8",
+            RejectReason::MalformedJson => "malformed_json",
+            RejectReason::BadEnvelope => "bad_envelope",
+            RejectReason::UnsupportedPayload => "unsupported_payload",
+            RejectReason::MissingId => "missing_id",
+            RejectReason::MissingTimestamp => "missing_timestamp",
+            RejectReason::BadTimestamp => "bad_timestamp",
+            RejectReason::BadTopic => "bad_topic",
+            RejectReason::MissingSchema => "missing_schema",
+            RejectReason::UnknownSchema => "unknown_schema",
+            RejectReason::SchemaInvalid => "schema_invalid",
+            RejectReason::FutureTime => "future_time",
+        }
+    }
+}
+
+/// A refused message, kept for inspection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejected {
+    pub topic: String,
+    pub reason: RejectReason,
+    pub detail: String,
+    /// The first bytes of the message (truncated to [`REJECTED_KEEP_BYTES`]).
+    pub bytes: Vec<u8>,
+    /// The message's full size.
+    pub size: usize,
+    /// When the message was received (a history entry: its `received`).
+    pub at_us: i64,
+}
+
+/// How much of a rejected message is kept in the store.
+pub const REJECTED_KEEP_BYTES: usize = 4096;
+
+impl Rejected {
+    pub fn new(
+        topic: &str,
+        body: &[u8],
+        reason: RejectReason,
+        detail: impl Into<String>,
+        at_us: i64,
+    ) -> Self {
+        Rejected {
+            topic: topic.to_string(),
+            reason,
+            detail: detail.into(),
+            bytes: body[..body.len().min(REJECTED_KEEP_BYTES)].to_vec(),
+            size: body.len(),
+            at_us,
+        }
+    }
+}
+
+/// What one message turned into.
+#[derive(Debug, PartialEq)]
+pub enum Parsed {
+    Event(Event),
+    /// A well-formed message that carries no event (e.g. a VCD `TASK`
+    /// envelope): counted, not kept.
+    Skipped(String),
+    Rejected(Rejected),
+}
+
+impl Parsed {
+    /// An event dated later than `now_us + max_skew_us` becomes a rejection
+    /// (`future_time`): released in event-time order it would mark every
+    /// later event `late` until real time caught up with it.
+    pub fn bound_time(self, topic: &str, now_us: i64, max_skew_us: i64) -> Parsed {
+        match self {
+            Parsed::Event(e) if e.occurred_at_us > now_us.saturating_add(max_skew_us) => {
+                Parsed::Rejected(Rejected::new(
+                    topic,
+                    e.payload.as_bytes(),
+                    RejectReason::FutureTime,
+                    format!(
+                        "event time {} is more than source.max_clock_skew ({} s) ahead of this host's clock",
+                        rfc3339_us(e.occurred_at_us),
+                        max_skew_us / 1_000_000
+                    ),
+                    now_us,
+                ))
+            }
+            other => other,
+        }
     }
 }
 

@@ -257,7 +257,12 @@ async fn daemon_state(config: &Config) -> String {
 pub async fn status(config: &Config) -> Result<Status, OpsError> {
     let store = Store::open(&config.store).await?;
     let head = store.head().await?;
-    let (events, unreleased, late, rejected) = store.stream_counts().await?;
+    let crate::store::StreamCounts {
+        events,
+        unreleased,
+        late,
+        rejected,
+    } = store.stream_counts().await?;
     let verified = store.verified_until(config.source.uri()).await?;
     let mut sinks = Vec::new();
     for s in &config.sinks {
@@ -272,7 +277,12 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
         });
     }
     let last_rejected = store.last_rejected(5).await?;
-    let rejected_by_reason = store.rejected_by_reason().await?;
+    let rejected_by_reason = store
+        .rejected_by_reason()
+        .await?
+        .into_iter()
+        .map(|r| (r.reason, r.n))
+        .collect();
     let pending_validation = store.pending_count().await?;
     let completeness = if config.has_history() {
         "verified: the poller checks the REST history for what MQTT missed".to_string()

@@ -89,7 +89,7 @@ path = "{file}"
     };
     let deadline = Instant::now() + Duration::from_secs(300);
     let done_us = loop {
-        let (stored, _) = store.counts().await.unwrap();
+        let stored = store.counts().await.unwrap().events;
         if stored as u64 >= events {
             break gapless::event::now_us();
         }

@@ -24,7 +24,7 @@ use super::{Parsed, Parser, RejectReason, Rejected};
 use crate::config::{MQTT_MAX_PACKET, MqttConfig, Scheme, Secret, WS_MAX_FRAME};
 use crate::event::now_us;
 use crate::metrics::Counters;
-use crate::store::Ingest;
+use crate::store::{Ingest, Receipt};
 use crate::stream::Live;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,13 +38,35 @@ pub enum SourceError {
     AckerEnded(String),
 }
 
-/// What the writer needs to acknowledge one message once it is durable.
+/// What it takes to acknowledge one message once it is durable. It travels
+/// through the store's writer packed into an opaque [`Receipt`], so the
+/// store knows nothing of MQTT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ack {
     pub pkid: u16,
     pub qos: QoS,
     /// Which connection delivered it (see [`Acker`]).
     pub generation: u64,
+}
+
+impl Ack {
+    /// Packet id in the low 16 bits, QoS in the next 2, generation above
+    /// (2^46 reconnects are out of reach).
+    fn receipt(self) -> Receipt {
+        Receipt(self.generation << 18 | (self.qos as u64) << 16 | u64::from(self.pkid))
+    }
+
+    fn from_receipt(r: Receipt) -> Self {
+        Ack {
+            pkid: r.0 as u16,
+            qos: match (r.0 >> 16) & 3 {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                _ => QoS::ExactlyOnce,
+            },
+            generation: r.0 >> 18,
+        }
+    }
 }
 
 /// The credentials for the next connect.
@@ -203,7 +225,7 @@ struct Acker {
 impl Acker {
     async fn run(
         self,
-        mut rx: mpsc::UnboundedReceiver<Vec<Ack>>,
+        mut rx: mpsc::UnboundedReceiver<Vec<Receipt>>,
         mut subscriptions: mpsc::UnboundedReceiver<Vec<SubscribeFilter>>,
     ) {
         loop {
@@ -219,7 +241,7 @@ impl Acker {
                 acks = rx.recv() => acks,
             };
             let Some(acks) = acks else { return };
-            for ack in acks {
+            for ack in acks.into_iter().map(Ack::from_receipt) {
                 if self.clean_session && ack.generation != self.generation.load(Ordering::Acquire) {
                     continue;
                 }
@@ -249,7 +271,7 @@ impl MqttSource {
     /// the DISCONNECT (or after a short grace period).
     pub async fn run(
         self,
-        acks: mpsc::UnboundedReceiver<Vec<Ack>>,
+        acks: mpsc::UnboundedReceiver<Vec<Receipt>>,
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
         let auth = self.credentials.current();
@@ -426,10 +448,13 @@ impl Session<'_> {
     async fn on_publish(&self, p: Publish) {
         let now = now_us();
         self.source.counters.received_at(now);
-        let ack = (p.qos != QoS::AtMostOnce).then(|| Ack {
-            pkid: p.pkid,
-            qos: p.qos,
-            generation: self.generation.load(Ordering::Acquire),
+        let ack = (p.qos != QoS::AtMostOnce).then(|| {
+            Ack {
+                pkid: p.pkid,
+                qos: p.qos,
+                generation: self.generation.load(Ordering::Acquire),
+            }
+            .receipt()
         });
         let item = if p.payload.len() > self.max_size {
             Parsed::Rejected(Rejected::new(

@@ -31,7 +31,7 @@ use super::{Parsed, RejectReason, Rejected};
 use crate::config::{SchemaUnavailable, SourceConfig};
 use crate::event::{Event, Validation};
 use crate::metrics::Counters;
-use crate::store::{SchemaOp, Store, StoreError, WriterHandle};
+use crate::store::{CachedSchema, PendingEvent, SchemaOp, Store, StoreError, WriterHandle};
 
 /// The first wait before a schema that could not be had is tried again;
 /// it doubles per failure up to `RETRY_MAX`.
@@ -293,9 +293,15 @@ impl SchemaRegistry {
             let Some(last) = rows.last() else {
                 return Ok(());
             };
-            after = (last.3, last.0.clone());
+            after = (last.received_at_us, last.id.clone());
             let mut ops = Vec::new();
-            for (id, source, payload, _) in rows {
+            for PendingEvent {
+                id,
+                ce_source: source,
+                payload,
+                ..
+            } in rows
+            {
                 let body: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
                 let app = source.split('/').nth(1).unwrap_or_default();
                 let reference = body["$schema"].as_str().unwrap_or_default();
@@ -422,13 +428,16 @@ impl SchemaRegistry {
         let location = crate::net::redact(&url);
         let stored = store.schema(&location).await?;
         let mut request = self.http.get(&url).headers(self.headers.clone());
-        if let Some((Some(etag), _)) = &stored {
+        if let Some(CachedSchema {
+            etag: Some(etag), ..
+        }) = &stored
+        {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
         Counters::add(&self.counters.schema_fetches, 1);
         let failure = match request.send().await {
             Ok(r) if r.status() == reqwest::StatusCode::NOT_MODIFIED && stored.is_some() => {
-                return Ok(compile(&stored.expect("checked").1, &location));
+                return Ok(compile(&stored.expect("checked").body, &location));
             }
             Ok(r) if r.status().is_success() => {
                 let etag = r
@@ -462,7 +471,7 @@ impl SchemaRegistry {
             Err(e) => format!("{location}: {}", crate::net::error_text(e)),
         };
         Ok(match stored {
-            Some((_, body)) => {
+            Some(CachedSchema { body, .. }) => {
                 tracing::warn!(%location, error = %failure, "schema service unavailable; using the stored copy");
                 compile(&body, &location)
             }

@@ -64,7 +64,13 @@ async fn ten_thousand_with_duplicates_and_noise(test: &str, websocket: bool) {
     })
     .await
     .unwrap();
-    let reasons = store.rejected_by_reason().await.unwrap();
+    let reasons: Vec<(String, i64)> = store
+        .rejected_by_reason()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.reason, r.n))
+        .collect();
     assert_eq!(
         reasons,
         vec![

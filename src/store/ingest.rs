@@ -1,0 +1,241 @@
+//! What sources hand the writer, and the rules that decide what of it is
+//! new: duplicates by id (in the batch and in the store), duplicates by
+//! content key within a time window, and the multi-row insert.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{AssertSqlSafe, Connection};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+
+use super::StoreError;
+use super::control::write_sink_op;
+use super::writer::{Batch, WRITE_TX, Writer};
+use crate::event::{Event, Origin, Parsed, now_us};
+use crate::stream::Order;
+
+/// A source's receipt for one message, handed back (in order) once the
+/// commit that made the message durable is done: the MQTT source's PUBACK.
+/// Opaque to the store, which only has to give it back after the commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt(pub u64);
+
+/// What sources send the writer, in order.
+#[derive(Debug)]
+pub enum Ingest {
+    /// One message: what it parsed to, the MQTT ack to send once it is
+    /// durable, and the share of the byte budget it holds until then.
+    Message {
+        item: Parsed,
+        ack: Option<Receipt>,
+        permit: Option<OwnedSemaphorePermit>,
+    },
+    /// The poller verified the source's history up to `until_us`. Sent
+    /// after the window's events on the same channel, so it commits with or
+    /// after them, never before; `done` fires after that commit.
+    Verified {
+        until_us: i64,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Rows per multi-row INSERT (11 columns each, well under SQLite's bind limit).
+pub(super) const INSERT_CHUNK: usize = 64;
+
+/// Ids per `IN (...)` lookup.
+const LOOKUP_CHUNK: usize = 256;
+
+/// A ScaleIT event waiting for its schema: stored, not released yet.
+fn pending(e: &Event) -> bool {
+    e.ext
+        .as_ref()
+        .is_some_and(|x| x.validation == crate::event::Validation::Pending)
+}
+
+pub(super) fn placeholders(rows: usize, cols: usize) -> String {
+    let row = format!("({})", vec!["?"; cols].join(","));
+    vec![row; rows].join(",")
+}
+
+impl Writer {
+    /// Content-keyed events (sources without ids): one whose key is stored,
+    /// or earlier in the batch, less than its window away in time (either
+    /// side: a history copy may carry an earlier time than the MQTT one) is
+    /// the same message again and is dropped.
+    pub(super) async fn drop_window_duplicates(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), StoreError> {
+        let spans = events.iter().filter_map(|e| {
+            let w = e.content_key.as_ref()?.window_us;
+            Some((
+                e.occurred_at_us.saturating_sub(w),
+                e.occurred_at_us.saturating_add(w),
+            ))
+        });
+        let Some((from, to)) = spans.reduce(|a, b| (a.0.min(b.0), a.1.max(b.1))) else {
+            return Ok(());
+        };
+        let keys: Vec<&str> = events
+            .iter()
+            .filter_map(|e| Some(e.content_key.as_ref()?.key.as_str()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        // Stored times per key near the batch, one query per chunk. Kept
+        // times of one key are a window apart, so these lists stay short.
+        let mut seen: HashMap<String, Vec<i64>> = HashMap::new();
+        for chunk in keys.chunks(LOOKUP_CHUNK) {
+            let sql = format!(
+                "SELECT dedup_key, occurred_at_us FROM events \
+                 WHERE occurred_at_us > ? AND occurred_at_us < ? AND dedup_key IN {}",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query_as::<_, (String, i64)>(AssertSqlSafe(sql))
+                .bind(from)
+                .bind(to);
+            for key in chunk {
+                q = q.bind(*key);
+            }
+            for (key, at) in q.fetch_all(&mut **tx).await? {
+                seen.entry(key).or_default().push(at);
+            }
+        }
+        events.retain(|e| {
+            let Some(k) = &e.content_key else {
+                return true;
+            };
+            let times = seen.entry(k.key.clone()).or_default();
+            if times
+                .iter()
+                .any(|t| t.abs_diff(e.occurred_at_us) < k.window_us.unsigned_abs())
+            {
+                return false;
+            }
+            times.push(e.occurred_at_us);
+            true
+        });
+        Ok(())
+    }
+
+    /// Writes one batch in one transaction; returns how many events were
+    /// new, and how many of those came from the poller (MQTT had missed them).
+    pub(super) async fn write(&mut self, batch: &mut Batch) -> Result<(u64, u64), StoreError> {
+        let mut tx = self.conn.begin_with(WRITE_TX).await?;
+
+        // In-batch duplicates first, then ids already stored.
+        let mut seen = HashSet::with_capacity(batch.events.len());
+        batch.events.retain(|e| seen.insert(e.id.clone()));
+        Self::drop_window_duplicates(&mut tx, &mut batch.events).await?;
+        let mut existing = HashSet::new();
+        let ids: Vec<&str> = batch.events.iter().map(|e| e.id.as_str()).collect();
+        for chunk in ids.chunks(LOOKUP_CHUNK) {
+            let sql = format!(
+                "SELECT id FROM events WHERE id IN {}",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            existing.extend(q.fetch_all(&mut *tx).await?);
+        }
+        let fresh: Vec<&Event> = batch
+            .events
+            .iter()
+            .filter(|e| !existing.contains(&e.id))
+            .collect();
+
+        for chunk in fresh.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "INSERT INTO events (id, source, origin, occurred_at_us, received_at_us, type, \
+                 subject, org, payload, seq, late, ce_source, dataschema, dedup_key, validation) \
+                 VALUES {} ON CONFLICT(id) DO NOTHING",
+                placeholders(chunk.len(), 15)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for e in chunk {
+                q = q
+                    .bind(e.id.as_str())
+                    .bind(self.source.as_str())
+                    .bind(e.origin.as_str())
+                    .bind(e.occurred_at_us)
+                    .bind(e.received_at_us)
+                    .bind(e.event_type.as_str())
+                    .bind(e.subject.as_deref())
+                    .bind(e.org.as_deref())
+                    .bind(e.payload.as_str())
+                    .bind(match self.stream.order {
+                        Order::Arrival if !pending(e) => Some(self.sequencer.next_seq()),
+                        _ => None,
+                    })
+                    .bind(self.stream.order == Order::Arrival && e.origin == Origin::Poll)
+                    .bind(e.ext.as_ref().map(|x| x.source.as_str()))
+                    .bind(e.ext.as_ref().and_then(|x| x.dataschema.as_deref()))
+                    .bind(e.content_key.as_ref().map(|k| k.key.as_str()))
+                    .bind(e.ext.as_ref().map(|x| x.validation.as_str()));
+            }
+            let done = q.execute(&mut *tx).await?;
+            debug_assert_eq!(done.rows_affected(), chunk.len() as u64);
+        }
+
+        if !batch.rejected.is_empty() {
+            for r in &batch.rejected {
+                sqlx::query(
+                    "INSERT INTO rejected (topic, reason, detail, bytes, size, at_us) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(r.topic.as_str())
+                .bind(r.reason.as_str())
+                .bind(r.detail.as_str())
+                .bind(r.bytes.as_slice())
+                .bind(r.size as i64)
+                .bind(r.at_us)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("DELETE FROM rejected WHERE id <= (SELECT MAX(id) FROM rejected) - ?")
+                .bind(self.rejected_max)
+                .execute(&mut *tx)
+                .await?;
+        }
+
+        let now = now_us();
+        for op in std::mem::take(&mut batch.schema_ops) {
+            let order = self.stream.order;
+            Self::write_schema_op(&mut tx, op, now, order, &mut self.sequencer, &self.counters)
+                .await?;
+        }
+        for (sink, op) in &batch.sink_ops {
+            write_sink_op(&mut tx, sink, op, now).await?;
+        }
+
+        if let Some(until) = batch.verified {
+            self.verified = self.verified.max(Some(until));
+            sqlx::query(
+                "INSERT INTO watermarks (source, verified_until_us, updated_at_us) VALUES (?, ?, ?) \
+                 ON CONFLICT(source) DO UPDATE SET verified_until_us = MAX(verified_until_us, excluded.verified_until_us), \
+                 updated_at_us = excluded.updated_at_us",
+            )
+            .bind(self.source.as_str())
+            .bind(until)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        if self.stream.order == Order::EventTime {
+            Self::release(
+                &mut tx,
+                &mut self.sequencer,
+                &self.stream,
+                self.verified,
+                &self.counters,
+            )
+            .await?;
+        }
+
+        tx.commit().await?;
+        let recovered = fresh.iter().filter(|e| e.origin == Origin::Poll).count() as u64;
+        Ok((fresh.len() as u64, recovered))
+    }
+}

@@ -1,0 +1,289 @@
+//! The typed read API: what sinks, the schema registry, the admin endpoint
+//! and the CLI read, through the read pool, while the writer writes.
+
+use super::{Store, StoreError};
+use crate::event::{StoredEvent, now_us};
+
+/// The columns a [`StoredEvent`] is read from.
+macro_rules! stored_columns {
+    () => {
+        "seq, id, origin, occurred_at_us, type, subject, payload, late, ce_source, dataschema, validation"
+    };
+}
+
+impl Store {
+    /// The highest released `seq` (0 when nothing is released yet).
+    pub async fn head(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Events held back for their schema after `after` (received µs, id),
+    /// oldest first. Paging by both keys never skips events received in the
+    /// same microsecond.
+    pub async fn pending_events(
+        &self,
+        after: (i64, &str),
+        limit: u32,
+    ) -> Result<Vec<PendingEvent>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, COALESCE(ce_source, '') AS ce_source, payload, received_at_us FROM events \
+             WHERE validation = 'pending' AND (received_at_us, id) > (?, ?) \
+             ORDER BY received_at_us, id LIMIT ?",
+        )
+        .bind(after.0)
+        .bind(after.1)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// How many events wait for their schema.
+    pub async fn pending_count(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE validation = 'pending'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// A cached schema.
+    pub async fn schema(&self, url: &str) -> Result<Option<CachedSchema>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT etag, body FROM schemas WHERE url = ?")
+                .bind(url)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// A sink's cursor: the last `seq` its target accepted (0 = none).
+    pub async fn cursor(&self, sink: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT seq FROM cursors WHERE sink = ?")
+            .bind(sink)
+            .fetch_optional(&self.pool)
+            .await?
+            .unwrap_or(0))
+    }
+
+    /// Released events after `seq`, in stream order.
+    pub async fn released_after(
+        &self,
+        seq: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            stored_columns!(),
+            " FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+        ))
+        .bind(seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// How far `source`'s history is verified (µs since the epoch), if ever.
+    pub async fn verified_until(&self, source: &str) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT verified_until_us FROM watermarks WHERE source = ?")
+                .bind(source)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Why a sink is disabled, if it is.
+    pub async fn sink_disabled(&self, sink: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT disabled_reason FROM sink_state WHERE sink = ?")
+                .bind(sink)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
+    /// A pending replay request for a sink: deliver again from this `seq`.
+    pub async fn replay_request(&self, sink: &str) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT replay_from_seq FROM sink_requests WHERE sink = ?")
+                .bind(sink)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// A sink's dead letters (only those marked for retry, if asked), oldest first.
+    pub async fn dead_letters(
+        &self,
+        sink: &str,
+        only_retry: bool,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT seq, event_id, attempts, last_status, last_error, at_us, retry FROM dead_letters \
+             WHERE sink = ? AND (retry = 1 OR ? = 0) ORDER BY seq",
+        )
+        .bind(sink)
+        .bind(only_retry)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The released event at `seq`.
+    pub async fn event_at(&self, seq: i64) -> Result<Option<StoredEvent>, StoreError> {
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            stored_columns!(),
+            " FROM events WHERE seq = ?"
+        ))
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Operator request (CLI): deliver again from `seq`. The sink applies it
+    /// (now if the daemon runs, else at its next start) and is re-enabled.
+    pub async fn request_replay(&self, sink: &str, from_seq: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sink_requests (sink, replay_from_seq, at_us) VALUES (?, ?, ?) \
+             ON CONFLICT(sink) DO UPDATE SET replay_from_seq = excluded.replay_from_seq, at_us = excluded.at_us",
+        )
+        .bind(sink)
+        .bind(from_seq)
+        .bind(now_us())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Operator request (CLI): mark a sink's dead letters for another delivery.
+    pub async fn dlq_retry(&self, sink: &str) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("UPDATE dead_letters SET retry = 1 WHERE sink = ?")
+                .bind(sink)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// Operator request (CLI): forget a sink's dead letters recorded before
+    /// `before_us`. Nothing else removes them: retention keeps their events.
+    pub async fn dlq_purge(&self, sink: &str, before_us: i64) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM dead_letters WHERE sink = ? AND at_us < ?")
+                .bind(sink)
+                .bind(before_us)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// What the stream holds, for `gapless status`.
+    pub async fn stream_counts(&self) -> Result<StreamCounts, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM events) AS events, \
+             (SELECT COUNT(*) FROM events WHERE seq IS NULL) AS unreleased, \
+             (SELECT COUNT(*) FROM events WHERE late = 1) AS late, \
+             (SELECT COUNT(*) FROM rejected) AS rejected",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The most recent rejected messages, newest first.
+    pub async fn last_rejected(&self, n: u32) -> Result<Vec<RejectedRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT at_us, topic, reason, detail, size FROM rejected ORDER BY id DESC LIMIT ?",
+        )
+        .bind(n)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// How many events and rejected messages the store holds.
+    pub async fn counts(&self) -> Result<StoreCounts, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM events) AS events, (SELECT COUNT(*) FROM rejected) AS rejected",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Rejected messages per reason, most frequent first.
+    pub async fn rejected_by_reason(&self) -> Result<Vec<ReasonCount>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT reason, COUNT(*) AS n FROM rejected GROUP BY reason ORDER BY n DESC, reason",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+/// A rejected message as `gapless status` shows it.
+#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+pub struct RejectedRow {
+    pub at_us: i64,
+    pub topic: String,
+    pub reason: String,
+    pub detail: String,
+    pub size: i64,
+}
+
+/// A dead letter, as `gapless dlq list` shows it.
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
+pub struct DeadLetter {
+    pub seq: i64,
+    pub event_id: String,
+    pub attempts: i64,
+    pub last_status: Option<i64>,
+    pub last_error: String,
+    pub at_us: i64,
+    pub retry: bool,
+}
+
+/// A ScaleIT event held back for its schema, as the schema sweep reads it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct PendingEvent {
+    pub id: String,
+    /// The CloudEvent source (`app/<app>/<stack>`), empty if none.
+    pub ce_source: String,
+    pub payload: String,
+    pub received_at_us: i64,
+}
+
+/// A fetched JSON Schema kept in the store, so a restart validates without
+/// the schema service.
+#[derive(Debug, sqlx::FromRow)]
+pub struct CachedSchema {
+    pub etag: Option<String>,
+    pub body: String,
+}
+
+/// The stream's rows by state, for `gapless status`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct StreamCounts {
+    pub events: i64,
+    pub unreleased: i64,
+    pub late: i64,
+    pub rejected: i64,
+}
+
+/// Rows in the store, for the run summary.
+#[derive(Debug, sqlx::FromRow)]
+pub struct StoreCounts {
+    pub events: i64,
+    pub rejected: i64,
+}
+
+/// How many kept rejections have one reason.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ReasonCount {
+    pub reason: String,
+    pub n: i64,
+}

@@ -1,0 +1,193 @@
+//! The writer's rules, driven through its channels against a real SQLite
+//! file, with no broker: dedup by id, the dedup window for content keys,
+//! `seq` without holes, and receipts only after the commit.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::config::StoreConfig;
+use crate::event::{ContentKey, Event, Origin, Parsed};
+use crate::metrics::Counters;
+
+/// A store in a fresh directory, a writer on it in arrival order, and the
+/// channel its receipts come back on.
+struct Rig {
+    _dir: tempfile::TempDir,
+    store: Store,
+    ingest: mpsc::Sender<Ingest>,
+    receipts: mpsc::UnboundedReceiver<Vec<Receipt>>,
+    counters: Arc<Counters>,
+    writer: tokio::task::JoinHandle<Result<(), StoreError>>,
+    _handle: WriterHandle,
+}
+
+async fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        path: dir.path().join("gapless.db"),
+        ..Default::default()
+    };
+    let store = Store::open(&config).await.unwrap();
+    let counters = Arc::new(Counters::default());
+    let (acks, receipts) = mpsc::unbounded_channel();
+    let plan = WriterPlan {
+        source: "test".into(),
+        queue: 64,
+        counters: counters.clone(),
+        acks: Some(acks),
+        stream: StreamSettings::arrival(),
+        retention: Retention {
+            keep_us: i64::MAX,
+            sinks: Vec::new(),
+            poll_guard_us: None,
+        },
+    };
+    let (writer, channels) = Writer::new(&store, &config, plan).await.unwrap();
+    Rig {
+        _dir: dir,
+        store,
+        ingest: channels.ingest,
+        receipts,
+        counters,
+        writer: tokio::spawn(writer.run()),
+        _handle: channels.handle,
+    }
+}
+
+fn event(id: &str, at_us: i64) -> Event {
+    Event {
+        id: id.into(),
+        occurred_at_us: at_us,
+        received_at_us: at_us,
+        event_type: "t".into(),
+        subject: None,
+        org: None,
+        origin: Origin::Mqtt,
+        payload: format!("{{\"id\":\"{id}\"}}"),
+        ext: None,
+        content_key: None,
+    }
+}
+
+fn keyed(key: &str, at_us: i64, window_us: i64) -> Event {
+    Event {
+        content_key: Some(ContentKey {
+            key: key.into(),
+            window_us,
+        }),
+        ..event(&format!("{key}-{at_us}"), at_us)
+    }
+}
+
+impl Rig {
+    async fn send(&self, e: Event, receipt: u64) {
+        self.ingest
+            .send(Ingest::Message {
+                item: Parsed::Event(e),
+                ack: Some(Receipt(receipt)),
+                permit: None,
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Receipts until `n` have come back.
+    async fn receipts(&mut self, n: usize) -> Vec<u64> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            got.extend(self.receipts.recv().await.unwrap().into_iter().map(|r| r.0));
+        }
+        got
+    }
+
+    /// `(seq, id)` of every released event, in stream order.
+    async fn stream(&self) -> Vec<(i64, String)> {
+        self.store
+            .released_after(0, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.seq, e.id))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn an_id_is_stored_once_within_a_batch_and_across_batches() {
+    let mut r = rig().await;
+    for (i, id) in ["a", "b", "a"].into_iter().enumerate() {
+        r.send(event(id, 1), i as u64).await;
+    }
+    r.receipts(3).await;
+    r.send(event("b", 2), 3).await;
+    r.send(event("c", 3), 4).await;
+    assert_eq!(r.receipts(2).await, vec![3, 4], "duplicates are acked too");
+    let ids: Vec<String> = r.stream().await.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    assert_eq!(r.counters.stored.load(Relaxed), 3);
+    assert_eq!(r.counters.duplicates.load(Relaxed), 2);
+}
+
+#[tokio::test]
+async fn a_content_key_is_a_duplicate_only_within_its_window() {
+    let mut r = rig().await;
+    let window = 1_000_000;
+    r.send(keyed("k", 10_000_000, window), 0).await;
+    r.send(keyed("k", 10_500_000, window), 1).await; // same message again
+    r.send(keyed("k", 9_200_000, window), 2).await; // either side of the time
+    r.send(keyed("k", 11_000_000, window), 3).await; // a window away: new
+    r.send(keyed("other", 10_000_000, window), 4).await;
+    r.receipts(5).await;
+    let ids: Vec<String> = r.stream().await.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(ids, ["k-10000000", "k-11000000", "other-10000000"]);
+}
+
+#[tokio::test]
+async fn seq_has_no_holes_whatever_is_dropped() {
+    let mut r = rig().await;
+    let mut n = 0;
+    for round in 0..5 {
+        for id in 0..20 {
+            // Every round repeats half of the previous round's ids.
+            r.send(event(&format!("e{}", round * 10 + id), round), n)
+                .await;
+            n += 1;
+        }
+    }
+    r.receipts(n as usize).await;
+    let seqs: Vec<i64> = r.stream().await.into_iter().map(|(seq, _)| seq).collect();
+    assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
+    assert_eq!(r.store.head().await.unwrap(), 60);
+}
+
+#[tokio::test]
+async fn receipts_come_back_only_after_their_commit() {
+    let mut r = rig().await;
+    r.send(event("before", 1), 7).await;
+    assert_eq!(r.receipts(1).await, vec![7]);
+    // Whoever sees a receipt can read its event from another connection.
+    assert_eq!(r.stream().await, vec![(1, "before".to_string())]);
+
+    // A commit that fails hands back nothing, and the writer stops (the
+    // broker then redelivers what was not acked).
+    sqlx::query(
+        "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'injected'); END",
+    )
+    .execute(&r.store.pool)
+    .await
+    .unwrap();
+    r.send(event("refused", 2), 8).await;
+    let ended = (&mut r.writer).await.unwrap();
+    assert!(
+        ended.is_err_and(|e| e.to_string().contains("injected")),
+        "the failed commit ends the writer"
+    );
+    assert!(
+        r.receipts.recv().await.is_none(),
+        "no receipt for an event that is not durable"
+    );
+    assert_eq!(r.stream().await, vec![(1, "before".to_string())]);
+}

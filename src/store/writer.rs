@@ -1,0 +1,318 @@
+//! The single writer: one task owns the only write connection, takes
+//! whatever is queued (opportunistic batching), and commits it in one
+//! transaction: inserts, releases, sink and schema writes; then hands the
+//! receipts back and publishes the new head.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::SqliteConnection;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
+
+use super::control::{Control, Head, SchemaOp, SinkOp, WriterHandle};
+use super::ingest::{Ingest, Receipt};
+use super::maintenance::Retention;
+use super::open::wal_path;
+use super::release::{StreamSettings, release_tick};
+use super::{Store, StoreError};
+use crate::config::StoreConfig;
+use crate::event::{Event, Origin, Parsed, Rejected, now_us};
+use crate::metrics::Counters;
+use crate::stream::{Order, Sequencer};
+
+/// The endpoints the rest of the pipeline talks to the writer through.
+pub struct WriterChannels {
+    pub ingest: mpsc::Sender<Ingest>,
+    pub handle: WriterHandle,
+    pub head: watch::Receiver<Head>,
+}
+
+/// Who the writer works for: the source it stores for, how deep its queue
+/// is, whose acks it releases, how it sequences and what it prunes.
+pub struct WriterPlan {
+    pub source: String,
+    pub queue: usize,
+    pub counters: Arc<Counters>,
+    pub acks: Option<mpsc::UnboundedSender<Vec<Receipt>>>,
+    pub stream: StreamSettings,
+    pub retention: Retention,
+}
+
+/// The single writer task's state.
+pub struct Writer {
+    pub(super) retention: Retention,
+    pub(super) conn: SqliteConnection,
+    pub(super) sequencer: Sequencer,
+    pub(super) stream: StreamSettings,
+    /// The poller's verified watermark for this source (µs).
+    pub(super) verified: Option<i64>,
+    pub(super) source: String,
+    pub(super) batch_max: usize,
+    pub(super) batch_delay: Duration,
+    pub(super) rejected_max: i64,
+    pub(super) counters: Arc<Counters>,
+    pub(super) head: watch::Sender<Head>,
+    pub(super) acks: Option<mpsc::UnboundedSender<Vec<Receipt>>>,
+    pub(super) ingest_rx: mpsc::Receiver<Ingest>,
+    pub(super) ctrl_rx: mpsc::Receiver<Control>,
+    /// Forced releases already logged, and when.
+    pub(super) forced_logged: (u64, std::time::Instant),
+    /// The WAL file, whose size the writer bounds, and when it last looked.
+    pub(super) wal: (PathBuf, std::time::Instant),
+}
+
+/// How the writer opens its transactions: with the write lock taken at
+/// once. A deferred one reads first and then asks for the lock; if a
+/// checkpoint restarted the WAL in between, SQLite refuses the upgrade at
+/// once (`database is locked`, busy timeout or not). Seen in the soak test.
+pub(super) const WRITE_TX: &str = "BEGIN IMMEDIATE";
+
+/// What one loop turn collected.
+#[derive(Default)]
+pub(super) struct Batch {
+    pub(super) events: Vec<Event>,
+    pub(super) rejected: Vec<Rejected>,
+    pub(super) skipped: u64,
+    pub(super) acks: Vec<Receipt>,
+    pub(super) sink_ops: Vec<(String, SinkOp)>,
+    pub(super) schema_ops: Vec<SchemaOp>,
+    /// Fired after the commit of the sink and schema ops.
+    pub(super) sink_done: Vec<oneshot::Sender<()>>,
+    pub(super) verified: Option<i64>,
+    pub(super) verified_done: Vec<oneshot::Sender<()>>,
+    pub(super) permits: Vec<OwnedSemaphorePermit>,
+    pub(super) messages: usize,
+}
+
+impl Batch {
+    fn push_ingest(&mut self, i: Ingest) {
+        self.messages += 1;
+        match i {
+            Ingest::Message { item, ack, permit } => {
+                match item {
+                    Parsed::Event(e) => self.events.push(e),
+                    Parsed::Rejected(r) => self.rejected.push(r),
+                    Parsed::Skipped(_) => self.skipped += 1,
+                }
+                self.acks.extend(ack);
+                self.permits.extend(permit);
+            }
+            Ingest::Verified { until_us, done } => {
+                self.verified = Some(self.verified.map_or(until_us, |v| v.max(until_us)));
+                self.verified_done.push(done);
+            }
+        }
+    }
+
+    fn push_control(&mut self, c: Control) {
+        match c {
+            Control::Sink { sink, ops, done } => {
+                self.sink_ops
+                    .extend(ops.into_iter().map(|op| (sink.clone(), op)));
+                self.sink_done.push(done);
+            }
+            Control::Schema { ops, done } => {
+                self.schema_ops.extend(ops);
+                self.sink_done.push(done);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.messages == 0 && self.sink_done.is_empty()
+    }
+}
+
+impl Writer {
+    /// Creates the writer for `store` and the channels that feed it.
+    pub async fn new(
+        store: &Store,
+        config: &StoreConfig,
+        plan: WriterPlan,
+    ) -> Result<(Writer, WriterChannels), StoreError> {
+        let WriterPlan {
+            source,
+            queue,
+            counters,
+            acks,
+            stream,
+            retention,
+        } = plan;
+        let source = source.as_str();
+        let conn = store.write_connection().await?;
+        let head_seq = store.head().await?;
+        let high: Option<i64> =
+            sqlx::query_scalar("SELECT value FROM stream_state WHERE key = 'high_us'")
+                .fetch_optional(&store.pool)
+                .await?;
+        let verified = store.verified_until(source).await?;
+        let (ingest_tx, ingest_rx) = mpsc::channel(queue);
+        let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
+        let (head_tx, head_rx) = watch::channel(Head {
+            seq: head_seq,
+            closed: false,
+        });
+        let writer = Writer {
+            conn,
+            retention,
+            sequencer: Sequencer::resume(head_seq, high),
+            stream,
+            verified,
+            source: source.to_string(),
+            batch_max: config.batch_max,
+            batch_delay: config.batch_delay.0,
+            rejected_max: i64::from(config.rejected_max),
+            counters,
+            head: head_tx,
+            acks,
+            ingest_rx,
+            ctrl_rx,
+            forced_logged: (0, std::time::Instant::now()),
+            wal: (wal_path(&config.path), std::time::Instant::now()),
+        };
+        let channels = WriterChannels {
+            ingest: ingest_tx,
+            handle: WriterHandle { ctrl: ctrl_tx },
+            head: head_rx,
+        };
+        Ok((writer, channels))
+    }
+
+    /// Runs until ingest is closed and drained and every [`WriterHandle`] is
+    /// dropped. A failed commit is fatal: nothing of that batch was acked,
+    /// so the broker (persistent session) or the poller delivers it again.
+    pub async fn run(mut self) -> Result<(), StoreError> {
+        let mut ingest_open = true;
+        let mut ctrl_open = true;
+        let mut tick = tokio::time::interval(release_tick(self.stream.rule.settle_us));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ticking = self.stream.order == Order::EventTime;
+        let mut prune = tokio::time::interval(self.retention.every());
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A backlog of old events is pruned one bounded batch per loop
+        // turn, taking turns with commits, so neither waits long.
+        let mut prune_more = false;
+        let mut prune_turn = true;
+        while ingest_open || ctrl_open {
+            let mut batch = Batch::default();
+            tokio::select! {
+                biased;
+                _ = std::future::ready(()), if prune_more && prune_turn => {
+                    prune_more = self.prune().await?;
+                    prune_turn = false;
+                    continue;
+                }
+                _ = prune.tick() => {
+                    prune_more = self.prune().await?;
+                    continue;
+                }
+                _ = tick.tick(), if ticking => {
+                    self.release_idle().await?;
+                    continue;
+                }
+                c = self.ctrl_rx.recv(), if ctrl_open => match c {
+                    Some(c) => batch.push_control(c),
+                    None => ctrl_open = false,
+                },
+                i = self.ingest_rx.recv(), if ingest_open => match i {
+                    Some(i) => batch.push_ingest(i),
+                    None => {
+                        ingest_open = false;
+                        self.head.send_modify(|h| h.closed = true);
+                    }
+                },
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            self.fill(&mut batch, ingest_open).await;
+            self.commit(batch).await?;
+            prune_turn = true;
+        }
+        self.log_forced(true);
+        Ok(())
+    }
+
+    /// Adds whatever else is queued, up to `batch_max` messages; waits up to
+    /// `batch_delay` for more only when configured to (default: never wait,
+    /// because the broker's in-flight window stalls while acks are held).
+    async fn fill(&mut self, batch: &mut Batch, ingest_open: bool) {
+        let deadline = tokio::time::Instant::now() + self.batch_delay;
+        while batch.messages < self.batch_max {
+            while let Ok(c) = self.ctrl_rx.try_recv() {
+                batch.push_control(c);
+            }
+            match self.ingest_rx.try_recv() {
+                Ok(i) => batch.push_ingest(i),
+                Err(_) if self.batch_delay.is_zero() || !ingest_open => break,
+                Err(_) => match tokio::time::timeout_at(deadline, self.ingest_rx.recv()).await {
+                    Ok(Some(i)) => batch.push_ingest(i),
+                    _ => break,
+                },
+            }
+        }
+    }
+
+    pub(super) fn publish_head(&self) {
+        let head = self.sequencer.head();
+        self.head.send_if_modified(|h| {
+            let changed = h.seq != head;
+            h.seq = head;
+            changed
+        });
+    }
+
+    async fn commit(&mut self, mut batch: Batch) -> Result<(), StoreError> {
+        let head_before = self.sequencer.head();
+        let high_before = self.sequencer.high();
+        let verified_before = self.verified;
+        let offered_poll = batch
+            .events
+            .iter()
+            .filter(|e| e.origin == Origin::Poll)
+            .count() as u64;
+        let offered_mqtt = batch.events.len() as u64 - offered_poll;
+        let result = self.write(&mut batch).await;
+        let (inserted, recovered) = match result {
+            Ok(n) => n,
+            Err(e) => {
+                self.sequencer.rewind_to(head_before, high_before);
+                self.verified = verified_before;
+                return Err(e);
+            }
+        };
+        let now = now_us();
+        Counters::add(&self.counters.stored, inserted);
+        Counters::add(&self.counters.recovered, recovered);
+        Counters::add(
+            &self.counters.duplicates,
+            offered_mqtt - (inserted - recovered),
+        );
+        Counters::add(&self.counters.poll_known, offered_poll - recovered);
+        for r in &batch.rejected {
+            self.counters.rejected_for(r.reason.as_str());
+        }
+        Counters::add(&self.counters.skipped, batch.skipped);
+        Counters::add(&self.counters.batches, 1);
+        self.counters
+            .last_commit_us
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        if !batch.acks.is_empty()
+            && let Some(acks) = &self.acks
+        {
+            // The acker may be gone during shutdown; the broker then
+            // redelivers (persistent session) and dedup absorbs it.
+            let _ = acks.send(std::mem::take(&mut batch.acks));
+        }
+        for done in batch.sink_done {
+            let _ = done.send(());
+        }
+        for done in batch.verified_done {
+            let _ = done.send(());
+        }
+        self.publish_head();
+        self.log_forced(false);
+        self.bound_wal().await
+    }
+}
