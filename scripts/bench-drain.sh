@@ -150,8 +150,6 @@ name = "bench"
 url = "mqtt://127.0.0.1:$PORT"
 client_id = "bench-gapless"
 clean_session = false
-[stream]
-order = "arrival"
 [store]
 path = "$WORK/gapless.db"
 synchronous = "$SYNC"
