@@ -325,9 +325,8 @@ async fn start_sources(
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                     _ = shutdown.cancelled() => return ("idle watch".into(), Ok(())),
                 }
-                let last = counters.snapshot().last_received_us;
-                if last > 0 && now_us() - last > idle_us {
-                    tracing::info!(idle = ?idle, "no message for the idle period; stopping");
+                if is_idle(&counters.snapshot(), now_us(), idle_us) {
+                    tracing::info!(idle = ?idle, "no message and no delivery for the idle period; stopping");
                     shutdown.cancel();
                     return ("idle watch".into(), Ok(()));
                 }
@@ -335,6 +334,15 @@ async fn start_sources(
         });
     }
     Ok(())
+}
+
+/// `--exit-idle`: a message has arrived, and for `idle_us` nothing has
+/// arrived and no sink has delivered. A sink still catching up on a drained
+/// backlog keeps the run going, so shutdown does not start with a long
+/// delivery left for `shutdown_timeout` to cut (exit 1). A sink that stopped
+/// delivering (a webhook that is down) does not.
+fn is_idle(s: &crate::metrics::Snapshot, now: i64, idle_us: i64) -> bool {
+    s.last_received_us > 0 && now - s.last_received_us.max(s.last_delivered_us) > idle_us
 }
 
 /// Starts the gap poller over `history`.
@@ -441,6 +449,31 @@ async fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_idle_waits_for_sinks_that_catch_up() {
+        let s = |received, delivered| crate::metrics::Snapshot {
+            last_received_us: received,
+            last_delivered_us: delivered,
+            ..Default::default()
+        };
+        let idle = 2_000_000;
+        let now = 100_000_000;
+        assert!(!is_idle(&s(0, 0), now, idle), "nothing arrived yet");
+        assert!(
+            !is_idle(&s(now - 1_000_000, 0), now, idle),
+            "arrived lately"
+        );
+        assert!(
+            !is_idle(&s(now - 60_000_000, now - 500_000), now, idle),
+            "a sink is still delivering the backlog"
+        );
+        assert!(is_idle(&s(now - 60_000_000, now - 3_000_000), now, idle));
+        assert!(
+            is_idle(&s(now - 3_000_000, 0), now, idle),
+            "a sink that never delivers does not hold the run"
+        );
+    }
 
     #[tokio::test]
     async fn a_panicking_task_fails_the_run_and_health() {

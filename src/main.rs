@@ -62,8 +62,8 @@ enum Command {
         /// The TOML configuration file (see config/gapless.example.toml).
         #[arg(long, short, env = "GAPLESS_CONFIG")]
         config: PathBuf,
-        /// Stop once no message has arrived for this long (e.g. "2s"): drain
-        /// a backlog and exit.
+        /// Stop once no message has arrived and no sink has delivered for
+        /// this long (e.g. "2s"): drain a backlog into the sinks and exit.
         #[arg(long, value_parser = humantime::parse_duration)]
         exit_idle: Option<Duration>,
         /// Write a JSON summary of the run (counters, peak memory) to this file at exit.

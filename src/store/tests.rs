@@ -191,3 +191,25 @@ async fn receipts_come_back_only_after_their_commit() {
     );
     assert_eq!(r.stream().await, vec![(1, "before".to_string())]);
 }
+
+#[tokio::test]
+async fn receipts_end_with_ingest_while_sinks_still_hold_the_writer() {
+    let mut r = rig().await;
+    r.send(event("last", 1), 9).await;
+    let Rig {
+        ingest,
+        mut receipts,
+        writer,
+        _handle: sink_handle,
+        ..
+    } = r;
+    drop(ingest);
+    assert_eq!(receipts.recv().await.map(|v| v[0].0), Some(9));
+    assert!(
+        receipts.recv().await.is_none(),
+        "the source can disconnect: no receipt will follow"
+    );
+    assert!(!writer.is_finished(), "a sink's handle keeps the writer");
+    drop(sink_handle);
+    writer.await.unwrap().unwrap();
+}

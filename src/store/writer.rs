@@ -220,6 +220,10 @@ impl Writer {
                     None => {
                         ingest_open = false;
                         self.head.send_modify(|h| h.closed = true);
+                        // Every message is committed and its receipt sent:
+                        // let the source disconnect now rather than after
+                        // the sinks (which hold the writer open) catch up.
+                        self.acks = None;
                     }
                 },
             }
