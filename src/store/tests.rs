@@ -194,7 +194,7 @@ async fn receipts_come_back_only_after_their_commit() {
 
 #[tokio::test]
 async fn receipts_end_with_ingest_while_sinks_still_hold_the_writer() {
-    let mut r = rig().await;
+    let r = rig().await;
     r.send(event("last", 1), 9).await;
     let Rig {
         ingest,
