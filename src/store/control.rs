@@ -24,7 +24,8 @@ pub(super) enum Control {
     },
 }
 
-/// A schema registry's writes (see [`crate::source::schema`]).
+/// A schema registry's writes: its verdicts on held-back events, and the
+/// schemas it fetched.
 #[derive(Debug)]
 pub enum SchemaOp {
     /// The held-back (`pending`) event `id` may be released: it validated,

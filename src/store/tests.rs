@@ -213,3 +213,28 @@ async fn receipts_end_with_ingest_while_sinks_still_hold_the_writer() {
     drop(sink_handle);
     writer.await.unwrap().unwrap();
 }
+
+/// Data flows source → store → stream → sink: the store never reaches back
+/// into a source (what it needs from one, such as the MQTT ack, reaches it
+/// as plain data: [`Receipt`], [`crate::event::Parsed`]).
+#[test]
+fn the_store_imports_nothing_from_the_sources() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");
+    let mut read = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.ends_with("tests.rs") {
+            continue; // this test names what it looks for
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        read += 1;
+        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            assert!(
+                !line.contains("crate::source") && !line.contains("crate::sink"),
+                "{}: {line}",
+                path.display()
+            );
+        }
+    }
+    assert!(read >= 8, "read only {read} files of src/store");
+}
