@@ -6,22 +6,38 @@
 //! by `scripts/bench-drain.sh` as C in the serial limit `1/(1/C + 1/S)`: a
 //! broker window's round trip and its commit happen one after the other.
 //!
-//! Usage: bench_commit DIR ROWS BATCH full|normal  (prints rows/s)
+//! It also shows what the store's unique index on event ids costs: with
+//! `uuid` keys (as VCD's) every batch touches about one index page per row
+//! once the index outgrows a batch; with `time` keys (ascending, like a
+//! time-ordered id) it appends. The WAL is never checkpointed here, so its
+//! final size over ROWS is the WAL bytes written per row.
+//!
+//! Usage: bench_commit DIR ROWS BATCH full|normal [uuid|time]
+//! (prints rows/s; with a fifth argument also WAL bytes per row)
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use std::path::PathBuf;
+
 use sqlx::{ConnectOptions, Connection};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [dir, rows, batch, sync] = args.as_slice() else {
-        eprintln!("usage: bench_commit DIR ROWS BATCH full|normal");
-        std::process::exit(2);
+    let (dir, rows, batch, sync, keys) = match args.as_slice() {
+        [d, r, b, s] => (d, r, b, s, None),
+        [d, r, b, s, k] if k == "uuid" || k == "time" => (d, r, b, s, Some(k.as_str())),
+        _ => {
+            eprintln!("usage: bench_commit DIR ROWS BATCH full|normal [uuid|time]");
+            std::process::exit(2);
+        }
     };
     let rows: usize = rows.parse().expect("ROWS is a number");
     let batch: usize = batch.parse().expect("BATCH is a number");
     let path = std::path::Path::new(dir).join("commit-probe.db");
-    let _ = std::fs::remove_file(&path);
+    let files = ["", "-wal", "-shm"].map(|s| PathBuf::from(format!("{}{s}", path.display())));
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
     let mut conn = SqliteConnectOptions::new()
         .filename(&path)
         .create_if_missing(true)
@@ -53,16 +69,30 @@ async fn main() {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
         for _ in 0..batch {
             n += 1;
-            // Spread like UUIDs: each key lands on a different index page.
-            let id = format!(
-                "{:032x}",
-                u128::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
-            );
+            let id = if keys == Some("time") {
+                format!("{n:032x}")
+            } else {
+                // Spread like UUIDs: each key lands on a different index page.
+                format!(
+                    "{:032x}",
+                    u128::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+                )
+            };
             q = q.bind(id).bind(payload.as_str());
         }
         q.execute(&mut *tx).await.expect("insert");
         tx.commit().await.expect("commit");
     }
-    println!("{:.0}", n as f64 / started.elapsed().as_secs_f64());
-    let _ = std::fs::remove_file(&path);
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    match keys {
+        None => println!("{rate:.0}"),
+        Some(k) => println!(
+            "{k} keys: {rate:.0} rows/s, {:.0} WAL bytes per row",
+            std::fs::metadata(&files[1]).map(|m| m.len()).unwrap_or(0) as f64 / n as f64
+        ),
+    }
+    drop(conn);
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
 }
