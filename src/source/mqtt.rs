@@ -517,6 +517,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_ack_survives_its_trip_through_the_store() {
+        for (pkid, qos, generation) in [
+            (1, QoS::AtLeastOnce, 1),
+            (u16::MAX, QoS::ExactlyOnce, (1 << 46) - 1),
+            (0, QoS::AtMostOnce, 0),
+            (4242, QoS::AtLeastOnce, 77),
+        ] {
+            let ack = Ack {
+                pkid,
+                qos,
+                generation,
+            };
+            assert_eq!(Ack::from_receipt(ack.receipt()), ack);
+        }
+    }
+
+    #[test]
     fn backoff_grows_and_caps_with_jitter_in_the_upper_half() {
         let max = Duration::from_secs(30);
         assert_eq!(backoff(1, max, 1.0), Duration::from_millis(100));
