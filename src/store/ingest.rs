@@ -4,14 +4,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::{AssertSqlSafe, Connection};
+use sqlx::AssertSqlSafe;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::StoreError;
-use super::control::write_sink_op;
-use super::writer::{Batch, WRITE_TX, Writer};
-use crate::event::{Event, Origin, Parsed, now_us};
-use crate::stream::Order;
+use super::writer::Writer;
+use crate::event::{Event, Origin, Parsed, Rejected};
+use crate::stream::{Order, Sequencer};
 
 /// A source's receipt for one message, handed back (in order) once the
 /// commit that made the message durable is done: the MQTT source's PUBACK.
@@ -22,7 +21,7 @@ pub struct Receipt(pub u64);
 /// What sources send the writer, in order.
 #[derive(Debug)]
 pub enum Ingest {
-    /// One message: what it parsed to, the MQTT ack to send once it is
+    /// One message: what it parsed to, the receipt to hand back once it is
     /// durable, and the share of the byte budget it holds until then.
     Message {
         item: Parsed,
@@ -38,7 +37,7 @@ pub enum Ingest {
     },
 }
 
-/// Rows per multi-row INSERT (11 columns each, well under SQLite's bind limit).
+/// Rows per multi-row INSERT (15 columns each, well under SQLite's bind limit).
 pub(super) const INSERT_CHUNK: usize = 64;
 
 /// Ids per `IN (...)` lookup.
@@ -117,17 +116,22 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes one batch in one transaction; returns how many events were
-    /// new, and how many of those came from the poller (MQTT had missed them).
-    pub(super) async fn write(&mut self, batch: &mut Batch) -> Result<(u64, u64), StoreError> {
-        let mut tx = self.conn.begin_with(WRITE_TX).await?;
-
-        // In-batch duplicates first, then ids already stored.
-        let mut seen = HashSet::with_capacity(batch.events.len());
-        batch.events.retain(|e| seen.insert(e.id.clone()));
-        Self::drop_window_duplicates(&mut tx, &mut batch.events).await?;
+    /// The events of a batch that are new, inserted: duplicates within the
+    /// batch, content keys seen within their window, and ids already stored
+    /// are dropped first. In arrival order a new event takes its `seq` here
+    /// (a ScaleIT event held for its schema takes it on release).
+    pub(super) async fn insert_new<'a>(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        events: &'a mut Vec<Event>,
+        source: &str,
+        order: Order,
+        sequencer: &mut Sequencer,
+    ) -> Result<Vec<&'a Event>, StoreError> {
+        let mut seen = HashSet::with_capacity(events.len());
+        events.retain(|e| seen.insert(e.id.clone()));
+        Self::drop_window_duplicates(tx, events).await?;
         let mut existing = HashSet::new();
-        let ids: Vec<&str> = batch.events.iter().map(|e| e.id.as_str()).collect();
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
         for chunk in ids.chunks(LOOKUP_CHUNK) {
             let sql = format!(
                 "SELECT id FROM events WHERE id IN {}",
@@ -137,10 +141,9 @@ impl Writer {
             for id in chunk {
                 q = q.bind(*id);
             }
-            existing.extend(q.fetch_all(&mut *tx).await?);
+            existing.extend(q.fetch_all(&mut **tx).await?);
         }
-        let fresh: Vec<&Event> = batch
-            .events
+        let fresh: Vec<&Event> = events
             .iter()
             .filter(|e| !existing.contains(&e.id))
             .collect();
@@ -156,7 +159,7 @@ impl Writer {
             for e in chunk {
                 q = q
                     .bind(e.id.as_str())
-                    .bind(self.source.as_str())
+                    .bind(source)
                     .bind(e.origin.as_str())
                     .bind(e.occurred_at_us)
                     .bind(e.received_at_us)
@@ -164,78 +167,49 @@ impl Writer {
                     .bind(e.subject.as_deref())
                     .bind(e.org.as_deref())
                     .bind(e.payload.as_str())
-                    .bind(match self.stream.order {
-                        Order::Arrival if !pending(e) => Some(self.sequencer.next_seq()),
+                    .bind(match order {
+                        Order::Arrival if !pending(e) => Some(sequencer.next_seq()),
                         _ => None,
                     })
-                    .bind(self.stream.order == Order::Arrival && e.origin == Origin::Poll)
+                    .bind(order == Order::Arrival && e.origin == Origin::Poll)
                     .bind(e.ext.as_ref().map(|x| x.source.as_str()))
                     .bind(e.ext.as_ref().and_then(|x| x.dataschema.as_deref()))
                     .bind(e.content_key.as_ref().map(|k| k.key.as_str()))
                     .bind(e.ext.as_ref().map(|x| x.validation.as_str()));
             }
-            let done = q.execute(&mut *tx).await?;
+            let done = q.execute(&mut **tx).await?;
             debug_assert_eq!(done.rows_affected(), chunk.len() as u64);
         }
+        Ok(fresh)
+    }
 
-        if !batch.rejected.is_empty() {
-            for r in &batch.rejected {
-                sqlx::query(
-                    "INSERT INTO rejected (topic, reason, detail, bytes, size, at_us) \
-                     VALUES (?, ?, ?, ?, ?, ?)",
-                )
-                .bind(r.topic.as_str())
-                .bind(r.reason.as_str())
-                .bind(r.detail.as_str())
-                .bind(r.bytes.as_slice())
-                .bind(r.size as i64)
-                .bind(r.at_us)
-                .execute(&mut *tx)
-                .await?;
-            }
-            sqlx::query("DELETE FROM rejected WHERE id <= (SELECT MAX(id) FROM rejected) - ?")
-                .bind(self.rejected_max)
-                .execute(&mut *tx)
-                .await?;
+    /// Keeps refused messages, and only the newest `keep` of them.
+    pub(super) async fn insert_rejected(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        rejected: &[Rejected],
+        keep: i64,
+    ) -> Result<(), StoreError> {
+        if rejected.is_empty() {
+            return Ok(());
         }
-
-        let now = now_us();
-        for op in std::mem::take(&mut batch.schema_ops) {
-            let order = self.stream.order;
-            Self::write_schema_op(&mut tx, op, now, order, &mut self.sequencer, &self.counters)
-                .await?;
-        }
-        for (sink, op) in &batch.sink_ops {
-            write_sink_op(&mut tx, sink, op, now).await?;
-        }
-
-        if let Some(until) = batch.verified {
-            self.verified = self.verified.max(Some(until));
+        for r in rejected {
             sqlx::query(
-                "INSERT INTO watermarks (source, verified_until_us, updated_at_us) VALUES (?, ?, ?) \
-                 ON CONFLICT(source) DO UPDATE SET verified_until_us = MAX(verified_until_us, excluded.verified_until_us), \
-                 updated_at_us = excluded.updated_at_us",
+                "INSERT INTO rejected (topic, reason, detail, bytes, size, at_us) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
             )
-            .bind(self.source.as_str())
-            .bind(until)
-            .bind(now)
-            .execute(&mut *tx)
+            .bind(r.topic.as_str())
+            .bind(r.reason.as_str())
+            .bind(r.detail.as_str())
+            .bind(r.bytes.as_slice())
+            .bind(r.size as i64)
+            .bind(r.at_us)
+            .execute(&mut **tx)
             .await?;
         }
-
-        if self.stream.order == Order::EventTime {
-            Self::release(
-                &mut tx,
-                &mut self.sequencer,
-                &self.stream,
-                self.verified,
-                &self.counters,
-            )
+        sqlx::query("DELETE FROM rejected WHERE id <= (SELECT MAX(id) FROM rejected) - ?")
+            .bind(keep)
+            .execute(&mut **tx)
             .await?;
-        }
-
-        tx.commit().await?;
-        let recovered = fresh.iter().filter(|e| e.origin == Origin::Poll).count() as u64;
-        Ok((fresh.len() as u64, recovered))
+        Ok(())
     }
 }

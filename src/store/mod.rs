@@ -2,10 +2,11 @@
 //!
 //! One task, the [`Writer`], owns the only write connection: it takes
 //! whatever is queued (opportunistic batching), deduplicates by id, assigns
-//! `seq`s, commits, and only then lets the MQTT acks go. Everything else
-//! (sinks, CLI) reads through the [`Store`]'s small read pool; sinks send
-//! their cursor commits to the writer instead of writing themselves, so
-//! there is never lock contention on the write path.
+//! `seq`s, commits, and only then hands the sources their receipts (the
+//! MQTT acks). Everything else (sinks, CLI) reads through the [`Store`]'s
+//! small read pool; sinks send their cursor commits to the writer instead
+//! of writing themselves, so there is never lock contention on the write
+//! path.
 //!
 //! The files follow a message's way through: [`open`] (the file, its
 //! migrations and lock), [`ingest`] (what sources send and the dedup and

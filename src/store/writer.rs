@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::Connection;
 use sqlx::sqlite::SqliteConnection;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
-use super::control::{Control, Head, SchemaOp, SinkOp, WriterHandle};
+use super::control::{Control, Head, SchemaOp, SinkOp, WriterHandle, write_sink_op};
 use super::ingest::{Ingest, Receipt};
 use super::maintenance::Retention;
 use super::open::wal_path;
@@ -70,19 +71,19 @@ pub(super) const WRITE_TX: &str = "BEGIN IMMEDIATE";
 
 /// What one loop turn collected.
 #[derive(Default)]
-pub(super) struct Batch {
-    pub(super) events: Vec<Event>,
-    pub(super) rejected: Vec<Rejected>,
-    pub(super) skipped: u64,
-    pub(super) acks: Vec<Receipt>,
-    pub(super) sink_ops: Vec<(String, SinkOp)>,
-    pub(super) schema_ops: Vec<SchemaOp>,
+struct Batch {
+    events: Vec<Event>,
+    rejected: Vec<Rejected>,
+    skipped: u64,
+    acks: Vec<Receipt>,
+    sink_ops: Vec<(String, SinkOp)>,
+    schema_ops: Vec<SchemaOp>,
     /// Fired after the commit of the sink and schema ops.
-    pub(super) sink_done: Vec<oneshot::Sender<()>>,
-    pub(super) verified: Option<i64>,
-    pub(super) verified_done: Vec<oneshot::Sender<()>>,
-    pub(super) permits: Vec<OwnedSemaphorePermit>,
-    pub(super) messages: usize,
+    sink_done: Vec<oneshot::Sender<()>>,
+    verified: Option<i64>,
+    verified_done: Vec<oneshot::Sender<()>>,
+    permits: Vec<OwnedSemaphorePermit>,
+    messages: usize,
 }
 
 impl Batch {
@@ -318,5 +319,61 @@ impl Writer {
         self.publish_head();
         self.log_forced(false);
         self.bound_wal().await
+    }
+
+    /// Writes one batch in one transaction: new events, rejections, schema
+    /// and sink writes, the poller's watermark, then the release step.
+    /// Returns how many events were new, and how many of those came from
+    /// the poller (MQTT had missed them).
+    async fn write(&mut self, batch: &mut Batch) -> Result<(u64, u64), StoreError> {
+        let mut tx = self.conn.begin_with(WRITE_TX).await?;
+        let order = self.stream.order;
+        let fresh = Self::insert_new(
+            &mut tx,
+            &mut batch.events,
+            &self.source,
+            order,
+            &mut self.sequencer,
+        )
+        .await?;
+        Self::insert_rejected(&mut tx, &batch.rejected, self.rejected_max).await?;
+
+        let now = now_us();
+        for op in std::mem::take(&mut batch.schema_ops) {
+            Self::write_schema_op(&mut tx, op, now, order, &mut self.sequencer, &self.counters)
+                .await?;
+        }
+        for (sink, op) in &batch.sink_ops {
+            write_sink_op(&mut tx, sink, op, now).await?;
+        }
+
+        if let Some(until) = batch.verified {
+            self.verified = self.verified.max(Some(until));
+            sqlx::query(
+                "INSERT INTO watermarks (source, verified_until_us, updated_at_us) VALUES (?, ?, ?) \
+                 ON CONFLICT(source) DO UPDATE SET verified_until_us = MAX(verified_until_us, excluded.verified_until_us), \
+                 updated_at_us = excluded.updated_at_us",
+            )
+            .bind(self.source.as_str())
+            .bind(until)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        if order == Order::EventTime {
+            Self::release(
+                &mut tx,
+                &mut self.sequencer,
+                &self.stream,
+                self.verified,
+                &self.counters,
+            )
+            .await?;
+        }
+
+        tx.commit().await?;
+        let recovered = fresh.iter().filter(|e| e.origin == Origin::Poll).count() as u64;
+        Ok((fresh.len() as u64, recovered))
     }
 }
