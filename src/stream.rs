@@ -79,6 +79,9 @@ impl Rule {
 /// A stored event not yet released.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
+    /// The store's handle on the row, so that the release writes it
+    /// without another lookup by id.
+    pub row: i64,
     pub id: String,
     pub occurred_us: i64,
     pub received_us: i64,
@@ -87,6 +90,7 @@ pub struct Candidate {
 /// An event released at `seq`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Release {
+    pub row: i64,
     pub id: String,
     pub seq: i64,
     pub late: bool,
@@ -164,6 +168,7 @@ impl Sequencer {
             let late = previous.is_some_and(|h| c.occurred_us <= h);
             let seq = self.next_seq();
             step.released.push(Release {
+                row: c.row,
                 id: c.id,
                 seq,
                 late,
@@ -181,6 +186,7 @@ mod tests {
 
     fn c(id: &str, t: i64) -> Candidate {
         Candidate {
+            row: 0,
             id: id.into(),
             occurred_us: t,
             received_us: t,
@@ -273,6 +279,7 @@ mod tests {
     fn max_hold_forces_out_what_waited_too_long() {
         let mut s = Sequencer::resume(0, None);
         let old = Candidate {
+            row: 0,
             id: "o".into(),
             occurred_us: 500,
             received_us: 100,

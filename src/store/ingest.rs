@@ -9,8 +9,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::StoreError;
 use super::writer::Writer;
-use crate::event::{Event, Origin, Parsed, Rejected};
-use crate::stream::{Order, Sequencer};
+use crate::event::{Event, Parsed, Rejected};
 
 /// A source's receipt for one message, handed back (in order) once the
 /// commit that made the message durable is done: the MQTT source's PUBACK.
@@ -44,7 +43,7 @@ pub(super) const INSERT_CHUNK: usize = 64;
 const LOOKUP_CHUNK: usize = 256;
 
 /// A ScaleIT event waiting for its schema: stored, not released yet.
-fn pending(e: &Event) -> bool {
+pub(super) fn pending(e: &Event) -> bool {
     e.ext
         .as_ref()
         .is_some_and(|x| x.validation == crate::event::Validation::Pending)
@@ -116,16 +115,12 @@ impl Writer {
         Ok(())
     }
 
-    /// The events of a batch that are new, inserted: duplicates within the
-    /// batch, content keys seen within their window, and ids already stored
-    /// are dropped first. In arrival order a new event takes its `seq` here
-    /// (a ScaleIT event held for its schema takes it on release).
-    pub(super) async fn insert_new<'a>(
+    /// The events of a batch that are new: duplicates within the batch,
+    /// content keys seen within their window, and ids already stored are
+    /// dropped.
+    pub(super) async fn fresh<'a>(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         events: &'a mut Vec<Event>,
-        source: &str,
-        order: Order,
-        sequencer: &mut Sequencer,
     ) -> Result<Vec<&'a Event>, StoreError> {
         let mut seen = HashSet::with_capacity(events.len());
         events.retain(|e| seen.insert(e.id.clone()));
@@ -143,12 +138,25 @@ impl Writer {
             }
             existing.extend(q.fetch_all(&mut **tx).await?);
         }
-        let fresh: Vec<&Event> = events
+        Ok(events
             .iter()
             .filter(|e| !existing.contains(&e.id))
-            .collect();
+            .collect())
+    }
 
-        for chunk in fresh.chunks(INSERT_CHUNK) {
+    /// Inserts new events, each at its stream position if it already has
+    /// one (`(seq, late)`, parallel to `fresh`), else unreleased.
+    pub(super) async fn insert(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        fresh: &[&Event],
+        positions: &[Option<(i64, bool)>],
+        source: &str,
+    ) -> Result<(), StoreError> {
+        debug_assert_eq!(fresh.len(), positions.len());
+        for (chunk, at) in fresh
+            .chunks(INSERT_CHUNK)
+            .zip(positions.chunks(INSERT_CHUNK))
+        {
             let sql = format!(
                 "INSERT INTO events (id, source, origin, occurred_at_us, received_at_us, type, \
                  subject, org, payload, seq, late, ce_source, dataschema, dedup_key, validation) \
@@ -156,7 +164,7 @@ impl Writer {
                 placeholders(chunk.len(), 15)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
-            for e in chunk {
+            for (e, at) in chunk.iter().zip(at) {
                 q = q
                     .bind(e.id.as_str())
                     .bind(source)
@@ -167,11 +175,8 @@ impl Writer {
                     .bind(e.subject.as_deref())
                     .bind(e.org.as_deref())
                     .bind(e.payload.as_str())
-                    .bind(match order {
-                        Order::Arrival if !pending(e) => Some(sequencer.next_seq()),
-                        _ => None,
-                    })
-                    .bind(order == Order::Arrival && e.origin == Origin::Poll)
+                    .bind(at.map(|(seq, _)| seq))
+                    .bind(at.is_some_and(|(_, late)| late))
                     .bind(e.ext.as_ref().map(|x| x.source.as_str()))
                     .bind(e.ext.as_ref().and_then(|x| x.dataschema.as_deref()))
                     .bind(e.content_key.as_ref().map(|k| k.key.as_str()))
@@ -180,7 +185,7 @@ impl Writer {
             let done = q.execute(&mut **tx).await?;
             debug_assert_eq!(done.rows_affected(), chunk.len() as u64);
         }
-        Ok(fresh)
+        Ok(())
     }
 
     /// Keeps refused messages, and only the newest `keep` of them.

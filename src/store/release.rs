@@ -8,11 +8,11 @@ use sqlx::{AssertSqlSafe, Connection};
 use tokio::sync::watch;
 
 use super::StoreError;
-use super::ingest::{INSERT_CHUNK, placeholders};
+use super::ingest::{INSERT_CHUNK, pending, placeholders};
 use super::writer::{WRITE_TX, Writer};
-use crate::event::now_us;
+use crate::event::{Event, now_us};
 use crate::metrics::Counters;
-use crate::stream::{Candidate, Live, Order, Rule, Sequencer};
+use crate::stream::{Candidate, Live, Order, Release, Rule, Sequencer};
 
 /// How the writer releases events (see [`crate::stream`]).
 pub struct StreamSettings {
@@ -62,7 +62,10 @@ impl Writer {
         )
         .await
         {
-            Ok(n) => n,
+            Ok((n, all)) => {
+                self.all_released = all;
+                n
+            }
             Err(e) => {
                 self.sequencer.rewind_to(head, high);
                 return Err(e);
@@ -104,25 +107,26 @@ impl Writer {
 
     /// The event-time release step, inside the writer's transaction: takes
     /// the unreleased events the watermark (or `max_hold`) allows and gives
-    /// them their `seq` in (time, id) order. Returns how many were released.
+    /// them their `seq` in (time, id) order. Returns how many were released
+    /// and whether every stored event (but those pending validation) now
+    /// has its `seq`.
     pub(super) async fn release(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         sequencer: &mut Sequencer,
         stream: &StreamSettings,
         verified: Option<i64>,
         counters: &Counters,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, bool), StoreError> {
         let now = now_us();
-        let live = *stream.live.borrow();
-        let watermark = stream.rule.watermark(now, verified, live);
         let held_since = now - stream.rule.max_hold_us;
+        let watermark = stream.rule.watermark(now, verified, *stream.live.borrow());
         // Two index range scans (see migration 0007), not a walk over
         // every unreleased event.
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT id, occurred_at_us, received_at_us FROM events INDEXED BY events_unreleased \
+        let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(
+            "SELECT rowid, id, occurred_at_us, received_at_us FROM events INDEXED BY events_unreleased \
              WHERE seq IS NULL AND validation IS NOT 'pending' AND occurred_at_us <= ? \
              UNION \
-             SELECT id, occurred_at_us, received_at_us FROM events INDEXED BY events_unreleased_received \
+             SELECT rowid, id, occurred_at_us, received_at_us FROM events INDEXED BY events_unreleased_received \
              WHERE seq IS NULL AND validation IS NOT 'pending' AND received_at_us <= ?",
         )
         .bind(watermark.unwrap_or(i64::MIN))
@@ -131,28 +135,85 @@ impl Writer {
         .await?;
         let candidates = rows
             .into_iter()
-            .map(|(id, occurred_us, received_us)| Candidate {
+            .map(|(row, id, occurred_us, received_us)| Candidate {
+                row,
                 id,
                 occurred_us,
                 received_us,
             })
             .collect();
-        let step = sequencer.release(candidates, watermark, now, stream.rule.max_hold_us);
-        Counters::add(&counters.forced, step.forced as u64);
+        let released = Self::step(tx, sequencer, stream, watermark, candidates, counters).await?;
         // One statement per chunk: a poll window verified at once releases
         // its whole backlog in this transaction.
-        for chunk in step.released.chunks(INSERT_CHUNK) {
+        for chunk in released.chunks(INSERT_CHUNK) {
             let sql = format!(
                 "UPDATE events SET seq = v.column2, late = v.column3 \
-                 FROM (VALUES {}) AS v WHERE events.id = v.column1",
+                 FROM (VALUES {}) AS v WHERE events.rowid = v.column1",
                 placeholders(chunk.len(), 3)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for r in chunk {
-                q = q.bind(r.id.as_str()).bind(r.seq).bind(r.late);
+                q = q.bind(r.row).bind(r.seq).bind(r.late);
             }
             q.execute(&mut **tx).await?;
         }
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events INDEXED BY events_unreleased \
+             WHERE seq IS NULL AND validation IS NOT 'pending')",
+        )
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok((released.len() as u64, !waiting))
+    }
+
+    /// The release step for a batch when no stored event waits for its
+    /// `seq`: the batch's new events are then the only candidates, so each
+    /// released one is inserted at its position (its row written once, no
+    /// lookup, no unreleased-index entry to add and remove). Returns the
+    /// positions, parallel to `fresh`, and whether all were released.
+    pub(super) async fn release_fresh(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        fresh: &[&Event],
+        sequencer: &mut Sequencer,
+        stream: &StreamSettings,
+        verified: Option<i64>,
+        counters: &Counters,
+    ) -> Result<(Vec<Option<(i64, bool)>>, bool), StoreError> {
+        let candidates: Vec<Candidate> = fresh
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !pending(e))
+            .map(|(i, e)| Candidate {
+                row: i as i64,
+                id: e.id.clone(),
+                occurred_us: e.occurred_at_us,
+                received_us: e.received_at_us,
+            })
+            .collect();
+        let offered = candidates.len();
+        let watermark = stream
+            .rule
+            .watermark(now_us(), verified, *stream.live.borrow());
+        let released = Self::step(tx, sequencer, stream, watermark, candidates, counters).await?;
+        let mut positions = vec![None; fresh.len()];
+        for r in &released {
+            positions[r.row as usize] = Some((r.seq, r.late));
+        }
+        Ok((positions, released.len() == offered))
+    }
+
+    /// Runs the release rule over `candidates`, counts what it did and
+    /// keeps how far event time has been released.
+    async fn step(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        sequencer: &mut Sequencer,
+        stream: &StreamSettings,
+        watermark: Option<i64>,
+        candidates: Vec<Candidate>,
+        counters: &Counters,
+    ) -> Result<Vec<Release>, StoreError> {
+        let step = sequencer.release(candidates, watermark, now_us(), stream.rule.max_hold_us);
+        Counters::add(&counters.forced, step.forced as u64);
         if !step.released.is_empty() {
             sqlx::query(
                 "INSERT INTO stream_state (key, value) VALUES ('high_us', ?) \
@@ -165,6 +226,6 @@ impl Writer {
         let late = step.released.iter().filter(|r| r.late).count() as u64;
         Counters::add(&counters.late, late);
         Counters::add(&counters.released, step.released.len() as u64);
-        Ok(step.released.len() as u64)
+        Ok(step.released)
     }
 }

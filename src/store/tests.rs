@@ -12,8 +12,8 @@ use crate::config::StoreConfig;
 use crate::event::{ContentKey, Event, Origin, Parsed};
 use crate::metrics::Counters;
 
-/// A store in a fresh directory, a writer on it in arrival order, and the
-/// channel its receipts come back on.
+/// A store in a fresh directory, a writer on it, and the channel its
+/// receipts come back on.
 struct Rig {
     _dir: tempfile::TempDir,
     store: Store,
@@ -24,7 +24,28 @@ struct Rig {
     _handle: WriterHandle,
 }
 
+/// The rig in arrival order: events are released as they commit.
 async fn rig() -> Rig {
+    rig_in(StreamSettings::arrival()).await
+}
+
+/// The rig in event-time order, released up to what the poller verified
+/// (sent as [`Ingest::Verified`]), so no clock decides the test.
+async fn rig_by_verified_time() -> Rig {
+    rig_in(StreamSettings {
+        order: crate::stream::Order::EventTime,
+        rule: crate::stream::Rule {
+            release: crate::stream::ReleaseMode::Verified,
+            settle_us: 0,
+            max_hold_us: i64::MAX / 4,
+            has_poller: true,
+        },
+        live: tokio::sync::watch::channel(crate::stream::Live::default()).1,
+    })
+    .await
+}
+
+async fn rig_in(stream: StreamSettings) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig {
         path: dir.path().join("gapless.db"),
@@ -38,7 +59,7 @@ async fn rig() -> Rig {
         queue: 64,
         counters: counters.clone(),
         acks: Some(acks),
-        stream: StreamSettings::arrival(),
+        stream,
         retention: Retention {
             keep_us: i64::MAX,
             sinks: Vec::new(),
@@ -101,6 +122,23 @@ impl Rig {
             got.extend(self.receipts.recv().await.unwrap().into_iter().map(|r| r.0));
         }
         got
+    }
+
+    /// The poller's word that the history is verified up to `until_us`,
+    /// once committed.
+    async fn verified(&self, until_us: i64) {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.ingest
+            .send(Ingest::Verified { until_us, done })
+            .await
+            .unwrap();
+        committed.await.unwrap();
+    }
+
+    /// `(id, late)` of every released event, in stream order.
+    async fn released(&self) -> Vec<(String, bool)> {
+        let events = self.store.released_after(0, 1000).await.unwrap();
+        events.into_iter().map(|e| (e.id, e.late)).collect()
     }
 
     /// `(seq, id)` of every released event, in stream order.
@@ -212,6 +250,44 @@ async fn receipts_end_with_ingest_while_sinks_still_hold_the_writer() {
     assert!(!writer.is_finished(), "a sink's handle keeps the writer");
     drop(sink_handle);
     writer.await.unwrap().unwrap();
+}
+
+/// A batch is released as it is inserted while nothing stored waits; an
+/// event left waiting sends the next batches through the general release
+/// step, which must still find it.
+#[tokio::test]
+async fn events_waiting_for_release_are_found_whichever_way_a_batch_went() {
+    let mut r = rig_by_verified_time().await;
+    let released = |ids: &[(&str, bool)]| -> Vec<(String, bool)> {
+        ids.iter()
+            .map(|(id, late)| (id.to_string(), *late))
+            .collect()
+    };
+    r.send(event("b", 40), 0).await;
+    r.send(event("a", 50), 1).await;
+    r.receipts(2).await;
+    assert!(r.released().await.is_empty(), "nothing is verified yet");
+    r.verified(100).await;
+    assert_eq!(r.released().await, released(&[("b", false), ("a", false)]));
+
+    r.send(event("c", 150), 2).await; // above what is verified: waits
+    r.receipts(1).await;
+    assert_eq!(r.released().await.len(), 2);
+
+    r.verified(200).await; // a batch with no event of its own
+    assert_eq!(
+        r.released().await,
+        released(&[("b", false), ("a", false), ("c", false)])
+    );
+
+    r.send(event("e", 30), 3).await; // behind the stream: late
+    r.receipts(1).await;
+    assert_eq!(
+        r.released().await,
+        released(&[("b", false), ("a", false), ("c", false), ("e", true)])
+    );
+    assert_eq!(r.counters.released.load(Relaxed), 4);
+    assert_eq!(r.counters.late.load(Relaxed), 1);
 }
 
 /// Data flows source → store → stream → sink: the store never reaches back

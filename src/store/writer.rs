@@ -12,7 +12,7 @@ use sqlx::sqlite::SqliteConnection;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
 use super::control::{Control, Head, SchemaOp, SinkOp, WriterHandle, write_sink_op};
-use super::ingest::{Ingest, Receipt};
+use super::ingest::{Ingest, Receipt, pending};
 use super::maintenance::Retention;
 use super::open::wal_path;
 use super::release::{StreamSettings, release_tick};
@@ -48,6 +48,10 @@ pub struct Writer {
     pub(super) stream: StreamSettings,
     /// The poller's verified watermark for this source (µs).
     pub(super) verified: Option<i64>,
+    /// No stored event waits for its `seq` (those pending validation
+    /// aside): a batch's own events are then the release step's only
+    /// candidates (see [`Writer::release_fresh`]).
+    pub(super) all_released: bool,
     pub(super) source: String,
     pub(super) batch_max: usize,
     pub(super) batch_delay: Duration,
@@ -148,6 +152,12 @@ impl Writer {
                 .fetch_optional(&store.pool)
                 .await?;
         let verified = store.verified_until(source).await?;
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events INDEXED BY events_unreleased \
+             WHERE seq IS NULL AND validation IS NOT 'pending')",
+        )
+        .fetch_one(&store.pool)
+        .await?;
         let (ingest_tx, ingest_rx) = mpsc::channel(queue);
         let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
         let (head_tx, head_rx) = watch::channel(Head {
@@ -160,6 +170,7 @@ impl Writer {
             sequencer: Sequencer::resume(head_seq, high),
             stream,
             verified,
+            all_released: !waiting,
             source: source.to_string(),
             batch_max: config.batch_max,
             batch_delay: config.batch_delay.0,
@@ -271,7 +282,7 @@ impl Writer {
     async fn commit(&mut self, mut batch: Batch) -> Result<(), StoreError> {
         let head_before = self.sequencer.head();
         let high_before = self.sequencer.high();
-        let verified_before = self.verified;
+        let (verified_before, all_released_before) = (self.verified, self.all_released);
         let offered_poll = batch
             .events
             .iter()
@@ -284,6 +295,7 @@ impl Writer {
             Err(e) => {
                 self.sequencer.rewind_to(head_before, high_before);
                 self.verified = verified_before;
+                self.all_released = all_released_before;
                 return Err(e);
             }
         };
@@ -328,14 +340,37 @@ impl Writer {
     async fn write(&mut self, batch: &mut Batch) -> Result<(u64, u64), StoreError> {
         let mut tx = self.conn.begin_with(WRITE_TX).await?;
         let order = self.stream.order;
-        let fresh = Self::insert_new(
-            &mut tx,
-            &mut batch.events,
-            &self.source,
-            order,
-            &mut self.sequencer,
-        )
-        .await?;
+        if let Some(until) = batch.verified {
+            self.verified = self.verified.max(Some(until));
+        }
+        let fresh = Self::fresh(&mut tx, &mut batch.events).await?;
+        // Where each new event goes in the stream, if it goes now. A batch
+        // with schema ops may release stored events, so it takes the
+        // general step after its inserts.
+        let at_once = order == Order::EventTime && self.all_released && batch.schema_ops.is_empty();
+        let positions = match order {
+            Order::Arrival => fresh
+                .iter()
+                .map(|e| {
+                    (!pending(e)).then(|| (self.sequencer.next_seq(), e.origin == Origin::Poll))
+                })
+                .collect(),
+            Order::EventTime if at_once => {
+                let (positions, all) = Self::release_fresh(
+                    &mut tx,
+                    &fresh,
+                    &mut self.sequencer,
+                    &self.stream,
+                    self.verified,
+                    &self.counters,
+                )
+                .await?;
+                self.all_released = all;
+                positions
+            }
+            Order::EventTime => vec![None; fresh.len()],
+        };
+        Self::insert(&mut tx, &fresh, &positions, &self.source).await?;
         Self::insert_rejected(&mut tx, &batch.rejected, self.rejected_max).await?;
 
         let now = now_us();
@@ -348,7 +383,6 @@ impl Writer {
         }
 
         if let Some(until) = batch.verified {
-            self.verified = self.verified.max(Some(until));
             sqlx::query(
                 "INSERT INTO watermarks (source, verified_until_us, updated_at_us) VALUES (?, ?, ?) \
                  ON CONFLICT(source) DO UPDATE SET verified_until_us = MAX(verified_until_us, excluded.verified_until_us), \
@@ -361,8 +395,8 @@ impl Writer {
             .await?;
         }
 
-        if order == Order::EventTime {
-            Self::release(
+        if order == Order::EventTime && !at_once {
+            let (_, all) = Self::release(
                 &mut tx,
                 &mut self.sequencer,
                 &self.stream,
@@ -370,6 +404,7 @@ impl Writer {
                 &self.counters,
             )
             .await?;
+            self.all_released = all;
         }
 
         tx.commit().await?;
