@@ -11,7 +11,8 @@
 #   - WAL bytes per event (frames counted as SQLite's 24-byte frame-header
 #     writes, times page size + 24) beside the stored row (the event row's
 #     column bytes), and their ratio;
-#   - peak RSS and peak WAL size.
+#   - peak RSS (and its file-backed part, mostly the binary's mapped code,
+#     from /proc/PID/status at the highest sampled VmRSS) and peak WAL size.
 # The median of the runs is the figure.
 # GAPLESS_BIN=path runs another gapless binary (e.g. an older build) instead.
 # PERF_DATA=path also records a profile of gapless's drain (`perf record
@@ -170,9 +171,16 @@ EOF
     perf record -q -F 999 --call-graph dwarf,16384 -o "$PERF_DATA" -p "$(pgrep -P "$GPID")" 2>/dev/null &
   fi
   wal=0  # the WAL's peak size, sampled every 100 ms while gapless drains
+  child=  # gapless itself (perf's child)
+  rss_seen=0 rss_file=0  # RSS's file-backed part (mapped code) at its sampled peak
   while kill -0 "$GPID" 2>/dev/null; do
     s=$(stat -c %s "$WORK/gapless.db-wal" 2>/dev/null || echo 0)
     [ "$s" -gt "$wal" ] && wal=$s
+    [ -n "$child" ] || child=$(pgrep -P "$GPID" | head -1 || true)
+    if [ -n "$child" ]; then
+      read -r v f < <(awk '/^VmRSS/ {v=$2} /^RssFile/ {f=$2} END {print v+0, f+0}' "/proc/$child/status" 2>/dev/null || echo "0 0")
+      [ "$v" -gt "$rss_seen" ] && rss_seen=$v && rss_file=$f
+    fi
     sleep 0.1
   done
   wait "$GPID"
@@ -207,24 +215,25 @@ print(page, row)' "$WORK/gapless.db")
   m_s=$(python3 -c "print(($(now_us) - $start) / 1e6)")
 
   kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=
-  python3 - "$run" "$EVENTS" "$g_s" "$m_s" "$rss" "$wal" "$cpu_ms" "$frames" "$page" "$row" "$c_rate" "$batches" <<'PY' | tee -a "$RESULTS"
+  python3 - "$run" "$EVENTS" "$g_s" "$m_s" "$rss" "$wal" "$cpu_ms" "$frames" "$page" "$row" "$c_rate" "$batches" "$rss_file" <<'PY' | tee -a "$RESULTS"
 import sys
 a = sys.argv[1:]
 run, n, g, m, rss, wal = a[0], int(a[1]), float(a[2]), float(a[3]), int(a[4]), int(a[5])
 cpu_ms, frames, page, row, c, batches = float(a[6]), int(a[7]), int(a[8]), float(a[9]), float(a[10]), int(a[11])
+rss_file = int(a[12])
 s = n / m
 limit = 1 / (1 / c + 1 / s)
 wal_ev = frames * (page + 24) / n
 print(f"{run}\t{g:.2f}\t{n/g:.0f}\t{cpu_ms*1000/n:.1f}\t{s:.0f}\t{(n/g)/s:.2f}\t{c:.0f}\t{limit:.0f}\t{(n/g)/limit:.2f}"
-      f"\t{wal_ev:.0f}\t{row:.0f}\t{wal_ev/row:.2f}\t{rss/1024:.1f}\t{wal/2**20:.1f}\t{n/batches:.1f}")
+      f"\t{wal_ev:.0f}\t{row:.0f}\t{wal_ev/row:.2f}\t{rss/1024:.1f}\t{rss_file/1024:.1f}\t{wal/2**20:.1f}\t{n/batches:.1f}")
 PY
 done
 
 echo
-echo "| run | gapless s | gapless ev/s | CPU µs/event | mosquitto_sub ev/s | ratio | commits C rows/s | serial limit ev/s | ratio to limit | WAL B/event | stored row B | WAL/row | peak RSS MB | peak WAL MiB | events/commit |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-awk -F'\t' '{printf "|"; for (i = 1; i <= 15; i++) printf " %s |", $i; printf "\n"}' "$RESULTS"
+echo "| run | gapless s | gapless ev/s | CPU µs/event | mosquitto_sub ev/s | ratio | commits C rows/s | serial limit ev/s | ratio to limit | WAL B/event | stored row B | WAL/row | peak RSS MB | of which file-backed MB | peak WAL MiB | events/commit |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+awk -F'\t' '{printf "|"; for (i = 1; i <= 16; i++) printf " %s |", $i; printf "\n"}' "$RESULTS"
 printf "| **median** |"
-for col in $(seq 2 15); do printf " %s |" "$(cut -f"$col" "$RESULTS" | median)"; done
+for col in $(seq 2 16); do printf " %s |" "$(cut -f"$col" "$RESULTS" | median)"; done
 echo
 echo "($EVENTS $PROFILE events, store.synchronous = $SYNC, mosquitto max_inflight_messages = $WINDOW)"
