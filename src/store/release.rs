@@ -38,6 +38,14 @@ impl StreamSettings {
     }
 }
 
+impl StreamSettings {
+    /// Now, and the release watermark now.
+    fn watermark_now(&self, verified: Option<i64>) -> (i64, Option<i64>) {
+        let now = now_us();
+        (now, self.rule.watermark(now, verified, *self.live.borrow()))
+    }
+}
+
 /// How often the writer re-evaluates the event-time watermark when idle: a
 /// tenth of `settle`, between 5 ms and 50 ms, so release latency stays
 /// close to `settle`.
@@ -45,12 +53,25 @@ pub(super) fn release_tick(settle_us: i64) -> Duration {
     Duration::from_micros((settle_us / 10).clamp(5_000, 50_000) as u64)
 }
 
+/// Whether a stored event (one pending validation aside) waits for its `seq`.
+pub(super) const WAITING: &str = "SELECT EXISTS (SELECT 1 FROM events INDEXED BY events_unreleased \
+     WHERE seq IS NULL AND validation IS NOT 'pending')";
+
 /// How often forced releases are summed up in the log.
 const FORCED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Writer {
     /// Releases what the watermark now allows when no batch is coming.
     pub(super) async fn release_idle(&mut self) -> Result<(), StoreError> {
+        if self.all_released {
+            // Nothing stored waits: the step has no candidate and only
+            // moves how far event time has been released, which is kept
+            // with the next release that commits.
+            let (now, watermark) = self.stream.watermark_now(self.verified);
+            self.sequencer
+                .release(Vec::new(), watermark, now, self.stream.rule.max_hold_us);
+            return Ok(());
+        }
         let (head, high) = (self.sequencer.head(), self.sequencer.high());
         let mut tx = self.conn.begin_with(WRITE_TX).await?;
         let released = match Self::release(
@@ -117,9 +138,8 @@ impl Writer {
         verified: Option<i64>,
         counters: &Counters,
     ) -> Result<(u64, bool), StoreError> {
-        let now = now_us();
+        let (now, watermark) = stream.watermark_now(verified);
         let held_since = now - stream.rule.max_hold_us;
-        let watermark = stream.rule.watermark(now, verified, *stream.live.borrow());
         // Two index range scans (see migration 0007), not a walk over
         // every unreleased event.
         let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(
@@ -142,7 +162,15 @@ impl Writer {
                 received_us,
             })
             .collect();
-        let released = Self::step(tx, sequencer, stream, watermark, candidates, counters).await?;
+        let released = Self::step(
+            tx,
+            sequencer,
+            stream,
+            (now, watermark),
+            candidates,
+            counters,
+        )
+        .await?;
         // One statement per chunk: a poll window verified at once releases
         // its whole backlog in this transaction.
         for chunk in released.chunks(INSERT_CHUNK) {
@@ -157,12 +185,7 @@ impl Writer {
             }
             q.execute(&mut **tx).await?;
         }
-        let waiting: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM events INDEXED BY events_unreleased \
-             WHERE seq IS NULL AND validation IS NOT 'pending')",
-        )
-        .fetch_one(&mut **tx)
-        .await?;
+        let waiting: bool = sqlx::query_scalar(WAITING).fetch_one(&mut **tx).await?;
         Ok((released.len() as u64, !waiting))
     }
 
@@ -191,10 +214,16 @@ impl Writer {
             })
             .collect();
         let offered = candidates.len();
-        let watermark = stream
-            .rule
-            .watermark(now_us(), verified, *stream.live.borrow());
-        let released = Self::step(tx, sequencer, stream, watermark, candidates, counters).await?;
+        let (now, watermark) = stream.watermark_now(verified);
+        let released = Self::step(
+            tx,
+            sequencer,
+            stream,
+            (now, watermark),
+            candidates,
+            counters,
+        )
+        .await?;
         let mut positions = vec![None; fresh.len()];
         for r in &released {
             positions[r.row as usize] = Some((r.seq, r.late));
@@ -208,11 +237,11 @@ impl Writer {
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         sequencer: &mut Sequencer,
         stream: &StreamSettings,
-        watermark: Option<i64>,
+        (now, watermark): (i64, Option<i64>),
         candidates: Vec<Candidate>,
         counters: &Counters,
     ) -> Result<Vec<Release>, StoreError> {
-        let step = sequencer.release(candidates, watermark, now_us(), stream.rule.max_hold_us);
+        let step = sequencer.release(candidates, watermark, now, stream.rule.max_hold_us);
         Counters::add(&counters.forced, step.forced as u64);
         if !step.released.is_empty() {
             sqlx::query(

@@ -15,7 +15,7 @@ use super::control::{Control, Head, SchemaOp, SinkOp, WriterHandle, write_sink_o
 use super::ingest::{Ingest, Receipt, pending};
 use super::maintenance::Retention;
 use super::open::wal_path;
-use super::release::{StreamSettings, release_tick};
+use super::release::{StreamSettings, WAITING, release_tick};
 use super::{Store, StoreError};
 use crate::config::StoreConfig;
 use crate::event::{Event, Origin, Parsed, Rejected, now_us};
@@ -152,12 +152,7 @@ impl Writer {
                 .fetch_optional(&store.pool)
                 .await?;
         let verified = store.verified_until(source).await?;
-        let waiting: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM events INDEXED BY events_unreleased \
-             WHERE seq IS NULL AND validation IS NOT 'pending')",
-        )
-        .fetch_one(&store.pool)
-        .await?;
+        let waiting: bool = sqlx::query_scalar(WAITING).fetch_one(&store.pool).await?;
         let (ingest_tx, ingest_rx) = mpsc::channel(queue);
         let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
         let (head_tx, head_rx) = watch::channel(Head {
