@@ -114,7 +114,7 @@ impl Writer {
         let now = now_us();
         let mut cutoff = now - r.keep_us;
         if let Some(guard) = r.poll_guard_us {
-            cutoff = cutoff.min(self.verified.unwrap_or(i64::MIN).saturating_sub(guard));
+            cutoff = cutoff.min(self.rel.verified.unwrap_or(i64::MIN).saturating_sub(guard));
         }
         let cursors: Vec<i64> = {
             let mut v = Vec::new();
@@ -133,7 +133,7 @@ impl Writer {
             .into_iter()
             .min()
             .unwrap_or(0)
-            .min(self.sequencer.head() - 1);
+            .min(self.rel.sequencer.head() - 1);
         if passed <= 0 {
             return Ok(false);
         }

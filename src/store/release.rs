@@ -2,6 +2,7 @@
 //! itself is sans-IO ([`crate::stream`]); this is its IO shell inside the
 //! writer's transaction.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Connection};
@@ -38,14 +39,6 @@ impl StreamSettings {
     }
 }
 
-impl StreamSettings {
-    /// Now, and the release watermark now.
-    fn watermark_now(&self, verified: Option<i64>) -> (i64, Option<i64>) {
-        let now = now_us();
-        (now, self.rule.watermark(now, verified, *self.live.borrow()))
-    }
-}
-
 /// How often the writer re-evaluates the event-time watermark when idle: a
 /// tenth of `settle`, between 5 ms and 50 ms, so release latency stays
 /// close to `settle`.
@@ -60,86 +53,63 @@ pub(super) const WAITING: &str = "SELECT EXISTS (SELECT 1 FROM events INDEXED BY
 /// How often forced releases are summed up in the log.
 const FORCED_LOG_EVERY: Duration = Duration::from_secs(10);
 
-impl Writer {
-    /// Releases what the watermark now allows when no batch is coming.
-    pub(super) async fn release_idle(&mut self) -> Result<(), StoreError> {
-        if self.all_released {
-            // Nothing stored waits: the step has no candidate and only
-            // moves how far event time has been released, which is kept
-            // with the next release that commits.
-            let (now, watermark) = self.stream.watermark_now(self.verified);
-            self.sequencer
-                .release(Vec::new(), watermark, now, self.stream.rule.max_hold_us);
-            return Ok(());
+/// The writer's release state: the sequencer, the rule, the poller's
+/// verified watermark, and whether any stored event waits for its `seq`.
+/// One field of the [`Writer`], apart from its connection, so that its
+/// steps run inside a transaction on that connection.
+pub(super) struct Releaser {
+    pub(super) sequencer: Sequencer,
+    pub(super) stream: StreamSettings,
+    /// The poller's verified watermark for this source (µs).
+    pub(super) verified: Option<i64>,
+    /// No stored event waits for its `seq` (those pending validation
+    /// aside): a batch's own events are then the release step's only
+    /// candidates (see [`Releaser::release_fresh`]).
+    pub(super) all_released: bool,
+    pub(super) counters: Arc<Counters>,
+}
+
+/// What a transaction that does not commit takes back.
+#[derive(Clone, Copy)]
+pub(super) struct Mark {
+    head: i64,
+    high: Option<i64>,
+    verified: Option<i64>,
+    all_released: bool,
+}
+
+impl Releaser {
+    pub(super) fn mark(&self) -> Mark {
+        Mark {
+            head: self.sequencer.head(),
+            high: self.sequencer.high(),
+            verified: self.verified,
+            all_released: self.all_released,
         }
-        let (head, high) = (self.sequencer.head(), self.sequencer.high());
-        let mut tx = self.conn.begin_with(WRITE_TX).await?;
-        let released = match Self::release(
-            &mut tx,
-            &mut self.sequencer,
-            &self.stream,
-            self.verified,
-            &self.counters,
-        )
-        .await
-        {
-            Ok((n, all)) => {
-                self.all_released = all;
-                n
-            }
-            Err(e) => {
-                self.sequencer.rewind_to(head, high);
-                return Err(e);
-            }
-        };
-        if released == 0 {
-            tx.rollback().await?;
-            self.sequencer.rewind_to(head, self.sequencer.high());
-            return Ok(());
-        }
-        if let Err(e) = tx.commit().await {
-            self.sequencer.rewind_to(head, high);
-            return Err(e.into());
-        }
-        self.publish_head();
-        self.log_forced(false);
-        Ok(())
     }
 
-    /// One WARN line per [`FORCED_LOG_EVERY`] (and at the end) with how many
-    /// events `max_hold` released, not one per release step.
-    pub(super) fn log_forced(&mut self, last: bool) {
-        let total = self
-            .counters
-            .forced
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let (logged, at) = self.forced_logged;
-        if total == logged || (!last && at.elapsed() < FORCED_LOG_EVERY) {
-            return;
-        }
-        tracing::warn!(
-            events = total - logged,
-            since = ?at.elapsed(),
-            max_hold = ?Duration::from_micros(self.stream.rule.max_hold_us as u64),
-            "released events held longer than stream.max_hold above the watermark (is the poller failing?)"
-        );
-        self.forced_logged = (total, std::time::Instant::now());
+    pub(super) fn rewind(&mut self, m: Mark) {
+        self.sequencer.rewind_to(m.head, m.high);
+        self.verified = m.verified;
+        self.all_released = m.all_released;
+    }
+
+    /// Now, and the release watermark now.
+    fn watermark_now(&self) -> (i64, Option<i64>) {
+        let now = now_us();
+        let live = *self.stream.live.borrow();
+        (now, self.stream.rule.watermark(now, self.verified, live))
     }
 
     /// The event-time release step, inside the writer's transaction: takes
     /// the unreleased events the watermark (or `max_hold`) allows and gives
-    /// them their `seq` in (time, id) order. Returns how many were released
-    /// and whether every stored event (but those pending validation) now
-    /// has its `seq`.
+    /// them their `seq` in (time, id) order. Returns how many were released.
     pub(super) async fn release(
+        &mut self,
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        sequencer: &mut Sequencer,
-        stream: &StreamSettings,
-        verified: Option<i64>,
-        counters: &Counters,
-    ) -> Result<(u64, bool), StoreError> {
-        let (now, watermark) = stream.watermark_now(verified);
-        let held_since = now - stream.rule.max_hold_us;
+    ) -> Result<u64, StoreError> {
+        let (now, watermark) = self.watermark_now();
+        let held_since = now - self.stream.rule.max_hold_us;
         // Two index range scans (see migration 0007), not a walk over
         // every unreleased event.
         let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(
@@ -162,15 +132,7 @@ impl Writer {
                 received_us,
             })
             .collect();
-        let released = Self::step(
-            tx,
-            sequencer,
-            stream,
-            (now, watermark),
-            candidates,
-            counters,
-        )
-        .await?;
+        let released = self.step(tx, (now, watermark), candidates).await?;
         // One statement per chunk: a poll window verified at once releases
         // its whole backlog in this transaction.
         for chunk in released.chunks(INSERT_CHUNK) {
@@ -186,22 +148,20 @@ impl Writer {
             q.execute(&mut **tx).await?;
         }
         let waiting: bool = sqlx::query_scalar(WAITING).fetch_one(&mut **tx).await?;
-        Ok((released.len() as u64, !waiting))
+        self.all_released = !waiting;
+        Ok(released.len() as u64)
     }
 
     /// The release step for a batch when no stored event waits for its
     /// `seq`: the batch's new events are then the only candidates, so each
     /// released one is inserted at its position (its row written once, no
     /// lookup, no unreleased-index entry to add and remove). Returns the
-    /// positions, parallel to `fresh`, and whether all were released.
+    /// positions, parallel to `fresh`.
     pub(super) async fn release_fresh(
+        &mut self,
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         fresh: &[&Event],
-        sequencer: &mut Sequencer,
-        stream: &StreamSettings,
-        verified: Option<i64>,
-        counters: &Counters,
-    ) -> Result<(Vec<Option<(i64, bool)>>, bool), StoreError> {
+    ) -> Result<Vec<Option<(i64, bool)>>, StoreError> {
         let candidates: Vec<Candidate> = fresh
             .iter()
             .enumerate()
@@ -214,41 +174,46 @@ impl Writer {
             })
             .collect();
         let offered = candidates.len();
-        let (now, watermark) = stream.watermark_now(verified);
-        let released = Self::step(
-            tx,
-            sequencer,
-            stream,
-            (now, watermark),
-            candidates,
-            counters,
-        )
-        .await?;
+        let at = self.watermark_now();
+        let released = self.step(tx, at, candidates).await?;
+        self.all_released = released.len() == offered;
         let mut positions = vec![None; fresh.len()];
         for r in &released {
             positions[r.row as usize] = Some((r.seq, r.late));
         }
-        Ok((positions, released.len() == offered))
+        Ok(positions)
+    }
+
+    /// The idle step while nothing stored waits: no candidate, so it only
+    /// moves how far event time has been released (kept with the next
+    /// release that commits).
+    fn advance(&mut self) {
+        let (now, watermark) = self.watermark_now();
+        let max_hold_us = self.stream.rule.max_hold_us;
+        self.sequencer
+            .release(Vec::new(), watermark, now, max_hold_us);
     }
 
     /// Runs the release rule over `candidates`, counts what it did and
     /// keeps how far event time has been released.
     async fn step(
+        &mut self,
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        sequencer: &mut Sequencer,
-        stream: &StreamSettings,
         (now, watermark): (i64, Option<i64>),
         candidates: Vec<Candidate>,
-        counters: &Counters,
     ) -> Result<Vec<Release>, StoreError> {
-        let step = sequencer.release(candidates, watermark, now, stream.rule.max_hold_us);
+        let max_hold_us = self.stream.rule.max_hold_us;
+        let step = self
+            .sequencer
+            .release(candidates, watermark, now, max_hold_us);
+        let counters = &self.counters;
         Counters::add(&counters.forced, step.forced as u64);
         if !step.released.is_empty() {
             sqlx::query(
                 "INSERT INTO stream_state (key, value) VALUES ('high_us', ?) \
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             )
-            .bind(sequencer.high())
+            .bind(self.sequencer.high())
             .execute(&mut **tx)
             .await?;
         }
@@ -256,5 +221,56 @@ impl Writer {
         Counters::add(&counters.late, late);
         Counters::add(&counters.released, step.released.len() as u64);
         Ok(step.released)
+    }
+}
+
+impl Writer {
+    /// Releases what the watermark now allows when no batch is coming.
+    pub(super) async fn release_idle(&mut self) -> Result<(), StoreError> {
+        if self.rel.all_released {
+            self.rel.advance();
+            return Ok(());
+        }
+        let mark = self.rel.mark();
+        let mut tx = self.conn.begin_with(WRITE_TX).await?;
+        let released = match self.rel.release(&mut tx).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.rel.rewind(mark);
+                return Err(e);
+            }
+        };
+        if released == 0 {
+            // Nothing changed but how far event time has been released.
+            tx.rollback().await?;
+            return Ok(());
+        }
+        if let Err(e) = tx.commit().await {
+            self.rel.rewind(mark);
+            return Err(e.into());
+        }
+        self.publish_head();
+        self.log_forced(false);
+        Ok(())
+    }
+
+    /// One WARN line per [`FORCED_LOG_EVERY`] (and at the end) with how many
+    /// events `max_hold` released, not one per release step.
+    pub(super) fn log_forced(&mut self, last: bool) {
+        let total = self
+            .counters
+            .forced
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let (logged, at) = self.forced_logged;
+        if total == logged || (!last && at.elapsed() < FORCED_LOG_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            events = total - logged,
+            since = ?at.elapsed(),
+            max_hold = ?Duration::from_micros(self.rel.stream.rule.max_hold_us as u64),
+            "released events held longer than stream.max_hold above the watermark (is the poller failing?)"
+        );
+        self.forced_logged = (total, std::time::Instant::now());
     }
 }

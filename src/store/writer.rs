@@ -15,7 +15,7 @@ use super::control::{Control, Head, SchemaOp, SinkOp, WriterHandle, write_sink_o
 use super::ingest::{Ingest, Receipt, pending};
 use super::maintenance::Retention;
 use super::open::wal_path;
-use super::release::{StreamSettings, WAITING, release_tick};
+use super::release::{Releaser, StreamSettings, WAITING, release_tick};
 use super::{Store, StoreError};
 use crate::config::StoreConfig;
 use crate::event::{Event, Origin, Parsed, Rejected, now_us};
@@ -44,14 +44,7 @@ pub struct WriterPlan {
 pub struct Writer {
     pub(super) retention: Retention,
     pub(super) conn: SqliteConnection,
-    pub(super) sequencer: Sequencer,
-    pub(super) stream: StreamSettings,
-    /// The poller's verified watermark for this source (µs).
-    pub(super) verified: Option<i64>,
-    /// No stored event waits for its `seq` (those pending validation
-    /// aside): a batch's own events are then the release step's only
-    /// candidates (see [`Writer::release_fresh`]).
-    pub(super) all_released: bool,
+    pub(super) rel: Releaser,
     pub(super) source: String,
     pub(super) batch_max: usize,
     pub(super) batch_delay: Duration,
@@ -162,10 +155,13 @@ impl Writer {
         let writer = Writer {
             conn,
             retention,
-            sequencer: Sequencer::resume(head_seq, high),
-            stream,
-            verified,
-            all_released: !waiting,
+            rel: Releaser {
+                sequencer: Sequencer::resume(head_seq, high),
+                stream,
+                verified,
+                all_released: !waiting,
+                counters: counters.clone(),
+            },
             source: source.to_string(),
             batch_max: config.batch_max,
             batch_delay: config.batch_delay.0,
@@ -192,9 +188,9 @@ impl Writer {
     pub async fn run(mut self) -> Result<(), StoreError> {
         let mut ingest_open = true;
         let mut ctrl_open = true;
-        let mut tick = tokio::time::interval(release_tick(self.stream.rule.settle_us));
+        let mut tick = tokio::time::interval(release_tick(self.rel.stream.rule.settle_us));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let ticking = self.stream.order == Order::EventTime;
+        let ticking = self.rel.stream.order == Order::EventTime;
         let mut prune = tokio::time::interval(self.retention.every());
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A backlog of old events is pruned one bounded batch per loop
@@ -266,7 +262,7 @@ impl Writer {
     }
 
     pub(super) fn publish_head(&self) {
-        let head = self.sequencer.head();
+        let head = self.rel.sequencer.head();
         self.head.send_if_modified(|h| {
             let changed = h.seq != head;
             h.seq = head;
@@ -275,9 +271,7 @@ impl Writer {
     }
 
     async fn commit(&mut self, mut batch: Batch) -> Result<(), StoreError> {
-        let head_before = self.sequencer.head();
-        let high_before = self.sequencer.high();
-        let (verified_before, all_released_before) = (self.verified, self.all_released);
+        let mark = self.rel.mark();
         let offered_poll = batch
             .events
             .iter()
@@ -288,9 +282,7 @@ impl Writer {
         let (inserted, recovered) = match result {
             Ok(n) => n,
             Err(e) => {
-                self.sequencer.rewind_to(head_before, high_before);
-                self.verified = verified_before;
-                self.all_released = all_released_before;
+                self.rel.rewind(mark);
                 return Err(e);
             }
         };
@@ -334,35 +326,24 @@ impl Writer {
     /// the poller (MQTT had missed them).
     async fn write(&mut self, batch: &mut Batch) -> Result<(u64, u64), StoreError> {
         let mut tx = self.conn.begin_with(WRITE_TX).await?;
-        let order = self.stream.order;
+        let order = self.rel.stream.order;
         if let Some(until) = batch.verified {
-            self.verified = self.verified.max(Some(until));
+            self.rel.verified = self.rel.verified.max(Some(until));
         }
         let fresh = Self::fresh(&mut tx, &mut batch.events).await?;
         // Where each new event goes in the stream, if it goes now. A batch
         // with schema ops may release stored events, so it takes the
         // general step after its inserts.
-        let at_once = order == Order::EventTime && self.all_released && batch.schema_ops.is_empty();
+        let at_once =
+            order == Order::EventTime && self.rel.all_released && batch.schema_ops.is_empty();
         let positions = match order {
             Order::Arrival => fresh
                 .iter()
                 .map(|e| {
-                    (!pending(e)).then(|| (self.sequencer.next_seq(), e.origin == Origin::Poll))
+                    (!pending(e)).then(|| (self.rel.sequencer.next_seq(), e.origin == Origin::Poll))
                 })
                 .collect(),
-            Order::EventTime if at_once => {
-                let (positions, all) = Self::release_fresh(
-                    &mut tx,
-                    &fresh,
-                    &mut self.sequencer,
-                    &self.stream,
-                    self.verified,
-                    &self.counters,
-                )
-                .await?;
-                self.all_released = all;
-                positions
-            }
+            Order::EventTime if at_once => self.rel.release_fresh(&mut tx, &fresh).await?,
             Order::EventTime => vec![None; fresh.len()],
         };
         Self::insert(&mut tx, &fresh, &positions, &self.source).await?;
@@ -370,8 +351,15 @@ impl Writer {
 
         let now = now_us();
         for op in std::mem::take(&mut batch.schema_ops) {
-            Self::write_schema_op(&mut tx, op, now, order, &mut self.sequencer, &self.counters)
-                .await?;
+            Self::write_schema_op(
+                &mut tx,
+                op,
+                now,
+                order,
+                &mut self.rel.sequencer,
+                &self.counters,
+            )
+            .await?;
         }
         for (sink, op) in &batch.sink_ops {
             write_sink_op(&mut tx, sink, op, now).await?;
@@ -391,15 +379,7 @@ impl Writer {
         }
 
         if order == Order::EventTime && !at_once {
-            let (_, all) = Self::release(
-                &mut tx,
-                &mut self.sequencer,
-                &self.stream,
-                self.verified,
-                &self.counters,
-            )
-            .await?;
-            self.all_released = all;
+            self.rel.release(&mut tx).await?;
         }
 
         tx.commit().await?;
