@@ -26,7 +26,7 @@ use crate::event::now_us;
 use crate::metrics::Counters;
 use crate::source::RejectReason;
 use crate::store::{Head, Store, StoreError};
-use crate::stream::Live;
+use crate::stream::{Live, QosDowngrade};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -87,6 +87,7 @@ pub struct Facts {
     pub counters: crate::metrics::Snapshot,
     pub rejected: Vec<(&'static str, u64)>,
     pub mqtt_ready: bool,
+    pub qos_downgrade: Option<QosDowngrade>,
     /// `(failing since µs or 0, alert_after µs)` when a poller runs.
     pub poll: Option<(i64, i64)>,
     pub verified_until_us: Option<i64>,
@@ -96,6 +97,20 @@ pub struct Facts {
 }
 
 /// Why the daemon is not ready; empty when it is.
+/// What is wrong without making gapless unready: it delivers, but with a
+/// weaker guarantee than configured. Listed by `/readyz` and `status`.
+pub fn warnings(f: &Facts) -> Vec<String> {
+    f.qos_downgrade
+        .map(|d| {
+            format!(
+                "warning: mqtt: the broker granted QoS {} where mqtt.qos = {} was asked",
+                d.granted, d.asked
+            )
+        })
+        .into_iter()
+        .collect()
+}
+
 pub fn problems(f: &Facts) -> Vec<String> {
     let mut out = Vec::new();
     if !f.mqtt_ready {
@@ -350,7 +365,10 @@ impl Admin {
     /// watermark from the store (a few indexed reads).
     pub async fn facts(&self) -> Result<Facts, StoreError> {
         let now = now_us();
-        let mqtt_ready = self.live.borrow().since_us.is_some();
+        let (mqtt_ready, qos_downgrade) = {
+            let live = self.live.borrow();
+            (live.since_us.is_some(), live.downgraded)
+        };
         let mut sinks = Vec::with_capacity(self.sinks.len());
         for w in &self.sinks {
             let s = self.counters.sink(&w.name);
@@ -386,6 +404,7 @@ impl Admin {
                 all
             },
             mqtt_ready,
+            qos_downgrade,
             poll,
             verified_until_us: match poll {
                 Some(_) => self.store.verified_until(&self.source).await?,
@@ -468,7 +487,12 @@ async fn readyz(State(admin): State<Arc<Admin>>, headers: axum::http::HeaderMap)
     };
     let problems = problems(&facts);
     if problems.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
+        let warnings = warnings(&facts);
+        if warnings.is_empty() || !authorized(&admin, &headers) {
+            (StatusCode::OK, "ready\n").into_response()
+        } else {
+            (StatusCode::OK, format!("ready\n{}\n", warnings.join("\n"))).into_response()
+        }
     } else if !authorized(&admin, &headers) {
         // The details name sinks and settings: only with the token.
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
@@ -508,6 +532,7 @@ mod tests {
         Facts {
             now_us: 1_000_000_000,
             mqtt_ready: true,
+            qos_downgrade: None,
             poll: Some((0, 60_000_000)),
             sinks: vec![SinkFacts {
                 name: "hook".into(),

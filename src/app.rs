@@ -86,7 +86,10 @@ pub async fn run(
     // The lock first: a second gapless on this store stops here, before it
     // logs in, subscribes or writes anything.
     let (store, _lock) = Store::open_exclusive(&config.store).await?;
-    for warning in crate::net::exposure_warnings(&config) {
+    for warning in crate::net::exposure_warnings(&config)
+        .into_iter()
+        .chain(config.delivery_warnings())
+    {
         tracing::warn!("{warning}");
     }
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();

@@ -371,6 +371,52 @@ pub struct MqttConfig {
     /// Upper bound of the reconnect backoff.
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max: HumanDuration,
+    /// The QoS gapless subscribes with (the broker may grant less).
+    #[serde(default)]
+    pub qos: MqttQos,
+}
+
+/// The QoS of gapless's subscriptions, written as the number MQTT uses.
+///
+/// Exists so that a QoS is a type with three values, not a `u8` checked in
+/// several places, and so a bad value fails the config load naming the key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "i64")]
+pub enum MqttQos {
+    /// Nothing is acknowledged and nothing redelivered: what is lost while
+    /// disconnected or crashed is recovered only through a history.
+    AtMostOnce,
+    /// PUBACK after the commit; redeliveries are deduplicated by the store.
+    #[default]
+    AtLeastOnce,
+    /// PUBREC after the commit; the broker then redelivers nothing.
+    ExactlyOnce,
+}
+
+impl TryFrom<i64> for MqttQos {
+    type Error = String;
+
+    fn try_from(n: i64) -> Result<Self, String> {
+        match n {
+            0 => Ok(MqttQos::AtMostOnce),
+            1 => Ok(MqttQos::AtLeastOnce),
+            2 => Ok(MqttQos::ExactlyOnce),
+            _ => Err(format!(
+                "mqtt.qos = {n}: use 0 (at most once), 1 (at least once, the default) or 2 (exactly once)"
+            )),
+        }
+    }
+}
+
+impl MqttQos {
+    /// The number MQTT uses.
+    pub fn level(self) -> u8 {
+        match self {
+            MqttQos::AtMostOnce => 0,
+            MqttQos::AtLeastOnce => 1,
+            MqttQos::ExactlyOnce => 2,
+        }
+    }
 }
 
 impl Default for MqttConfig {
@@ -961,6 +1007,23 @@ impl Config {
             }
         }
         Ok(created)
+    }
+
+    /// Settings that weaken what gapless can promise, said once at start.
+    pub fn delivery_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.mqtt.qos == MqttQos::AtMostOnce {
+            out.push(if self.has_history() {
+                "mqtt.qos = 0: the broker neither keeps nor redelivers what gapless misses while \
+                 disconnected or stopped; only the poller's history recovers it"
+                    .to_string()
+            } else {
+                "mqtt.qos = 0 and this source has no history: messages missed while disconnected \
+                 or stopped are lost for good; use qos = 1 where the broker offers it"
+                    .to_string()
+            });
+        }
+        out
     }
 
     /// Whether a poller reads a REST history (VCD with `url`, ScaleIT with
@@ -1685,6 +1748,47 @@ mod tests {
     fn secrets_do_not_print() {
         let s = Secret::new("hunter2");
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn mqtt_qos_is_0_1_or_2_and_1_by_default() {
+        assert_eq!(
+            Config::parse(MINIMAL).unwrap().mqtt.qos,
+            MqttQos::AtLeastOnce
+        );
+        for (n, qos) in [
+            (0, MqttQos::AtMostOnce),
+            (1, MqttQos::AtLeastOnce),
+            (2, MqttQos::ExactlyOnce),
+        ] {
+            let c = Config::parse(&MINIMAL.replace("[mqtt]", &format!("[mqtt]\nqos = {n}")));
+            assert_eq!(c.unwrap().mqtt.qos, qos);
+            assert_eq!(qos.level(), n);
+        }
+        let e = err_of(&MINIMAL.replace("[mqtt]", "[mqtt]\nqos = 3"));
+        assert!(
+            e.contains("mqtt.qos = 3") && e.contains("exactly once"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn qos_0_is_accepted_with_a_warning_that_names_the_recovery() {
+        assert!(
+            Config::parse(MINIMAL)
+                .unwrap()
+                .delivery_warnings()
+                .is_empty()
+        );
+        let qos0 = MINIMAL.replace("[mqtt]", "[mqtt]\nqos = 0");
+        let w = Config::parse(&qos0).unwrap().delivery_warnings();
+        assert!(w.len() == 1 && w[0].contains("lost for good"), "{w:?}");
+        let with_history = qos0.replace(
+            "name = \"vcd-lab\"",
+            "name = \"vcd-lab\"\nurl = \"https://vcd.example\"\norg = \"System\"\nuser = \"u\"\npassword_file = \"/dev/null\"",
+        );
+        let w = Config::parse(&with_history).unwrap().delivery_warnings();
+        assert!(w.len() == 1 && w[0].contains("only the poller"), "{w:?}");
     }
 
     #[test]

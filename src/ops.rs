@@ -243,8 +243,10 @@ async fn daemon_state(config: &Config) -> String {
             let ready = r.status().is_success();
             let body = r.text().await.unwrap_or_default();
             let problems: Vec<&str> = body.lines().skip(1).collect();
-            if ready {
+            if ready && problems.is_empty() {
                 format!("running at {addr}: ready (MQTT subscribed, poller and sinks healthy)")
+            } else if ready {
+                format!("running at {addr}: ready, {}", problems.join("; "))
             } else {
                 format!("running at {addr}: NOT READY: {}", problems.join("; "))
             }

@@ -39,6 +39,17 @@ pub struct Live {
     pub since_us: Option<i64>,
     /// When the subscription was last lost (µs), if ever.
     pub lost_at_us: Option<i64>,
+    /// The broker granted less than `mqtt.qos` at the last SUBACK.
+    pub downgraded: Option<QosDowngrade>,
+}
+
+/// A subscription granted below the asked QoS: the delivery guarantee the
+/// operator configured does not hold, which nothing else would show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QosDowngrade {
+    pub asked: u8,
+    /// The lowest QoS granted among the filters.
+    pub granted: u8,
 }
 
 /// The release rule's parameters (µs).
@@ -205,6 +216,7 @@ mod tests {
         let up = Live {
             since_us: Some(100),
             lost_at_us: Some(50),
+            ..Live::default()
         };
         assert_eq!(
             RULE.live(10_000, None, up),
@@ -221,6 +233,7 @@ mod tests {
         let down = Live {
             since_us: None,
             lost_at_us: Some(5_000),
+            ..Live::default()
         };
         assert_eq!(no_poller.live(10_000, None, down), Some(3_000));
         assert_eq!(
@@ -240,6 +253,7 @@ mod tests {
         let up = Live {
             since_us: Some(0),
             lost_at_us: None,
+            ..Live::default()
         };
         assert_eq!(strict.watermark(10_000, Some(4_000), up), Some(4_000));
         assert_eq!(RULE.watermark(10_000, Some(4_000), up), Some(8_000));

@@ -1,7 +1,8 @@
-//! A QoS 1 publisher that knows when the broker has taken every message.
+//! A publisher that knows when the broker has taken every message.
 //!
 //! The demo and the tests publish through it so "published" means acked by
-//! the broker (PUBACK), not merely queued in a client.
+//! the broker (PUBACK at QoS 1, the default; PUBCOMP at QoS 2), not merely
+//! queued in a client.
 
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ pub enum PublishError {
 pub struct Publisher {
     client: AsyncClient,
     eventloop: EventLoop,
+    qos: QoS,
+    retain: bool,
 }
 
 impl Publisher {
@@ -52,10 +55,34 @@ impl Publisher {
                 break;
             }
         }
-        Ok(Publisher { client, eventloop })
+        Ok(Publisher {
+            client,
+            eventloop,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        })
     }
 
-    /// Publishes every `(topic, body)` at QoS 1, optionally paced at `rate`
+    /// Publishes at `qos` from now on (QoS 0 is not acknowledged, so it is
+    /// not offered: "published" would mean nothing).
+    pub fn with_qos(mut self, qos: QoS) -> Self {
+        assert!(qos != QoS::AtMostOnce, "a QoS 0 publish is never acked");
+        if qos == QoS::ExactlyOnce {
+            // mosquitto disconnects a client that opens more unfinished
+            // QoS 2 exchanges than its max_inflight_messages (20).
+            self.eventloop.mqtt_options.set_inflight(20);
+        }
+        self.qos = qos;
+        self
+    }
+
+    /// Publishes with the retain flag from now on.
+    pub fn retained(mut self) -> Self {
+        self.retain = true;
+        self
+    }
+
+    /// Publishes every `(topic, body)`, optionally paced at `rate`
     /// messages per second, and returns once the broker acknowledged all.
     pub async fn publish_all<I>(
         &mut self,
@@ -82,10 +109,7 @@ impl Publisher {
             // the event loop so publishes go out and acks come back.
             let (mut topic, mut body) = (topic, body);
             loop {
-                match self
-                    .client
-                    .try_publish(topic, QoS::AtLeastOnce, false, body)
-                {
+                match self.client.try_publish(topic, self.qos, self.retain, body) {
                     Ok(()) => break,
                     Err(rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(p))) => {
                         (topic, body) = (p.topic, p.payload.to_vec());
@@ -106,10 +130,10 @@ impl Publisher {
         Ok(sent)
     }
 
-    /// Polls the event loop once; returns 1 for a PUBACK, else 0.
+    /// Polls the event loop once; returns 1 for a PUBACK or PUBCOMP, else 0.
     async fn turn(&mut self) -> Result<usize, PublishError> {
         Ok(match self.eventloop.poll().await? {
-            Event::Incoming(Packet::PubAck(_)) => 1,
+            Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_)) => 1,
             Event::Outgoing(Outgoing::Publish(_)) | Event::Incoming(_) | Event::Outgoing(_) => 0,
         })
     }

@@ -21,11 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::schema::SchemaRegistry;
 use super::{Parsed, Parser, RejectReason, Rejected};
-use crate::config::{MQTT_MAX_PACKET, MqttConfig, Scheme, Secret, WS_MAX_FRAME};
+use crate::config::{MQTT_MAX_PACKET, MqttConfig, MqttQos, Scheme, Secret, WS_MAX_FRAME};
 use crate::event::now_us;
 use crate::metrics::Counters;
 use crate::store::{Ingest, Receipt};
-use crate::stream::Live;
+use crate::stream::{Live, QosDowngrade};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -133,6 +133,55 @@ pub fn backoff(attempt: u32, max: Duration, jitter: f64) -> Duration {
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
         .min(max);
     base.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+}
+
+/// The client library's QoS for the configured one.
+fn qos(q: MqttQos) -> QoS {
+    match q {
+        MqttQos::AtMostOnce => QoS::AtMostOnce,
+        MqttQos::AtLeastOnce => QoS::AtLeastOnce,
+        MqttQos::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+/// The topics of a SUBACK granted below `asked`, and the lowest QoS granted
+/// (refusals are counted apart, not here).
+fn downgrades<'t>(
+    topics: &'t [String],
+    codes: &[SubscribeReasonCode],
+    asked: QoS,
+) -> Vec<(&'t str, QoS)> {
+    topics
+        .iter()
+        .zip(codes)
+        .filter_map(|(t, c)| match c {
+            SubscribeReasonCode::Success(granted) if (*granted as u8) < asked as u8 => {
+                Some((t.as_str(), *granted))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Works around rumqttc forgetting, on every reconnect, which QoS 2
+/// messages it sent PUBREC for (bytebeamio/rumqtt#664). A broker resuming
+/// the session re-sends PUBREL for those; rumqttc then reports an
+/// "unsolicited" PUBREL and drops the connection, and the broker re-sends
+/// it on the next one: a reconnect loop that also follows a crash between
+/// PUBREC and PUBCOMP. Marking every packet id as awaiting PUBREL makes
+/// rumqttc answer any PUBREL with PUBCOMP, as the MQTT 5 rules and
+/// mosquitto_sub do. The marks are set by feeding the state machine empty
+/// QoS 2 publishes (with manual acks it sends nothing for them) whose
+/// events are then removed; only a subscriber may do this, since it never
+/// publishes at QoS 2 itself.
+fn expect_any_pubrel(state: &mut rumqttc::MqttState) {
+    let queued = state.events.len();
+    for pkid in 1..=u16::MAX {
+        let mut p = Publish::new("", QoS::ExactlyOnce, Vec::<u8>::new());
+        p.pkid = pkid;
+        let _ = state.handle_incoming_packet(Packet::Publish(p));
+    }
+    state.events.truncate(queued);
 }
 
 /// The total payload bytes that may wait for the writer at once.
@@ -263,6 +312,8 @@ struct Session<'a> {
     budget: Arc<Semaphore>,
     max_size: usize,
     subscriptions: mpsc::UnboundedSender<Vec<SubscribeFilter>>,
+    /// Topics whose QoS downgrade was logged (once per topic per run).
+    warned: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl MqttSource {
@@ -294,6 +345,7 @@ impl MqttSource {
             budget: Arc::new(Semaphore::new(BYTE_BUDGET)),
             max_size: self.config.max_packet_size.0,
             subscriptions,
+            warned: Default::default(),
         };
         tracing::info!(url = %crate::net::redact(&self.config.url), client_id = %self.config.client_id(),
             clean_session = self.config.clean_session, "connecting to MQTT broker");
@@ -310,6 +362,12 @@ impl MqttSource {
             };
             match event {
                 Ok(event) => {
+                    if let Event::Incoming(Packet::ConnAck(ack)) = &event
+                        && ack.session_present
+                        && self.config.qos == MqttQos::ExactlyOnce
+                    {
+                        expect_any_pubrel(&mut eventloop.state);
+                    }
                     if session.on_event(event).await {
                         attempt = 0;
                     }
@@ -404,6 +462,31 @@ impl Session<'_> {
                     .iter()
                     .filter(|c| matches!(c, SubscribeReasonCode::Failure))
                     .count();
+                let asked = qos(self.source.config.qos);
+                let lower = downgrades(&self.source.config.topics, &ack.return_codes, asked);
+                if let Some(granted) = lower.iter().map(|(_, q)| *q as u8).min() {
+                    let mut warned = self.warned.lock().expect("not poisoned");
+                    for (topic, granted) in &lower {
+                        if warned.insert(topic.to_string()) {
+                            tracing::warn!(
+                                topic,
+                                asked = asked as u8,
+                                granted = *granted as u8,
+                                "the broker granted a lower QoS than mqtt.qos; delivery has that QoS's guarantee only"
+                            );
+                        }
+                    }
+                    self.source.live.send_modify(|l| {
+                        l.downgraded = Some(QosDowngrade {
+                            asked: asked as u8,
+                            granted,
+                        })
+                    });
+                } else {
+                    self.source
+                        .live
+                        .send_if_modified(|l| l.downgraded.take().is_some());
+                }
                 if refused > 0 {
                     tracing::error!(refused, topics = ?self.source.config.topics,
                         "broker refused subscriptions; check the topic filters and the user's rights");
@@ -440,7 +523,7 @@ impl Session<'_> {
             .config
             .topics
             .iter()
-            .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
+            .map(|t| SubscribeFilter::new(t.clone(), qos(self.source.config.qos)))
             .collect();
         let _ = self.subscriptions.send(filters);
     }
@@ -531,6 +614,39 @@ mod tests {
             };
             assert_eq!(Ack::from_receipt(ack.receipt()), ack);
         }
+    }
+
+    #[test]
+    fn a_suback_below_the_asked_qos_names_its_topics() {
+        let topics = ["a/#".to_string(), "b/#".to_string(), "c/#".to_string()];
+        let codes = [
+            SubscribeReasonCode::Success(QoS::ExactlyOnce),
+            SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            SubscribeReasonCode::Failure,
+        ];
+        assert_eq!(
+            downgrades(&topics, &codes, QoS::ExactlyOnce),
+            vec![("b/#", QoS::AtLeastOnce)]
+        );
+        assert!(downgrades(&topics, &codes, QoS::AtLeastOnce).is_empty());
+    }
+
+    /// After a reconnect, rumqttc answers a PUBREL it has no record of
+    /// with PUBCOMP once the marks are set, instead of failing the
+    /// connection; the marking leaves queued events as they were.
+    #[test]
+    fn any_pubrel_is_answered_once_marked() {
+        let mut state = rumqttc::MqttState::new(10, true);
+        let pubrel = || Packet::PubRel(rumqttc::PubRel::new(7));
+        assert!(state.handle_incoming_packet(pubrel()).is_err());
+        state.events.clear();
+        state.events.push_back(Event::Incoming(Packet::PingResp));
+        expect_any_pubrel(&mut state);
+        assert_eq!(state.events.len(), 1);
+        assert_eq!(
+            state.handle_incoming_packet(pubrel()).unwrap(),
+            Some(Packet::PubComp(rumqttc::PubComp::new(7)))
+        );
     }
 
     #[test]

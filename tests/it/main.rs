@@ -7,6 +7,7 @@ mod faults;
 mod gap;
 mod hostile;
 mod ingest;
+mod mqtt;
 mod ops;
 mod output;
 mod poll;

@@ -1,0 +1,207 @@
+//! MQTT as brokers behave: QoS 2, a broker that grants less, QoS 0.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rumqttc::QoS;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// A TCP proxy in front of the broker that can drop the broker's PUBREL
+/// packets on their way to the client: the one fault a real broker cannot
+/// be asked for, and the only way to stop a QoS 2 exchange between PUBREC
+/// and PUBCOMP on purpose.
+struct PubrelWithholder {
+    port: u16,
+    withhold: Arc<AtomicBool>,
+    withheld: Arc<AtomicUsize>,
+}
+
+impl PubrelWithholder {
+    async fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let withhold = Arc::new(AtomicBool::new(true));
+        let withheld = Arc::new(AtomicUsize::new(0));
+        let (w, n) = (withhold.clone(), withheld.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let broker = TcpStream::connect(("127.0.0.1", upstream)).await.unwrap();
+                let (mut client_rx, client_tx) = client.into_split();
+                let (broker_rx, mut broker_tx) = broker.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_rx, &mut broker_tx).await;
+                });
+                tokio::spawn(Self::filter(broker_rx, client_tx, w.clone(), n.clone()));
+            }
+        });
+        PubrelWithholder {
+            port,
+            withhold,
+            withheld,
+        }
+    }
+
+    /// Forwards whole MQTT packets, dropping PUBREL (type 6) while asked to.
+    async fn filter(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        withhold: Arc<AtomicBool>,
+        withheld: Arc<AtomicUsize>,
+    ) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            while let Some(len) = packet_len(&buf) {
+                let packet: Vec<u8> = buf.drain(..len).collect();
+                if packet[0] >> 4 == 6 && withhold.load(Ordering::Acquire) {
+                    withheld.fetch_add(1, Ordering::AcqRel);
+                    continue;
+                }
+                if to.write_all(&packet).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+/// The length of the first complete packet in `buf`, if it is all there.
+fn packet_len(buf: &[u8]) -> Option<usize> {
+    let mut remaining = 0usize;
+    for i in 1..5 {
+        let b = *buf.get(i)?;
+        remaining |= usize::from(b & 0x7f) << (7 * (i - 1));
+        if b & 0x80 == 0 {
+            let len = 1 + i + remaining;
+            return (buf.len() >= len).then_some(len);
+        }
+    }
+    None
+}
+
+/// The test config with `extra` lines added to `[mqtt]`.
+fn config_with(
+    dir: &std::path::Path,
+    url: &str,
+    clean: bool,
+    id: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = config(dir, url, clean, id);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &format!("clean_session = {clean}\n"),
+        &format!("clean_session = {clean}\n{extra}\n"),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// QoS 2 with a persistent session, gapless SIGKILLed while the broker's
+/// PUBRELs are held back, so every message it stored is between PUBREC and
+/// PUBCOMP. After the restart the broker re-sends those PUBRELs; gapless
+/// completes them on its first connection (no reconnect loop, see
+/// `expect_any_pubrel`) and the file holds every message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_2_crash_between_pubrec_and_pubcomp_loses_and_repeats_nothing() {
+    let Some(bin) = mosquitto_bin("qos2_crash") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(bin, dir.path());
+    let proxy = PubrelWithholder::start(broker.tcp_port).await;
+    let config = config_with(dir.path(), &proxy.url(), false, "gapless-qos2", "qos = 2");
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    let salt = 0x5eed_2000;
+    let n = 300u64;
+    let file = dir.path().join("events.jsonl");
+
+    let mut publisher = broker
+        .publisher("pub-qos2")
+        .await
+        .with_qos(QoS::ExactlyOnce);
+    publisher
+        .publish_all(event_messages(salt, 0..n), None)
+        .await
+        .unwrap();
+    // The broker's window (20) fills with exchanges awaiting PUBCOMP.
+    wait_lines(&file, 20, Duration::from_secs(30), &mut gapless);
+    std::thread::sleep(Duration::from_millis(300));
+    let stored = count_lines(&file);
+    assert!(stored < n as usize, "the window must hold the rest back");
+    assert!(proxy.withheld.load(Ordering::Acquire) >= 1);
+    gapless.kill();
+
+    proxy.withhold.store(false, Ordering::Release);
+    let mut gapless = Gapless::start(dir.path(), &config);
+    wait_lines(&file, n as usize, Duration::from_secs(60), &mut gapless);
+    std::thread::sleep(Duration::from_millis(500));
+    let summary = gapless.stop();
+    assert_exactly_once(&file, salt, n);
+    assert_eq!(
+        summary["counters"]["connects"].as_u64(),
+        Some(1),
+        "one connection completed the held exchanges: {summary}"
+    );
+}
+
+/// A broker that grants QoS 1 to a QoS 2 subscription (mosquitto's
+/// `max_qos 1`): gapless warns once per topic, not on every resubscribe,
+/// and `status` shows the weaker guarantee while events still flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos_downgrade_is_warned_once_and_shown_in_status() {
+    let Some(bin) = mosquitto_bin("qos_downgrade") else {
+        return;
+    };
+    gapless::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    // Appended after the WebSocket listener, so it caps that one.
+    let mut broker = Mosquitto::start_with(bin, dir.path(), "max_qos 1\n");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = config_with(dir.path(), &broker.ws_url(), true, "gapless-cap", "qos = 2");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[admin]\nlisten = \"\"",
+        &format!("[admin]\nlisten = \"{admin}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    let warning = "the broker granted a lower QoS than mqtt.qos";
+    gapless.wait_log(warning, 1, Duration::from_secs(5));
+    let status = status_json(&config);
+    assert!(
+        status["daemon"]
+            .as_str()
+            .unwrap()
+            .contains("granted QoS 1 where mqtt.qos = 2"),
+        "{status}"
+    );
+
+    broker.kill();
+    broker.restart();
+    gapless.wait_log("subscribed", 2, Duration::from_secs(30));
+    let salt = 0x5eed_2100;
+    let mut publisher = broker.publisher("pub-cap").await;
+    publisher
+        .publish_all(event_messages(salt, 0..100), None)
+        .await
+        .unwrap();
+    let file = dir.path().join("events.jsonl");
+    wait_lines(&file, 100, Duration::from_secs(30), &mut gapless);
+    let log = gapless.log_text();
+    gapless.stop();
+    assert_exactly_once(&file, salt, 100);
+    assert_eq!(log.matches(warning).count(), 1, "{log}");
+}
