@@ -374,6 +374,24 @@ pub struct MqttConfig {
     /// The QoS gapless subscribes with (the broker may grant less).
     #[serde(default)]
     pub qos: MqttQos,
+    /// What a message delivered with the retain flag becomes.
+    #[serde(default)]
+    pub retained: RetainedMode,
+}
+
+/// A retained message is the broker's copy of a topic's last state, sent
+/// again on every (re)subscribe; this decides whether that is an event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetainedMode {
+    /// An event the first time; its later copies are duplicates whatever
+    /// the time between them (the same topic and body, or the same id).
+    #[default]
+    Once,
+    /// Never an event: only live messages are.
+    Skip,
+    /// Like any other message (for content keys: new after `dedup_window`).
+    Every,
 }
 
 /// The QoS of gapless's subscriptions, written as the number MQTT uses.

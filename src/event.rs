@@ -47,6 +47,8 @@ pub struct Event {
     /// `id_pointer`): the id then includes the receive time, and this key
     /// decides what is a redelivery.
     pub content_key: Option<ContentKey>,
+    /// Delivered as the broker's retained copy (`mqtt.retained`).
+    pub retained: bool,
 }
 
 /// Hash of topic and body: the same key within `window_us` of a stored
@@ -160,6 +162,8 @@ pub struct StoredEvent {
     /// `valid` / `unvalidated` for validated profiles, `None` otherwise.
     #[sqlx(default)]
     pub validation: Option<String>,
+    #[sqlx(default)]
+    pub retained: bool,
 }
 
 #[derive(Serialize)]
@@ -182,6 +186,8 @@ struct CloudEvent<'a> {
     late: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     validation: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    retained: bool,
 }
 
 /// The payload column holds JSON the source parsed; if it were ever not JSON
@@ -211,6 +217,7 @@ impl StoredEvent {
             origin: &self.origin,
             late: self.late,
             validation: self.validation.as_deref(),
+            retained: self.retained,
         };
         serde_json::to_string(&ce).expect("CloudEvent serialises")
     }
@@ -399,6 +406,7 @@ mod tests {
             ce_source: None,
             dataschema: None,
             validation: None,
+            retained: false,
         };
         let v: serde_json::Value = serde_json::from_str(&e.to_cloudevent("vcd-lab")).unwrap();
         assert_eq!(v["specversion"], "1.0");
@@ -410,13 +418,16 @@ mod tests {
         assert_eq!(v["seq"], 7);
         assert_eq!(v["origin"], "mqtt");
         assert!(v.get("late").is_none());
+        assert!(v.get("retained").is_none());
         let late = StoredEvent {
             late: true,
+            retained: true,
             subject: None,
             ..e
         };
         let v: serde_json::Value = serde_json::from_str(&late.to_cloudevent("s")).unwrap();
         assert_eq!(v["late"], true);
+        assert_eq!(v["retained"], true);
         assert!(v.get("subject").is_none());
     }
 
@@ -434,6 +445,7 @@ mod tests {
             ce_source: None,
             dataschema: None,
             validation: None,
+            retained: false,
         };
         let v: serde_json::Value = serde_json::from_str(&e.to_cloudevent("s")).unwrap();
         assert_eq!(v["data"], "<xml/>");

@@ -81,6 +81,7 @@ impl GenericParser {
             payload: text.to_string(),
             ext: None,
             content_key,
+            retained: false,
         }))
     }
 }

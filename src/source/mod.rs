@@ -18,7 +18,7 @@ pub mod vcd;
 #[cfg(test)]
 mod props;
 
-use crate::config::{SourceConfig, SourceKind};
+use crate::config::{RetainedMode, SourceConfig, SourceKind};
 use crate::event::Event;
 
 // What a message turned into is the pipeline's data (the store keeps
@@ -79,6 +79,25 @@ impl Parser {
                 Parsed::Rejected(Rejected::new(topic, body, reason, detail, received_at_us))
             }
         }
+    }
+}
+
+/// What a message delivered with the MQTT retain flag becomes: the broker
+/// sends its retained copy again on every subscribe, so under `once` the
+/// copy's content key (sources without ids) matches stored copies at any
+/// distance in time, and sources with ids match by id as always; `skip`
+/// drops it; `every` treats it as live. Kept events are marked `retained`.
+pub fn on_retained(item: Parsed, mode: RetainedMode) -> Parsed {
+    match (item, mode) {
+        (Parsed::Event(_), RetainedMode::Skip) => Parsed::Skipped("retained".into()),
+        (Parsed::Event(mut e), mode) => {
+            e.retained = true;
+            if let (Some(k), RetainedMode::Once) = (&mut e.content_key, mode) {
+                k.window_us = i64::MAX;
+            }
+            Parsed::Event(e)
+        }
+        (other, _) => other,
     }
 }
 
@@ -187,5 +206,49 @@ mod tests {
         let r = Rejected::new("t", &big, RejectReason::Oversized, "", 0);
         assert_eq!(r.bytes.len(), REJECTED_KEEP_BYTES);
         assert_eq!(r.size, big.len());
+    }
+}
+
+#[cfg(test)]
+mod retained_tests {
+    use super::*;
+
+    fn scaleit() -> Parsed {
+        let c: crate::config::Config = crate::config::Config::parse(
+            "[source]\nkind = \"scaleit\"\nname = \"s\"\nrequire_schema = false\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n\
+             [[sink]]\nname = \"o\"\nkind = \"stdout\"\n",
+        )
+        .unwrap();
+        Parser::from_config(&c.source).parse(
+            "app/a/s/state",
+            br#"{"$schema":"state.json","on":true}"#,
+            1_000,
+        )
+    }
+
+    #[test]
+    fn a_retained_copy_is_marked_and_matched_at_any_distance_once() {
+        let Parsed::Event(live) = scaleit() else {
+            panic!("a ScaleIT body parses")
+        };
+        assert!(!live.retained);
+        let Parsed::Event(once) = on_retained(scaleit(), RetainedMode::Once) else {
+            panic!("kept")
+        };
+        assert!(once.retained);
+        assert_eq!(once.content_key.as_ref().unwrap().window_us, i64::MAX);
+        assert_eq!(
+            once.content_key.unwrap().key,
+            live.content_key.clone().unwrap().key
+        );
+        let Parsed::Event(every) = on_retained(scaleit(), RetainedMode::Every) else {
+            panic!("kept")
+        };
+        assert!(every.retained);
+        assert_eq!(every.content_key, live.content_key);
+        assert!(matches!(
+            on_retained(scaleit(), RetainedMode::Skip),
+            Parsed::Skipped(k) if k == "retained"
+        ));
     }
 }

@@ -561,6 +561,11 @@ impl Session<'_> {
             }
             .bound_time(&p.topic, now, self.source.max_skew_us)
         };
+        let item = if p.retain {
+            super::on_retained(item, self.source.config.retained)
+        } else {
+            item
+        };
         let cost = match &item {
             Parsed::Rejected(r) => {
                 tracing::warn!(topic = %r.topic, reason = r.reason.as_str(), detail = %r.detail,

@@ -217,6 +217,7 @@ impl ScaleitParser {
                 key,
                 window_us: self.dedup_window_us,
             }),
+            retained: false,
         }))
     }
 }

@@ -107,6 +107,7 @@ impl VcdParser {
             payload: event_text,
             ext: None,
             content_key: None,
+            retained: false,
         }))
     }
 }
@@ -276,6 +277,7 @@ pub fn audit_event(text: &str, now: i64) -> Parsed {
             payload: text.to_string(),
             ext: None,
             content_key: None,
+            retained: false,
         }),
         Err((reason, detail)) => {
             tracing::warn!(reason = reason.as_str(), %detail, "rejected audit trail event");

@@ -36,7 +36,7 @@ pub enum Ingest {
     },
 }
 
-/// Rows per multi-row INSERT (15 columns each, well under SQLite's bind limit).
+/// Rows per multi-row INSERT (16 columns each, well under SQLite's bind limit).
 pub(super) const INSERT_CHUNK: usize = 64;
 
 /// Ids per `IN (...)` lookup.
@@ -159,9 +159,9 @@ impl Writer {
         {
             let sql = format!(
                 "INSERT INTO events (id, source, origin, occurred_at_us, received_at_us, type, \
-                 subject, org, payload, seq, late, ce_source, dataschema, dedup_key, validation) \
+                 subject, org, payload, seq, late, ce_source, dataschema, dedup_key, validation, retained) \
                  VALUES {} ON CONFLICT(id) DO NOTHING",
-                placeholders(chunk.len(), 15)
+                placeholders(chunk.len(), 16)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (e, at) in chunk.iter().zip(at) {
@@ -180,7 +180,8 @@ impl Writer {
                     .bind(e.ext.as_ref().map(|x| x.source.as_str()))
                     .bind(e.ext.as_ref().and_then(|x| x.dataschema.as_deref()))
                     .bind(e.content_key.as_ref().map(|k| k.key.as_str()))
-                    .bind(e.ext.as_ref().map(|x| x.validation.as_str()));
+                    .bind(e.ext.as_ref().map(|x| x.validation.as_str()))
+                    .bind(e.retained);
             }
             let done = q.execute(&mut **tx).await?;
             debug_assert_eq!(done.rows_affected(), chunk.len() as u64);

@@ -7,7 +7,7 @@ use crate::event::{StoredEvent, now_us};
 /// The columns a [`StoredEvent`] is read from.
 macro_rules! stored_columns {
     () => {
-        "seq, id, origin, occurred_at_us, type, subject, payload, late, ce_source, dataschema, validation"
+        "seq, id, origin, occurred_at_us, type, subject, payload, late, ce_source, dataschema, validation, retained"
     };
 }
 

@@ -90,6 +90,7 @@ fn event(id: &str, at_us: i64) -> Event {
         payload: format!("{{\"id\":\"{id}\"}}"),
         ext: None,
         content_key: None,
+        retained: false,
     }
 }
 

@@ -205,3 +205,70 @@ async fn a_qos_downgrade_is_warned_once_and_shown_in_status() {
     assert_exactly_once(&file, salt, 100);
     assert_eq!(log.matches(warning).count(), 1, "{log}");
 }
+
+/// A ScaleIT source with `mqtt.retained` at `mode` (`None`: the default).
+/// The dedup window is short so that restarts can outlast it.
+fn retained_config(dir: &std::path::Path, url: &str, mode: Option<&str>) -> std::path::PathBuf {
+    let path = dir.join("gapless.toml");
+    let retained = mode
+        .map(|m| format!("retained = \"{m}\""))
+        .unwrap_or_default();
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\nkind = \"scaleit\"\nname = \"plant\"\napps = [\"pacman\"]\n\
+             require_schema = false\ndedup_window = \"1s\"\n\n\
+             [mqtt]\nurl = \"{url}\"\n{retained}\n\n{}",
+            store_and_file_sink(dir)
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// One retained ScaleIT message, gapless restarted three times, each run
+/// further apart than `dedup_window`: the broker re-sends the message on
+/// every subscribe. The default (`once`) delivers it once, marked
+/// `retained`; `skip` never; `every` three times (which shows the restarts
+/// did outlast the window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_message_is_one_event_across_restarts() {
+    let Some(bin) = mosquitto_bin("retained") else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(bin, root.path());
+    let mut publisher = broker.publisher("pub-retained").await.retained();
+    let body = br#"{"$schema":"state.json","level":3}"#.to_vec();
+    publisher
+        .publish_all([("app/pacman/s1/state".to_string(), body)], None)
+        .await
+        .unwrap();
+    for (mode, want) in [(None, 1), (Some("skip"), 0), (Some("every"), 3)] {
+        let dir = root.path().join(mode.unwrap_or("default"));
+        std::fs::create_dir(&dir).unwrap();
+        let config = retained_config(&dir, &broker.tcp_url(), mode);
+        let file = dir.join("events.jsonl");
+        let mut skipped = 0;
+        for run in 1..=3 {
+            let mut gapless = Gapless::start(&dir, &config);
+            gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+            if want >= run {
+                wait_lines(&file, run, Duration::from_secs(20), &mut gapless);
+            }
+            // Time for a copy that should not be there to show up.
+            std::thread::sleep(Duration::from_millis(500));
+            let summary = gapless.stop();
+            skipped += summary["counters"]["skipped"].as_u64().unwrap();
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), want, "{mode:?}: {lines:?}");
+        assert!(lines.iter().all(|l| l["retained"] == true), "{lines:?}");
+        assert_eq!(skipped, if want == 0 { 3 } else { 0 }, "{mode:?}");
+    }
+}
