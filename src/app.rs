@@ -312,6 +312,8 @@ async fn start_sources(
         live: live_tx,
         schemas,
         max_skew_us: config.source.max_skew_us(),
+        name: config.source.uri().to_string(),
+        started_at_us: crate::event::now_us(),
     };
     let source_shutdown = shutdown.clone();
     tasks.spawn(async move {

@@ -377,6 +377,9 @@ pub struct MqttConfig {
     /// What a message delivered with the retain flag becomes.
     #[serde(default)]
     pub retained: RetainedMode,
+    /// Where gapless announces itself: a retained `online` record on
+    /// connect, `offline` as its last will and on a clean stop.
+    pub status_topic: Option<String>,
 }
 
 /// A retained message is the broker's copy of a topic's last state, sent
@@ -1189,6 +1192,22 @@ impl Config {
                 "subscribe to at least one filter, e.g. topics = [\"publish/#\"]",
             ));
         }
+        if let Some(topic) = &self.mqtt.status_topic {
+            if self.source.kind == SourceKind::Vcd {
+                return Err(ConfigError::invalid(
+                    "mqtt.status_topic",
+                    "VCD's broker is not a general-purpose one: gapless may not publish there",
+                    "remove mqtt.status_topic, or use it with kind = \"mqtt\" or \"scaleit\"",
+                ));
+            }
+            if topic.is_empty() || topic.contains(['+', '#']) {
+                return Err(ConfigError::invalid(
+                    "mqtt.status_topic",
+                    format!("`{topic}` is not a topic one can publish to"),
+                    "name one topic without wildcards, e.g. \"gapless/plant-1/status\"",
+                ));
+            }
+        }
         if !self.mqtt.clean_session
             && self
                 .mqtt
@@ -1787,6 +1806,20 @@ mod tests {
         assert!(
             e.contains("mqtt.qos = 3") && e.contains("exactly once"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_status_topic_is_one_topic_and_not_for_vcd() {
+        let e = err_of(&MINIMAL.replace("[mqtt]", "[mqtt]\nstatus_topic = \"g/status\""));
+        assert!(e.contains("mqtt.status_topic") && e.contains("VCD"), "{e}");
+        let generic = MINIMAL.replace("kind = \"vcd\"", "kind = \"mqtt\"");
+        let e = err_of(&generic.replace("[mqtt]", "[mqtt]\nstatus_topic = \"g/#\""));
+        assert!(e.contains("wildcards"), "{e}");
+        let ok = generic.replace("[mqtt]", "[mqtt]\nstatus_topic = \"g/status\"");
+        assert_eq!(
+            Config::parse(&ok).unwrap().mqtt.status_topic.as_deref(),
+            Some("g/status")
         );
     }
 

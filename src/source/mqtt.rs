@@ -200,6 +200,31 @@ pub struct MqttSource {
     pub schemas: Option<Arc<SchemaRegistry>>,
     /// `source.max_clock_skew` in µs: later event times are rejected.
     pub max_skew_us: i64,
+    /// The CloudEvent source name, for the status records.
+    pub name: String,
+    /// When this run started (µs), for the status records.
+    pub started_at_us: i64,
+}
+
+impl MqttSource {
+    /// The options for a connect with `auth`, with the last will when
+    /// `mqtt.status_topic` is set.
+    fn options(&self, auth: &MqttAuth) -> Result<MqttOptions, SourceError> {
+        let mut o = options(&self.config, auth)?;
+        if let Some(topic) = &self.config.status_topic {
+            o.set_last_will(rumqttc::LastWill::new(
+                topic,
+                self.status("offline"),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
+        Ok(o)
+    }
+
+    fn status(&self, state: &str) -> Vec<u8> {
+        status_record(state, &self.name, self.started_at_us)
+    }
 }
 
 /// Builds the rumqttc options for a connect with `auth`.
@@ -259,8 +284,29 @@ fn options(config: &MqttConfig, auth: &MqttAuth) -> Result<MqttOptions, SourceEr
     Ok(o)
 }
 
-/// Sends the acks the writer releases, and the subscriptions the event
-/// loop asks for. Runs apart from the event loop so a full request channel
+/// What the event loop asks the acker task to send for it.
+enum Outbound {
+    Subscribe(Vec<SubscribeFilter>),
+    /// A retained record on `mqtt.status_topic`.
+    Status(Vec<u8>),
+}
+
+/// The record gapless keeps on `mqtt.status_topic`: whether it runs, which
+/// build, for which source, since when. Retained, so a subscriber arriving
+/// later still learns the state.
+pub fn status_record(state: &str, source: &str, started_at_us: i64) -> Vec<u8> {
+    serde_json::json!({
+        "state": state,
+        "source": source,
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": crate::event::rfc3339_us(started_at_us),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Sends the acks the writer releases, and the subscriptions and status
+/// records the event loop asks for. Runs apart from the event loop so a full request channel
 /// never stalls reading (awaiting it in the loop that drains it would
 /// deadlock); the source watches this task and fails if it ends. With a clean session an ack
 /// from an earlier connection is dropped: its packet id may name a
@@ -269,20 +315,28 @@ struct Acker {
     client: AsyncClient,
     generation: Arc<AtomicU64>,
     clean_session: bool,
+    status_topic: Option<String>,
 }
 
 impl Acker {
     async fn run(
         self,
         mut rx: mpsc::UnboundedReceiver<Vec<Receipt>>,
-        mut subscriptions: mpsc::UnboundedReceiver<Vec<SubscribeFilter>>,
+        mut outbound: mpsc::UnboundedReceiver<Outbound>,
     ) {
         loop {
             let acks = tokio::select! {
                 biased;
-                Some(filters) = subscriptions.recv() => {
-                    if let Err(e) = self.client.subscribe_many(filters).await {
-                        tracing::error!(error = %e, "could not queue the subscription");
+                Some(out) = outbound.recv() => {
+                    let sent = match out {
+                        Outbound::Subscribe(filters) => self.client.subscribe_many(filters).await,
+                        Outbound::Status(record) => match &self.status_topic {
+                            Some(topic) => self.client.publish(topic, QoS::AtLeastOnce, true, record).await,
+                            None => Ok(()),
+                        },
+                    };
+                    if let Err(e) = sent {
+                        tracing::error!(error = %e, "could not queue a subscription or status record");
                         return;
                     }
                     continue;
@@ -311,7 +365,7 @@ struct Session<'a> {
     generation: Arc<AtomicU64>,
     budget: Arc<Semaphore>,
     max_size: usize,
-    subscriptions: mpsc::UnboundedSender<Vec<SubscribeFilter>>,
+    outbound: mpsc::UnboundedSender<Outbound>,
     /// Topics whose QoS downgrade was logged (once per topic per run).
     warned: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -326,17 +380,18 @@ impl MqttSource {
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
         let auth = self.credentials.current();
-        let opts = options(&self.config, &auth)?;
+        let opts = self.options(&auth)?;
         let (client, mut eventloop) = AsyncClient::new(opts, self.config.queue + 64);
         let generation = Arc::new(AtomicU64::new(0));
-        let (subscriptions, subscribe_rx) = mpsc::unbounded_channel();
+        let (outbound, outbound_rx) = mpsc::unbounded_channel();
         let mut acker = tokio::spawn(
             Acker {
                 client: client.clone(),
                 generation: generation.clone(),
                 clean_session: self.config.clean_session,
+                status_topic: self.config.status_topic.clone(),
             }
-            .run(acks, subscribe_rx),
+            .run(acks, outbound_rx),
         );
         let session = Session {
             source: &self,
@@ -344,7 +399,7 @@ impl MqttSource {
             generation,
             budget: Arc::new(Semaphore::new(BYTE_BUDGET)),
             max_size: self.config.max_packet_size.0,
-            subscriptions,
+            outbound,
             warned: Default::default(),
         };
         tracing::info!(url = %crate::net::redact(&self.config.url), client_id = %self.config.client_id(),
@@ -398,7 +453,7 @@ impl MqttSource {
                     let fresh = self.credentials.current();
                     if fresh != auth {
                         tracing::info!("using renewed MQTT credentials for the next connect");
-                        eventloop.mqtt_options = options(&self.config, &fresh)?;
+                        eventloop.mqtt_options = self.options(&fresh)?;
                         auth = fresh;
                     }
                 }
@@ -409,6 +464,11 @@ impl MqttSource {
         // until the writer has committed and the acker has queued the last
         // acks, then disconnect behind them.
         let Session { client, .. } = session;
+        let offline = self
+            .config
+            .status_topic
+            .clone()
+            .map(|topic| (topic, self.status("offline")));
         drop(self.ingest);
         let drain = async {
             loop {
@@ -416,6 +476,10 @@ impl MqttSource {
                     _ = &mut acker => break,
                     e = eventloop.poll() => if e.is_err() { tokio::time::sleep(Duration::from_millis(50)).await },
                 }
+            }
+            // A clean DISCONNECT discards the last will: say `offline` first.
+            if let Some((topic, record)) = offline {
+                let _ = client.try_publish(topic, QoS::AtLeastOnce, true, record);
             }
             let _ = client.try_disconnect();
             loop {
@@ -448,6 +512,11 @@ impl Session<'_> {
                     generation,
                     "MQTT connected"
                 );
+                if self.source.config.status_topic.is_some() {
+                    let _ = self
+                        .outbound
+                        .send(Outbound::Status(self.source.status("online")));
+                }
                 if ack.session_present {
                     // The broker kept the subscription.
                     self.subscribed();
@@ -525,7 +594,7 @@ impl Session<'_> {
             .iter()
             .map(|t| SubscribeFilter::new(t.clone(), qos(self.source.config.qos)))
             .collect();
-        let _ = self.subscriptions.send(filters);
+        let _ = self.outbound.send(Outbound::Subscribe(filters));
     }
 
     async fn on_publish(&self, p: Publish) {

@@ -496,6 +496,8 @@ async fn the_mqtt_source_fails_when_its_ack_task_ends() {
         live: tokio::sync::watch::channel(Default::default()).0,
         schemas: None,
         max_skew_us: 300_000_000,
+        name: "x".into(),
+        started_at_us: 0,
     };
     let (acks_tx, acks_rx) = tokio::sync::mpsc::unbounded_channel();
     drop(acks_tx);

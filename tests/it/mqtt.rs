@@ -272,3 +272,81 @@ async fn a_retained_message_is_one_event_across_restarts() {
         assert_eq!(skipped, if want == 0 { 3 } else { 0 }, "{mode:?}");
     }
 }
+
+/// A plain subscriber: every payload on `topic`, in order, as JSON.
+async fn watch_topic(
+    port: u16,
+    topic: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<serde_json::Value> {
+    let mut o = rumqttc::MqttOptions::new("status-watcher", "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 16);
+    client.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _client = client;
+        while let Ok(event) = eventloop.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+                let _ = tx.send(serde_json::from_slice(&p.payload).unwrap());
+            }
+        }
+    });
+    rx
+}
+
+async fn next_state(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    within: Duration,
+) -> serde_json::Value {
+    tokio::time::timeout(within, rx.recv())
+        .await
+        .expect("a status record in time")
+        .expect("the watcher runs")
+}
+
+/// `mqtt.status_topic`: a retained `online` record on connect; `offline`
+/// from gapless on a clean stop, and from the broker (the last will) when
+/// gapless is SIGKILLed, within keep-alive × 1.5 (the default 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_topic_says_online_then_offline_on_stop_and_on_kill() {
+    let Some(bin) = mosquitto_bin("status_topic") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(bin, dir.path());
+    let topic = "gapless/plant/status";
+    let config = dir.path().join("gapless.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nkind = \"mqtt\"\nname = \"plant\"\n\n\
+             [mqtt]\nurl = \"{}\"\ntopics = [\"plant/#\"]\nstatus_topic = \"{topic}\"\n\n{}",
+            broker.tcp_url(),
+            store_and_file_sink(dir.path())
+        ),
+    )
+    .unwrap();
+    let mut states = watch_topic(broker.tcp_port, topic).await;
+    let soon = Duration::from_secs(20);
+
+    let mut gapless = Gapless::start(dir.path(), &config);
+    let online = next_state(&mut states, soon).await;
+    assert_eq!(online["state"], "online", "{online}");
+    assert_eq!(online["source"], "plant");
+    assert_eq!(online["version"], env!("CARGO_PKG_VERSION"));
+    gapless.wait_log("subscribed", 1, soon);
+    gapless.stop();
+    let offline = next_state(&mut states, soon).await;
+    assert_eq!(offline["state"], "offline", "{offline}");
+    assert_eq!(offline["started_at"], online["started_at"]);
+
+    let gapless = Gapless::start(dir.path(), &config);
+    assert_eq!(next_state(&mut states, soon).await["state"], "online");
+    gapless.kill();
+    let will = next_state(&mut states, Duration::from_secs(45)).await;
+    assert_eq!(will["state"], "offline", "{will}");
+
+    // Retained: a subscriber arriving later learns the state at once.
+    let mut late = watch_topic(broker.tcp_port, topic).await;
+    assert_eq!(next_state(&mut late, soon).await["state"], "offline");
+}
