@@ -350,3 +350,65 @@ async fn status_topic_says_online_then_offline_on_stop_and_on_kill() {
     let mut late = watch_topic(broker.tcp_port, topic).await;
     assert_eq!(next_state(&mut late, soon).await["state"], "offline");
 }
+
+/// `stream.order = "arrival"`: events from one publisher keep the order
+/// the broker delivered them in, across batches and across the writer's
+/// dedup. 10k numbered messages, every tenth followed by a copy of the one
+/// five before it: the sink holds each number once, strictly increasing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrival_order_keeps_one_publishers_order_through_duplicates() {
+    let Some(bin) = mosquitto_bin("arrival_order") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(bin, dir.path());
+    let config = dir.path().join("gapless.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nkind = \"mqtt\"\nname = \"line\"\nid_pointer = \"/id\"\n\n\
+             [mqtt]\nurl = \"{}\"\ntopics = [\"line/#\"]\n\n\
+             [stream]\norder = \"arrival\"\n\n{}",
+            broker.tcp_url(),
+            store_and_file_sink(dir.path())
+        ),
+    )
+    .unwrap();
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    let n = 10_000u64;
+    let message = |i: u64| {
+        (
+            format!("line/{}", i % 7),
+            format!(r#"{{"id":"m-{i}","n":{i}}}"#).into_bytes(),
+        )
+    };
+    let mut messages = Vec::new();
+    for i in 0..n {
+        messages.push(message(i));
+        if i % 10 == 9 {
+            messages.push(message(i - 5));
+        }
+    }
+    let mut publisher = broker.publisher("pub-line").await;
+    publisher.publish_all(messages, None).await.unwrap();
+    let file = dir.path().join("events.jsonl");
+    wait_lines(&file, n as usize, Duration::from_secs(120), &mut gapless);
+    std::thread::sleep(Duration::from_millis(500));
+    let summary = gapless.stop();
+    let numbers: Vec<u64> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["data"]["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(numbers, (0..n).collect::<Vec<_>>());
+    assert_eq!(
+        summary["counters"]["duplicates"].as_u64(),
+        Some(n / 10),
+        "{summary}"
+    );
+}
