@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Drain benchmark: a backlog of QoS 1 VCD envelopes parked in mosquitto for a
 # persistent session, drained by the release gapless binary (into SQLite and
-# a file sink) and, in the same run, by `mosquitto_sub -q 1 -c` (which acks
+# a file sink) and, in the same run, by `mosquitto_sub -q QOS -c` (which acks
 # at once and writes nowhere). Reports per run:
 #   - both rates and their ratio;
 #   - gapless's CPU per event (user + system, from `perf stat`'s task-clock);
@@ -18,7 +18,7 @@
 # PERF_DATA=path also records a profile of gapless's drain (`perf record
 # --call-graph dwarf`; the last run's is kept) for `perf report -i path`.
 #
-# Usage: scripts/bench-drain.sh [EVENTS] [RUNS] [SYNCHRONOUS] [PROFILE] [WINDOW]
+# Usage: scripts/bench-drain.sh [EVENTS] [RUNS] [SYNCHRONOUS] [PROFILE] [WINDOW] [QOS]
 #   EVENTS       backlog size (default 200000)
 #   RUNS         repetitions (default 3)
 #   SYNCHRONOUS  gapless store.synchronous: full (default) or normal
@@ -27,6 +27,8 @@
 #                same bodies, no schema, require_schema = false)
 #   WINDOW       mosquitto's max_inflight_messages (default 20, its own
 #                default); also the rows per commit of the C probe
+#   QOS          1 (default) or 2: the backlog is published, and both
+#                consumers subscribe, at this QoS (gapless's mqtt.qos)
 # Needs: mosquitto, mosquitto-clients, python3, perf (linux-perf; syscall
 # tracepoints, so root or perf_event_paranoid <= -1); builds the gapless binary and
 # examples/publish_lines (a QoS 1 publisher; `mosquitto_pub -l` drops messages
@@ -38,6 +40,7 @@ RUNS=${2:-3}
 SYNC=${3:-full}
 PROFILE=${4:-vcd}
 WINDOW=${5:-20}
+QOS=${6:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
@@ -138,9 +141,9 @@ EOF
   for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
 
   # Persistent sessions for both consumers, then the backlog.
-  mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -c -i bench-gapless -t "$FILTER" -E
-  mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -c -i bench-mosquitto-sub -t "$FILTER" -E
-  "$PUBLISH" "$PORT" "$TOPIC" < "$WORK/envelopes.txt"
+  mosquitto_sub -h 127.0.0.1 -p "$PORT" -q "$QOS" -c -i bench-gapless -t "$FILTER" -E
+  mosquitto_sub -h 127.0.0.1 -p "$PORT" -q "$QOS" -c -i bench-mosquitto-sub -t "$FILTER" -E
+  "$PUBLISH" "$PORT" "$TOPIC" "$QOS" < "$WORK/envelopes.txt"
 
   rm -f "$WORK"/gapless.db* "$WORK/events.jsonl"
   cat > "$WORK/gapless.toml" <<EOF
@@ -151,6 +154,7 @@ name = "bench"
 url = "mqtt://127.0.0.1:$PORT"
 client_id = "bench-gapless"
 clean_session = false
+qos = $QOS
 [store]
 path = "$WORK/gapless.db"
 synchronous = "$SYNC"
@@ -211,7 +215,7 @@ print(page, row)' "$WORK/gapless.db")
   c_rate=$("$COMMIT" "$WORK" 50000 "$WINDOW" "$SYNC")
 
   start=$(now_us)
-  mosquitto_sub -h 127.0.0.1 -p "$PORT" -q 1 -c -i bench-mosquitto-sub -t "$FILTER" -C "$EVENTS" > /dev/null
+  mosquitto_sub -h 127.0.0.1 -p "$PORT" -q "$QOS" -c -i bench-mosquitto-sub -t "$FILTER" -C "$EVENTS" > /dev/null
   m_s=$(python3 -c "print(($(now_us) - $start) / 1e6)")
 
   kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=
@@ -236,4 +240,4 @@ awk -F'\t' '{printf "|"; for (i = 1; i <= 16; i++) printf " %s |", $i; printf "\
 printf "| **median** |"
 for col in $(seq 2 16); do printf " %s |" "$(cut -f"$col" "$RESULTS" | median)"; done
 echo
-echo "($EVENTS $PROFILE events, store.synchronous = $SYNC, mosquitto max_inflight_messages = $WINDOW)"
+echo "($EVENTS $PROFILE events, store.synchronous = $SYNC, mosquitto max_inflight_messages = $WINDOW, QoS $QOS)"

@@ -429,17 +429,6 @@ impl TryFrom<i64> for MqttQos {
     }
 }
 
-impl MqttQos {
-    /// The number MQTT uses.
-    pub fn level(self) -> u8 {
-        match self {
-            MqttQos::AtMostOnce => 0,
-            MqttQos::AtLeastOnce => 1,
-            MqttQos::ExactlyOnce => 2,
-        }
-    }
-}
-
 impl Default for MqttConfig {
     fn default() -> Self {
         toml::from_str("").expect("every [mqtt] key has a default")
@@ -1800,7 +1789,6 @@ mod tests {
         ] {
             let c = Config::parse(&MINIMAL.replace("[mqtt]", &format!("[mqtt]\nqos = {n}")));
             assert_eq!(c.unwrap().mqtt.qos, qos);
-            assert_eq!(qos.level(), n);
         }
         let e = err_of(&MINIMAL.replace("[mqtt]", "[mqtt]\nqos = 3"));
         assert!(

@@ -412,3 +412,35 @@ async fn arrival_order_keeps_one_publishers_order_through_duplicates() {
         "{summary}"
     );
 }
+
+/// `mqtt.qos = 0` against mosquitto: accepted with a warning at start that
+/// what is missed is lost for good (this source has no history), and what
+/// arrives is stored and delivered once, with nothing to acknowledge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_0_is_warned_at_start_and_still_delivers() {
+    let Some(bin) = mosquitto_bin("qos0") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(bin, dir.path());
+    let config = config_with(
+        dir.path(),
+        &broker.tcp_url(),
+        true,
+        "gapless-qos0",
+        "qos = 0",
+    );
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("lost for good", 1, Duration::from_secs(20));
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    let salt = 0x5eed_2200;
+    let mut publisher = broker.publisher("pub-qos0").await;
+    publisher
+        .publish_all(event_messages(salt, 0..500), None)
+        .await
+        .unwrap();
+    let file = dir.path().join("events.jsonl");
+    wait_lines(&file, 500, Duration::from_secs(30), &mut gapless);
+    gapless.stop();
+    assert_exactly_once(&file, salt, 500);
+}
