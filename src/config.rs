@@ -429,6 +429,24 @@ impl TryFrom<i64> for MqttQos {
     }
 }
 
+/// Whether the MQTT topic filter `filter` (with `+` and `#`) matches
+/// `topic`. Topics starting with `$` are not matched by a leading wildcard.
+fn topic_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut levels = topic.split('/');
+    for f in filter.split('/') {
+        match (f, levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (f, Some(t)) if f == t => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
+}
+
 impl Default for MqttConfig {
     fn default() -> Self {
         toml::from_str("").expect("every [mqtt] key has a default")
@@ -1196,6 +1214,15 @@ impl Config {
                     "name one topic without wildcards, e.g. \"gapless/plant-1/status\"",
                 ));
             }
+            if let Some(filter) = self.mqtt.topics.iter().find(|f| topic_matches(f, topic)) {
+                return Err(ConfigError::invalid(
+                    "mqtt.status_topic",
+                    format!(
+                        "`{topic}` matches the subscription `{filter}`: gapless would ingest its own status records"
+                    ),
+                    "choose a status topic outside mqtt.topics, e.g. under \"gapless/\"",
+                ));
+            }
         }
         if !self.mqtt.clean_session
             && self
@@ -1804,11 +1831,32 @@ mod tests {
         let generic = MINIMAL.replace("kind = \"vcd\"", "kind = \"mqtt\"");
         let e = err_of(&generic.replace("[mqtt]", "[mqtt]\nstatus_topic = \"g/#\""));
         assert!(e.contains("wildcards"), "{e}");
+        let e = err_of(&generic.replace("[mqtt]", "[mqtt]\nstatus_topic = \"publish/me\""));
+        assert!(e.contains("matches the subscription `publish/#`"), "{e}");
         let ok = generic.replace("[mqtt]", "[mqtt]\nstatus_topic = \"g/status\"");
         assert_eq!(
             Config::parse(&ok).unwrap().mqtt.status_topic.as_deref(),
             Some("g/status")
         );
+    }
+
+    #[test]
+    fn topic_filters_match_as_mqtt_says() {
+        for (filter, topic, want) in [
+            ("#", "a/b", true),
+            ("a/#", "a", true),
+            ("a/#", "a/b/c", true),
+            ("a/+", "a/b", true),
+            ("a/+", "a/b/c", false),
+            ("+/+", "a/b", true),
+            ("a/b", "a/b", true),
+            ("a/b", "a/c", false),
+            ("a/b", "a/b/c", false),
+            ("#", "$SYS/x", false),
+            ("+/x", "$SYS/x", false),
+        ] {
+            assert_eq!(topic_matches(filter, topic), want, "{filter} vs {topic}");
+        }
     }
 
     #[test]
