@@ -96,7 +96,6 @@ pub struct Facts {
     pub sinks: Vec<SinkFacts>,
 }
 
-/// Why the daemon is not ready; empty when it is.
 /// What is wrong without making gapless unready: it delivers, but with a
 /// weaker guarantee than configured. Listed by `/readyz` and `status`.
 pub fn warnings(f: &Facts) -> Vec<String> {
@@ -111,6 +110,7 @@ pub fn warnings(f: &Facts) -> Vec<String> {
         .collect()
 }
 
+/// Why the daemon is not ready; empty when it is.
 pub fn problems(f: &Facts) -> Vec<String> {
     let mut out = Vec::new();
     if !f.mqtt_ready {
