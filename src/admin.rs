@@ -88,6 +88,9 @@ pub struct Facts {
     pub rejected: Vec<(&'static str, u64)>,
     pub mqtt_ready: bool,
     pub qos_downgrade: Option<QosDowngrade>,
+    /// Rows per table and the oldest event's arrival, read per scrape.
+    pub store_counts: crate::store::StoreCounts,
+    pub wal_bytes: u64,
     /// `(failing since µs or 0, alert_after µs)` when a poller runs.
     pub poll: Option<(i64, i64)>,
     pub verified_until_us: Option<i64>,
@@ -289,6 +292,21 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Gauge,
         "Bytes the store occupies on disk (database and WAL).",
     ),
+    (
+        "gapless_store_wal_bytes",
+        Kind::Gauge,
+        "Bytes of the store's write-ahead log (bounded by the checkpointer).",
+    ),
+    (
+        "gapless_store_rows",
+        Kind::Gauge,
+        "Rows in the store, by table (events, rejected, dead_letters).",
+    ),
+    (
+        "gapless_store_oldest_event_age_seconds",
+        Kind::Gauge,
+        "Age of the oldest event the store keeps (retention prunes delivered ones).",
+    ),
 ];
 
 /// A metric's Prometheus type.
@@ -356,6 +374,18 @@ pub fn render(f: &Facts) -> String {
         counter!("gapless_mqtt_connection_errors_total").absolute(c.connection_errors);
         gauge!("gapless_mqtt_subscribed").set(f64::from(f.mqtt_ready));
         gauge!("gapless_store_size_bytes").set(f.store_bytes as f64);
+        gauge!("gapless_store_wal_bytes").set(f.wal_bytes as f64);
+        let rows = &f.store_counts;
+        for (table, n) in [
+            ("events", rows.events),
+            ("rejected", rows.rejected),
+            ("dead_letters", rows.dead_letters),
+        ] {
+            gauge!("gapless_store_rows", "table" => table).set(n as f64);
+        }
+        if let Some(at) = rows.oldest_received_us {
+            gauge!("gapless_store_oldest_event_age_seconds").set((f.now_us - at) as f64 / 1e6);
+        }
     });
     handle.render()
 }
@@ -383,6 +413,7 @@ impl Admin {
                 disabled: self.store.sink_disabled(&w.name).await?,
             });
         }
+        let store_counts = self.store.counts().await?;
         let poll = self.poll_alert_after.map(|a| {
             (
                 self.counters.poll_failing_since_us.load(Relaxed),
@@ -412,6 +443,8 @@ impl Admin {
             },
             head: self.head.borrow().seq,
             store_bytes: crate::store::size_on_disk(&self.store_path),
+            store_counts,
+            wal_bytes: crate::store::wal_on_disk(&self.store_path),
             sinks,
         })
     }
@@ -533,6 +566,8 @@ mod tests {
             now_us: 1_000_000_000,
             mqtt_ready: true,
             qos_downgrade: None,
+            store_counts: Default::default(),
+            wal_bytes: 0,
             poll: Some((0, 60_000_000)),
             sinks: vec![SinkFacts {
                 name: "hook".into(),

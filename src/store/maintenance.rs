@@ -43,6 +43,11 @@ async fn checkpoint_on(conn: &mut SqliteConnection, mode: &str) -> Result<i64, S
 }
 
 /// Bytes the store occupies on disk: the database and its write-ahead log.
+/// The WAL's size alone: what the checkpointer bounds.
+pub fn wal_on_disk(path: &Path) -> u64 {
+    std::fs::metadata(wal_path(path)).map_or(0, |m| m.len())
+}
+
 pub fn size_on_disk(path: &Path) -> u64 {
     [path.to_path_buf(), wal_path(path)]
         .iter()

@@ -27,7 +27,7 @@ mod writer;
 
 pub use control::{Head, SchemaOp, SinkOp, WriterHandle};
 pub use ingest::{Ingest, Receipt};
-pub use maintenance::{Retention, size_on_disk};
+pub use maintenance::{Retention, size_on_disk, wal_on_disk};
 pub use open::StoreLock;
 pub use read::{
     CachedSchema, DeadLetter, PendingEvent, ReasonCount, RejectedRow, StoreCounts, StreamCounts,

@@ -208,8 +208,14 @@ impl Store {
 
     /// How many events and rejected messages the store holds.
     pub async fn counts(&self) -> Result<StoreCounts, StoreError> {
+        // The first row by rowid is the oldest received: rows are inserted
+        // as they arrive and rowids only grow, so this is one b-tree step,
+        // not a scan of `received_at_us`.
         Ok(sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM events) AS events, (SELECT COUNT(*) FROM rejected) AS rejected",
+            "SELECT (SELECT COUNT(*) FROM events) AS events, \
+             (SELECT COUNT(*) FROM rejected) AS rejected, \
+             (SELECT COUNT(*) FROM dead_letters) AS dead_letters, \
+             (SELECT received_at_us FROM events ORDER BY rowid LIMIT 1) AS oldest_received_us",
         )
         .fetch_one(&self.pool)
         .await?)
@@ -274,11 +280,14 @@ pub struct StreamCounts {
     pub rejected: i64,
 }
 
-/// Rows in the store, for the run summary.
-#[derive(Debug, sqlx::FromRow)]
+/// Rows in the store, for the run summary and the store gauges.
+#[derive(Clone, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
 pub struct StoreCounts {
     pub events: i64,
     pub rejected: i64,
+    pub dead_letters: i64,
+    /// When the oldest event still kept arrived (µs); `None` when empty.
+    pub oldest_received_us: Option<i64>,
 }
 
 /// How many kept rejections have one reason.

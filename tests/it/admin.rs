@@ -111,6 +111,15 @@ async fn readyz_follows_broker_and_stuck_sink_and_metrics_count() {
     assert_eq!(sample(&page, "gapless_sink_lag_events{sink=\"file\"}"), 0.0);
     assert_eq!(sample(&page, "gapless_mqtt_subscribed"), 1.0);
     assert!(sample(&page, "gapless_store_size_bytes") > 0.0);
+    assert!(sample(&page, "gapless_store_wal_bytes") > 0.0);
+    assert_eq!(sample(&page, "gapless_store_rows{table=\"events\"}"), 50.0);
+    assert_eq!(sample(&page, "gapless_store_rows{table=\"rejected\"}"), 1.0);
+    assert_eq!(
+        sample(&page, "gapless_store_rows{table=\"dead_letters\"}"),
+        0.0
+    );
+    let age = sample(&page, "gapless_store_oldest_event_age_seconds");
+    assert!((0.0..60.0).contains(&age), "{age}");
 
     // A failing endpoint: retries count, and past alert_after the sink makes
     // the daemon unready; once it answers again, ready.
