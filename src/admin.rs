@@ -305,7 +305,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "gapless_store_oldest_event_age_seconds",
         Kind::Gauge,
-        "Age of the oldest event the store keeps (retention prunes delivered ones).",
+        "Age of the oldest event the store keeps, 0 when it keeps none (retention prunes delivered ones).",
     ),
 ];
 
@@ -383,9 +383,8 @@ pub fn render(f: &Facts) -> String {
         ] {
             gauge!("gapless_store_rows", "table" => table).set(n as f64);
         }
-        if let Some(at) = rows.oldest_received_us {
-            gauge!("gapless_store_oldest_event_age_seconds").set((f.now_us - at) as f64 / 1e6);
-        }
+        let oldest_age_us = rows.oldest_received_us.map_or(0, |at| f.now_us - at);
+        gauge!("gapless_store_oldest_event_age_seconds").set(oldest_age_us as f64 / 1e6);
     });
     handle.render()
 }
