@@ -207,11 +207,6 @@ mod tests {
         assert_eq!(r.bytes.len(), REJECTED_KEEP_BYTES);
         assert_eq!(r.size, big.len());
     }
-}
-
-#[cfg(test)]
-mod retained_tests {
-    use super::*;
 
     fn scaleit() -> Parsed {
         let c: crate::config::Config = crate::config::Config::parse(

@@ -228,8 +228,18 @@ impl MqttSource {
         Ok(o)
     }
 
+    /// The record gapless keeps on `mqtt.status_topic`: whether it runs,
+    /// which build, for which source, since when. Retained, so a subscriber
+    /// arriving later still learns the state.
     fn status(&self, state: &str) -> Vec<u8> {
-        status_record(state, &self.name, self.started_at_us)
+        serde_json::json!({
+            "state": state,
+            "source": self.name,
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at": crate::event::rfc3339_us(self.started_at_us),
+        })
+        .to_string()
+        .into_bytes()
     }
 }
 
@@ -295,20 +305,6 @@ enum Outbound {
     Subscribe(Vec<SubscribeFilter>),
     /// A retained record on `mqtt.status_topic`.
     Status(Vec<u8>),
-}
-
-/// The record gapless keeps on `mqtt.status_topic`: whether it runs, which
-/// build, for which source, since when. Retained, so a subscriber arriving
-/// later still learns the state.
-pub fn status_record(state: &str, source: &str, started_at_us: i64) -> Vec<u8> {
-    serde_json::json!({
-        "state": state,
-        "source": source,
-        "version": env!("CARGO_PKG_VERSION"),
-        "started_at": crate::event::rfc3339_us(started_at_us),
-    })
-    .to_string()
-    .into_bytes()
 }
 
 /// Sends the acks the writer releases, and the subscriptions and status
@@ -537,31 +533,7 @@ impl Session<'_> {
                     .iter()
                     .filter(|c| matches!(c, SubscribeReasonCode::Failure))
                     .count();
-                let asked = qos(self.source.config.qos);
-                let lower = downgrades(&self.source.config.topics, &ack.return_codes, asked);
-                if let Some(granted) = lower.iter().map(|(_, q)| *q as u8).min() {
-                    let mut warned = self.warned.lock().expect("not poisoned");
-                    for (topic, granted) in &lower {
-                        if warned.insert(topic.to_string()) {
-                            tracing::warn!(
-                                topic,
-                                asked = asked as u8,
-                                granted = *granted as u8,
-                                "the broker granted a lower QoS than mqtt.qos; delivery has that QoS's guarantee only"
-                            );
-                        }
-                    }
-                    self.source.live.send_modify(|l| {
-                        l.downgraded = Some(QosDowngrade {
-                            asked: asked as u8,
-                            granted,
-                        })
-                    });
-                } else {
-                    self.source
-                        .live
-                        .send_if_modified(|l| l.downgraded.take().is_some());
-                }
+                self.note_granted(&ack.return_codes);
                 if refused > 0 {
                     tracing::error!(refused, topics = ?self.source.config.topics,
                         "broker refused subscriptions; check the topic filters and the user's rights");
@@ -582,6 +554,34 @@ impl Session<'_> {
             }
             _ => false,
         }
+    }
+
+    /// Compares what the SUBACK granted with `mqtt.qos`: warns once per
+    /// topic granted less, and publishes the downgrade (or its end) for
+    /// `/readyz` and `status`.
+    fn note_granted(&self, codes: &[SubscribeReasonCode]) {
+        let asked = qos(self.source.config.qos);
+        let lower = downgrades(&self.source.config.topics, codes, asked);
+        let mut warned = self.warned.lock().expect("not poisoned");
+        for (topic, granted) in lower.iter().filter(|(t, _)| warned.insert(t.to_string())) {
+            tracing::warn!(
+                topic,
+                asked = asked as u8,
+                granted = *granted as u8,
+                "the broker granted a lower QoS than mqtt.qos; delivery has that QoS's guarantee only"
+            );
+        }
+        let downgraded = lower
+            .iter()
+            .map(|(_, q)| *q as u8)
+            .min()
+            .map(|granted| QosDowngrade {
+                asked: asked as u8,
+                granted,
+            });
+        self.source
+            .live
+            .send_if_modified(|l| std::mem::replace(&mut l.downgraded, downgraded) != downgraded);
     }
 
     /// The subscription is in place from now on (for the live watermark).

@@ -108,6 +108,22 @@ fn config_with(
     path
 }
 
+/// A config whose `[source]` and `[mqtt]` tables hold `source` and
+/// `mqtt`, then `tables` (more tables, or nothing), then the usual store
+/// and file sink.
+fn write_config(
+    dir: &std::path::Path,
+    source: &str,
+    mqtt: &str,
+    tables: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("gapless.toml");
+    let tail = store_and_file_sink(dir);
+    let text = format!("[source]\n{source}\n\n[mqtt]\n{mqtt}\n\n{tables}\n\n{tail}");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// QoS 2 with a persistent session, gapless SIGKILLed while the broker's
 /// PUBRELs are held back, so every message it stored is between PUBREC and
 /// PUBCOMP. After the restart the broker re-sends those PUBRELs; gapless
@@ -209,21 +225,16 @@ async fn a_qos_downgrade_is_warned_once_and_shown_in_status() {
 /// A ScaleIT source with `mqtt.retained` at `mode` (`None`: the default).
 /// The dedup window is short so that restarts can outlast it.
 fn retained_config(dir: &std::path::Path, url: &str, mode: Option<&str>) -> std::path::PathBuf {
-    let path = dir.join("gapless.toml");
     let retained = mode
         .map(|m| format!("retained = \"{m}\""))
         .unwrap_or_default();
-    std::fs::write(
-        &path,
-        format!(
-            "[source]\nkind = \"scaleit\"\nname = \"plant\"\napps = [\"pacman\"]\n\
-             require_schema = false\ndedup_window = \"1s\"\n\n\
-             [mqtt]\nurl = \"{url}\"\n{retained}\n\n{}",
-            store_and_file_sink(dir)
-        ),
+    write_config(
+        dir,
+        "kind = \"scaleit\"\nname = \"plant\"\napps = [\"pacman\"]\n\
+         require_schema = false\ndedup_window = \"1s\"",
+        &format!("url = \"{url}\"\n{retained}"),
+        "",
     )
-    .unwrap();
-    path
 }
 
 /// One retained ScaleIT message, gapless restarted three times, each run
@@ -315,17 +326,15 @@ async fn status_topic_says_online_then_offline_on_stop_and_on_kill() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(bin, dir.path());
     let topic = "gapless/plant/status";
-    let config = dir.path().join("gapless.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[source]\nkind = \"mqtt\"\nname = \"plant\"\n\n\
-             [mqtt]\nurl = \"{}\"\ntopics = [\"plant/#\"]\nstatus_topic = \"{topic}\"\n\n{}",
-            broker.tcp_url(),
-            store_and_file_sink(dir.path())
+    let config = write_config(
+        dir.path(),
+        "kind = \"mqtt\"\nname = \"plant\"",
+        &format!(
+            "url = \"{}\"\ntopics = [\"plant/#\"]\nstatus_topic = \"{topic}\"",
+            broker.tcp_url()
         ),
-    )
-    .unwrap();
+        "",
+    );
     let mut states = watch_topic(broker.tcp_port, topic).await;
     let soon = Duration::from_secs(20);
 
@@ -362,18 +371,12 @@ async fn arrival_order_keeps_one_publishers_order_through_duplicates() {
     };
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(bin, dir.path());
-    let config = dir.path().join("gapless.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[source]\nkind = \"mqtt\"\nname = \"line\"\nid_pointer = \"/id\"\n\n\
-             [mqtt]\nurl = \"{}\"\ntopics = [\"line/#\"]\n\n\
-             [stream]\norder = \"arrival\"\n\n{}",
-            broker.tcp_url(),
-            store_and_file_sink(dir.path())
-        ),
-    )
-    .unwrap();
+    let config = write_config(
+        dir.path(),
+        "kind = \"mqtt\"\nname = \"line\"\nid_pointer = \"/id\"",
+        &format!("url = \"{}\"\ntopics = [\"line/#\"]", broker.tcp_url()),
+        "[stream]\norder = \"arrival\"",
+    );
     let mut gapless = Gapless::start(dir.path(), &config);
     gapless.wait_log("subscribed", 1, Duration::from_secs(20));
     let n = 10_000u64;
