@@ -97,6 +97,11 @@ pub struct Facts {
     pub head: i64,
     pub store_bytes: u64,
     pub sinks: Vec<SinkFacts>,
+    /// The source's CloudEvent name, the gap metrics' `source` label.
+    pub source: String,
+    /// Gap markers per reason (every reason, zeros included): how many,
+    /// and the event time they span (seconds).
+    pub gaps: Vec<(&'static str, i64, f64)>,
 }
 
 /// What is wrong without making gapless unready: it delivers, but with a
@@ -288,6 +293,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "1 while the MQTT source is connected and subscribed.",
     ),
     (
+        "gapless_gaps_total",
+        Kind::Counter,
+        "Gap markers in the stream (events may be missing and cannot be recovered), by source and reason.",
+    ),
+    (
+        "gapless_gap_seconds_total",
+        Kind::Counter,
+        "Event time the gap markers span (whole seconds, rounded up), by source and reason.",
+    ),
+    (
         "gapless_store_size_bytes",
         Kind::Gauge,
         "Bytes the store occupies on disk (database and WAL).",
@@ -373,6 +388,13 @@ pub fn render(f: &Facts) -> String {
         counter!("gapless_mqtt_disconnects_total").absolute(c.disconnects);
         counter!("gapless_mqtt_connection_errors_total").absolute(c.connection_errors);
         gauge!("gapless_mqtt_subscribed").set(f64::from(f.mqtt_ready));
+        for (reason, n, seconds) in &f.gaps {
+            let labels = [("source", f.source.clone()), ("reason", reason.to_string())];
+            counter!("gapless_gaps_total", &labels).absolute(*n as u64);
+            // The exporter's counters are integers: whole seconds, rounded
+            // up so that no gap counts as none.
+            counter!("gapless_gap_seconds_total", &labels).absolute(seconds.ceil() as u64);
+        }
         gauge!("gapless_store_size_bytes").set(f.store_bytes as f64);
         gauge!("gapless_store_wal_bytes").set(f.wal_bytes as f64);
         let rows = &f.store_counts;
@@ -413,6 +435,18 @@ impl Admin {
             });
         }
         let store_counts = self.store.counts().await?;
+        let totals = self.store.gap_totals().await?;
+        let gaps = crate::gap::Reason::ALL
+            .iter()
+            .map(|r| {
+                let t = totals.iter().find(|t| t.reason == r.as_str());
+                (
+                    r.as_str(),
+                    t.map_or(0, |t| t.n),
+                    t.map_or(0.0, |t| t.seconds),
+                )
+            })
+            .collect();
         let poll = self.poll_alert_after.map(|a| {
             (
                 self.counters.poll_failing_since_us.load(Relaxed),
@@ -445,6 +479,8 @@ impl Admin {
             store_counts,
             wal_bytes: crate::store::wal_on_disk(&self.store_path),
             sinks,
+            source: self.source.clone(),
+            gaps,
         })
     }
 
@@ -616,6 +652,8 @@ mod tests {
         f.rejected = vec![("malformed_json", 3)];
         f.counters.stored = 9;
         f.counters.recovered = 2;
+        f.source = "vcd-lab".into();
+        f.gaps = vec![("no_history", 2, 5.2), ("unverified", 0, 0.0)];
         let text = render(&f);
         for (name, kind, _) in METRICS {
             let kind = match kind {
@@ -636,5 +674,10 @@ mod tests {
         assert!(text.contains("gapless_events_stored_total{origin=\"poll\"} 2"));
         assert!(text.contains("gapless_rejected_total{reason=\"malformed_json\"} 3"));
         assert!(text.contains("gapless_poll_window_lag_seconds 5"));
+        assert!(text.contains("gapless_gaps_total{source=\"vcd-lab\",reason=\"no_history\"} 2"));
+        assert!(
+            text.contains("gapless_gap_seconds_total{source=\"vcd-lab\",reason=\"no_history\"} 6")
+        );
+        assert!(text.contains("gapless_gaps_total{source=\"vcd-lab\",reason=\"unverified\"} 0"));
     }
 }

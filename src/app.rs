@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{Admin, SinkWatch};
 use crate::config::Config;
 use crate::event::now_us;
+use crate::gap::Continuity;
 use crate::metrics::{Counters, Snapshot};
 use crate::sink::SinkTask;
 use crate::source::Parser;
@@ -303,6 +304,10 @@ async fn start_sources(
             shutdown,
         );
     }
+    let continuity = match config.has_history() {
+        true => None,
+        false => Some(Continuity::resume(store.last_mqtt_received_us().await?)),
+    };
     let source = MqttSource {
         config: config.mqtt.clone(),
         parser,
@@ -314,6 +319,7 @@ async fn start_sources(
         max_skew_us: config.source.max_skew_us(),
         name: config.source.uri().to_string(),
         started_at_us: crate::event::now_us(),
+        continuity,
     };
     let source_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -371,6 +377,7 @@ fn spawn_poller<H: History>(
         counters: counters.clone(),
         live: Some(live.subscribe()),
         max_skew_us: config.source.max_skew_us(),
+        retention_us: config.history_retention().map(|r| r.as_micros() as i64),
     };
     let shutdown = shutdown.clone();
     tasks.spawn(async move {

@@ -574,6 +574,10 @@ pub struct SinkConfig {
     /// `/readyz` fails once the sink has been stuck on one event this long.
     #[serde(default = "default_sink_alert_after")]
     pub alert_after: HumanDuration,
+    /// Deliver gap markers (`io.gapless.gap`, `io.gapless.verified`); when
+    /// false the cursor still passes them.
+    #[serde(default = "default_true")]
+    pub include_markers: bool,
 }
 
 fn default_sink_alert_after() -> HumanDuration {
@@ -679,6 +683,10 @@ pub struct PollConfig {
     /// `/readyz` fails once poll runs have failed for this long.
     #[serde(default = "default_poll_alert_after")]
     pub alert_after: HumanDuration,
+    /// How far back the history still holds events; an unverified span
+    /// older than this becomes a `history_expired` gap marker. Unset: the
+    /// profile's default ([`Config::history_retention`]); `"0s"`: unbounded.
+    pub history_retention: Option<HumanDuration>,
 }
 
 fn default_poll_alert_after() -> HumanDuration {
@@ -1038,6 +1046,18 @@ impl Config {
 
     /// Whether a poller reads a REST history (VCD with `url`, ScaleIT with
     /// `history_url`): then the stream can claim completeness.
+    /// `poll.history_retention`, or the profile's default: VCD prunes its
+    /// audit trail (90 days unless the provider changed it); a ScaleIT
+    /// app's history endpoint states no limit. `None` = unbounded.
+    pub fn history_retention(&self) -> Option<Duration> {
+        let retention = match (self.poll.history_retention, self.source.kind) {
+            (Some(r), _) => r.0,
+            (None, SourceKind::Vcd) => Duration::from_secs(90 * 24 * 3600),
+            (None, _) => Duration::ZERO,
+        };
+        (!retention.is_zero()).then_some(retention)
+    }
+
     pub fn has_history(&self) -> bool {
         match self.source.kind {
             SourceKind::Vcd => self.source.url.is_some(),

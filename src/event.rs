@@ -15,6 +15,8 @@ use serde_json::value::RawValue;
 pub enum Origin {
     Mqtt,
     Poll,
+    /// A gap marker gapless itself wrote ([`crate::gap`]).
+    Gapless,
 }
 
 impl Origin {
@@ -22,6 +24,7 @@ impl Origin {
         match self {
             Origin::Mqtt => "mqtt",
             Origin::Poll => "poll",
+            Origin::Gapless => "gapless",
         }
     }
 }
@@ -200,6 +203,11 @@ fn payload_raw(payload: &str) -> Box<RawValue> {
 }
 
 impl StoredEvent {
+    /// A gap marker rather than a source event (`include_markers`).
+    pub fn is_marker(&self) -> bool {
+        self.origin == Origin::Gapless.as_str()
+    }
+
     /// The CloudEvents 1.0 JSON rendering (one line, no trailing newline).
     pub fn to_cloudevent(&self, source: &str) -> String {
         let data = payload_raw(&self.payload);

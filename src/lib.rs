@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod event;
+pub mod gap;
 pub mod metrics;
 pub mod net;
 pub mod ops;

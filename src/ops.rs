@@ -181,6 +181,8 @@ pub struct Status {
     /// Rejected messages kept, per reason.
     pub rejected_by_reason: Vec<(String, i64)>,
     pub last_rejected: Vec<RejectedRow>,
+    /// The newest gap markers (events may be missing in their spans).
+    pub last_gaps: Vec<crate::store::GapRow>,
     /// What the running daemon's admin endpoint says (`/readyz`): MQTT
     /// connection and subscription, poller, sinks. The store cannot tell.
     pub daemon: String,
@@ -279,6 +281,7 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
         });
     }
     let last_rejected = store.last_rejected(5).await?;
+    let last_gaps = store.last_gaps(5).await?;
     let rejected_by_reason = store
         .rejected_by_reason()
         .await?
@@ -310,6 +313,7 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
         sinks,
         rejected_by_reason,
         last_rejected,
+        last_gaps,
         daemon: daemon_state(config).await,
     })
 }
@@ -365,6 +369,30 @@ impl Status {
                 r.topic,
                 r.detail,
                 r.size
+            );
+        }
+        s += match self.last_gaps.len() {
+            0 => "\ngaps        none marked",
+            _ => "\ngaps        newest first (events may be missing in these spans)",
+        };
+        for g in &self.last_gaps {
+            let closed = match (g.reason.as_str(), g.verified_at_us) {
+                ("unverified", Some(at)) => {
+                    format!(", verified at {}", crate::event::rfc3339_us(at))
+                }
+                ("unverified", None) => ", not verified yet".into(),
+                _ => String::new(),
+            };
+            s += &format!(
+                "\n  {:<16} {} .. {} ({:.1} s){}{}",
+                g.reason,
+                crate::event::rfc3339_us(g.from_us),
+                crate::event::rfc3339_us(g.to_us),
+                (g.to_us - g.from_us) as f64 / 1e6,
+                g.events
+                    .map(|n| format!(", {n} events released"))
+                    .unwrap_or_default(),
+                closed
             );
         }
         s + "\n"

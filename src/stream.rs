@@ -121,6 +121,8 @@ pub struct Step {
     pub released: Vec<Release>,
     /// Released by `max_hold` although above the watermark.
     pub forced: usize,
+    /// The event time those forced events span (first, last), if any.
+    pub forced_span: Option<(i64, i64)>,
 }
 
 impl Sequencer {
@@ -174,7 +176,11 @@ impl Sequencer {
         let previous = self.high;
         let mut step = Step::default();
         for (c, forced) in eligible {
-            step.forced += usize::from(forced);
+            if forced {
+                step.forced += 1;
+                let (from, to) = step.forced_span.unwrap_or((c.occurred_us, c.occurred_us));
+                step.forced_span = Some((from.min(c.occurred_us), to.max(c.occurred_us)));
+            }
             self.high = self.high.max(Some(c.occurred_us));
             let late = previous.is_some_and(|h| c.occurred_us <= h);
             let seq = self.next_seq();
@@ -300,6 +306,7 @@ mod tests {
         };
         let step = s.release(vec![old, c("n", 900)], None, 1_200, 1_000);
         assert_eq!(step.forced, 1);
+        assert_eq!(step.forced_span, Some((500, 500)));
         assert_eq!(step.released.len(), 1);
         assert_eq!(s.high(), Some(500));
     }

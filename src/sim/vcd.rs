@@ -78,6 +78,9 @@ pub struct Faults {
     /// `resultTotal` claims this many more events than the pages hold (a
     /// server that lost events between counting and paging).
     pub overcount: u64,
+    /// The audit trail keeps only events younger than this (VCD prunes its
+    /// audit trail; older ones are simply gone, without an error).
+    pub audit_retention: Option<Duration>,
 }
 
 /// What the simulator has seen, for assertions.
@@ -487,10 +490,16 @@ fn serve_audit(sim: &Inner, headers: &HeaderMap, q: &HashMap<String, String>) ->
         .unwrap_or(25)
         .clamp(1, 128);
     let visible_until = now_ms() - sim.config.visibility_lag.as_millis() as i64;
+    let kept_from = sim
+        .faults
+        .lock()
+        .unwrap()
+        .audit_retention
+        .map_or(i64::MIN, |r| now_ms() - r.as_millis() as i64);
     let all = sim.events.lock().unwrap();
     let mut selected: Vec<&SimEvent> = all
         .iter()
-        .filter(|e| e.ts_ms <= visible_until && matches(&clauses, e.ts_ms))
+        .filter(|e| e.ts_ms <= visible_until && e.ts_ms >= kept_from && matches(&clauses, e.ts_ms))
         .collect();
     if q.contains_key("sortDesc") {
         selected.reverse();

@@ -114,6 +114,8 @@ const REQUEST_POLL: Duration = Duration::from_secs(1);
 /// What became of one event at a webhook.
 enum Outcome {
     Delivered,
+    /// A gap marker the sink leaves out (`include_markers = false`).
+    Passed,
     DeadLettered(SinkOp),
     Disabled(String),
     /// Shutdown came while the event waited for a retry.
@@ -207,8 +209,11 @@ impl SinkTask {
         tracing::info!(sink = %name, cursor, "sink started");
         loop {
             self.apply_replay(&mut cursor).await?;
-            let events = self.store.released_after(cursor, self.config.batch).await?;
-            if let Some(last) = events.last() {
+            let mut events = self.store.released_after(cursor, self.config.batch).await?;
+            if let Some(last) = events.last().map(|e| e.seq) {
+                if !self.config.include_markers {
+                    events.retain(|e| !e.is_marker());
+                }
                 target
                     .write(&events, &self.source_uri)
                     .await
@@ -216,7 +221,7 @@ impl SinkTask {
                         sink: name.clone(),
                         source,
                     })?;
-                cursor = last.seq;
+                cursor = last;
                 self.writer.commit_cursor(&name, cursor).await?;
                 self.delivered(events.len() as u64);
                 continue;
@@ -282,8 +287,13 @@ impl SinkTask {
                 continue;
             }
             for event in events {
-                let ops = match self.deliver(&target, &schedule, &event).await {
-                    Outcome::Delivered => vec![SinkOp::Cursor(event.seq)],
+                let outcome = match event.is_marker() && !self.config.include_markers {
+                    true => Outcome::Passed,
+                    false => self.deliver(&target, &schedule, &event).await,
+                };
+                let sent = !matches!(outcome, Outcome::Passed);
+                let ops = match outcome {
+                    Outcome::Delivered | Outcome::Passed => vec![SinkOp::Cursor(event.seq)],
                     Outcome::DeadLettered(op) => {
                         Counters::add(&self.counters.dead_letters, 1);
                         Counters::add(&self.stats.dead_letters, 1);
@@ -301,7 +311,7 @@ impl SinkTask {
                 };
                 committing = Some(self.writer.sink_ops_queued(&name, ops).await?);
                 cursor = event.seq;
-                self.delivered(1);
+                self.delivered(u64::from(sent));
             }
         }
         if let Some(done) = committing {

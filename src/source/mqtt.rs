@@ -23,6 +23,7 @@ use super::schema::SchemaRegistry;
 use super::{Parsed, Parser, RejectReason, Rejected};
 use crate::config::{MQTT_MAX_PACKET, MqttConfig, MqttQos, Scheme, Secret, WS_MAX_FRAME};
 use crate::event::now_us;
+use crate::gap::Continuity;
 use crate::metrics::Counters;
 use crate::store::{Ingest, Receipt};
 use crate::stream::{Live, QosDowngrade};
@@ -210,6 +211,10 @@ pub struct MqttSource {
     pub name: String,
     /// When this run started (µs), for the status records.
     pub started_at_us: i64,
+    /// For a source without history: its record of unbroken delivery, so
+    /// a lost session becomes a `no_history` gap marker. `None` when a
+    /// poller recovers what a break loses.
+    pub continuity: Option<Continuity>,
 }
 
 impl MqttSource {
@@ -370,6 +375,7 @@ struct Session<'a> {
     outbound: mpsc::UnboundedSender<Outbound>,
     /// Topics whose QoS downgrade was logged (once per topic per run).
     warned: std::sync::Mutex<std::collections::HashSet<String>>,
+    continuity: std::sync::Mutex<Option<Continuity>>,
 }
 
 impl MqttSource {
@@ -377,10 +383,11 @@ impl MqttSource {
     /// sends the last acks and disconnects. Returns once the broker has seen
     /// the DISCONNECT (or after a short grace period).
     pub async fn run(
-        self,
+        mut self,
         acks: mpsc::UnboundedReceiver<Vec<Receipt>>,
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
+        let continuity = std::sync::Mutex::new(self.continuity.take());
         let auth = self.credentials.current();
         let opts = self.options(&auth)?;
         let (client, mut eventloop) = AsyncClient::new(opts, self.config.queue + 64);
@@ -403,6 +410,7 @@ impl MqttSource {
             max_size: self.config.max_packet_size.0,
             outbound,
             warned: Default::default(),
+            continuity,
         };
         tracing::info!(url = %crate::net::redact(&self.config.url), client_id = %self.config.client_id(),
             clean_session = self.config.clean_session, "connecting to MQTT broker");
@@ -519,6 +527,9 @@ impl Session<'_> {
                         .outbound
                         .send(Outbound::Status(self.source.status("online")));
                 }
+                if let Some(c) = self.continuity.lock().expect("not poisoned").as_mut() {
+                    c.connected(ack.session_present);
+                }
                 if ack.session_present {
                     // The broker kept the subscription.
                     self.subscribed();
@@ -606,6 +617,15 @@ impl Session<'_> {
     async fn on_publish(&self, p: Publish) {
         let now = now_us();
         self.source.counters.received_at(now);
+        let gap = self
+            .continuity
+            .lock()
+            .expect("not poisoned")
+            .as_mut()
+            .and_then(|c| c.message(now));
+        if let Some(gap) = gap {
+            let _ = self.source.ingest.send(Ingest::Gap(gap)).await;
+        }
         let ack = (p.qos != QoS::AtMostOnce).then(|| {
             Ack {
                 pkid: p.pkid,

@@ -19,6 +19,7 @@ use super::Parsed;
 use super::api::{ApiError, Window};
 use crate::config::PollConfig;
 use crate::event::{now_us, rfc3339_us};
+use crate::gap::{Gap, Reason};
 use crate::metrics::Counters;
 use crate::store::{Ingest, Store, StoreError};
 use crate::stream::Live;
@@ -141,6 +142,24 @@ pub fn establish(verified_until_us: Option<i64>, now_us: i64, rules: Rules) -> O
         .then(|| floor_ms(now_us - rules.visibility_lag_us))
 }
 
+/// The span the history no longer holds: from the verified watermark up to
+/// `now − retention`, when the watermark is older than that. The poller
+/// marks it as a `history_expired` gap and reads on from its end.
+pub fn expired(
+    verified_until_us: Option<i64>,
+    now_us: i64,
+    retention_us: Option<i64>,
+) -> Option<Gap> {
+    let cutoff = floor_ms(now_us.saturating_sub(retention_us?));
+    let from_us = verified_until_us.filter(|&v| v < cutoff)?;
+    Some(Gap {
+        reason: Reason::HistoryExpired,
+        from_us,
+        to_us: cutoff,
+        events: None,
+    })
+}
+
 /// When the catch-up run after a (re)subscription at `since_us` is due:
 /// once `visibility_lag` has passed, so its window ends after `since_us`
 /// and the live watermark may move again.
@@ -196,6 +215,8 @@ pub struct Poller<H> {
     pub live: Option<watch::Receiver<Live>>,
     /// `source.max_clock_skew` in µs: later event times are rejected.
     pub max_skew_us: i64,
+    /// How far back the history holds events (µs; `None` = unbounded).
+    pub retention_us: Option<i64>,
 }
 
 /// What one run did.
@@ -270,7 +291,7 @@ impl<H: History> Poller<H> {
         now_us: i64,
         shutdown: &CancellationToken,
     ) -> Result<RunStats, PollError> {
-        let verified = self.store.verified_until(&self.source).await?;
+        let mut verified = self.store.verified_until(&self.source).await?;
         let rules = Rules::from(&self.config);
         let mut stats = RunStats::default();
         if let Some(at) = establish(verified, now_us, rules) {
@@ -278,6 +299,13 @@ impl<H: History> Poller<H> {
             tracing::info!(verified_until = %rfc3339_us(at),
                 "first start: history is verified from now on (poll.initial_lookback = 0 reads nothing older)");
             return Ok(stats);
+        }
+        if let Some(gap) = expired(verified, now_us, self.retention_us) {
+            tracing::warn!(from = %rfc3339_us(gap.from_us), to = %rfc3339_us(gap.to_us),
+                "the history no longer holds this span (poll.history_retention): marking it as a gap and reading on from its end");
+            self.send(Ingest::Gap(gap)).await?;
+            self.verify(gap.to_us).await?;
+            verified = Some(gap.to_us);
         }
         let windows = plan(verified, now_us, rules);
         let mut attempt = 0u32;
@@ -403,6 +431,21 @@ mod tests {
             max_window_us: 3600 * S,
             initial_lookback_us: 0,
         }
+    }
+
+    #[test]
+    fn a_watermark_older_than_the_history_is_an_expired_span_up_to_the_cutoff() {
+        let now = 1_000 * S + 123;
+        assert_eq!(expired(Some(100 * S), now, None), None, "unbounded history");
+        assert_eq!(expired(None, now, Some(60 * S)), None, "never verified");
+        assert_eq!(
+            expired(Some(950 * S), now, Some(60 * S)),
+            None,
+            "still held"
+        );
+        let gap = expired(Some(100 * S), now, Some(60 * S)).unwrap();
+        assert_eq!(gap.reason, Reason::HistoryExpired);
+        assert_eq!((gap.from_us, gap.to_us), (100 * S, 940 * S));
     }
 
     #[test]

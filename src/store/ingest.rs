@@ -34,6 +34,9 @@ pub enum Ingest {
         until_us: i64,
         done: oneshot::Sender<()>,
     },
+    /// Events may be missing in this span and cannot be recovered: the
+    /// writer adds a gap marker to the stream ([`crate::gap`]).
+    Gap(crate::gap::Gap),
 }
 
 /// Rows per multi-row INSERT (16 columns each, well under SQLite's bind limit).

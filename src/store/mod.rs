@@ -16,6 +16,7 @@
 //! and retention), and [`read`] (the typed read API everyone else uses).
 
 mod control;
+mod gaps;
 mod ingest;
 mod maintenance;
 mod open;
@@ -26,6 +27,7 @@ mod tests;
 mod writer;
 
 pub use control::{Head, SchemaOp, SinkOp, WriterHandle};
+pub use gaps::{GapRow, GapTotal};
 pub use ingest::{Ingest, Receipt};
 pub use maintenance::{Retention, size_on_disk, wal_on_disk};
 pub use open::StoreLock;

@@ -221,6 +221,16 @@ impl Store {
         .await?)
     }
 
+    /// When the last event that came over MQTT was received (µs): where a
+    /// source without history resumes its record of unbroken delivery.
+    pub async fn last_mqtt_received_us(&self) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT received_at_us FROM events WHERE origin = 'mqtt' ORDER BY rowid DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// Rejected messages per reason, most frequent first.
     pub async fn rejected_by_reason(&self) -> Result<Vec<ReasonCount>, StoreError> {
         Ok(sqlx::query_as(

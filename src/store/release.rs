@@ -12,6 +12,7 @@ use super::StoreError;
 use super::ingest::{INSERT_CHUNK, pending, placeholders};
 use super::writer::{WRITE_TX, Writer};
 use crate::event::{Event, now_us};
+use crate::gap::{Gap, Reason};
 use crate::metrics::Counters;
 use crate::stream::{Candidate, Live, Order, Release, Rule, Sequencer};
 
@@ -67,6 +68,11 @@ pub(super) struct Releaser {
     /// candidates (see [`Releaser::release_fresh`]).
     pub(super) all_released: bool,
     pub(super) counters: Arc<Counters>,
+    /// The source's name, for the markers the release step writes.
+    pub(super) source: String,
+    /// The `unverified` gap `max_hold` opened and the poller has not yet
+    /// verified: later forced events extend it instead of opening another.
+    pub(super) unverified: Option<Gap>,
 }
 
 /// What a transaction that does not commit takes back.
@@ -76,6 +82,7 @@ pub(super) struct Mark {
     high: Option<i64>,
     verified: Option<i64>,
     all_released: bool,
+    unverified: Option<Gap>,
 }
 
 impl Releaser {
@@ -85,6 +92,7 @@ impl Releaser {
             high: self.sequencer.high(),
             verified: self.verified,
             all_released: self.all_released,
+            unverified: self.unverified,
         }
     }
 
@@ -92,6 +100,7 @@ impl Releaser {
         self.sequencer.rewind_to(m.head, m.high);
         self.verified = m.verified;
         self.all_released = m.all_released;
+        self.unverified = m.unverified;
     }
 
     /// Now, and the release watermark now.
@@ -206,6 +215,10 @@ impl Releaser {
         let step = self
             .sequencer
             .release(candidates, watermark, now, max_hold_us);
+        if let Some((from_us, to_us)) = step.forced_span {
+            self.note_unverified(tx, from_us, to_us, step.forced as u64, now)
+                .await?;
+        }
         let counters = &self.counters;
         Counters::add(&counters.forced, step.forced as u64);
         if !step.released.is_empty() {
@@ -221,6 +234,71 @@ impl Releaser {
         Counters::add(&counters.late, late);
         Counters::add(&counters.released, step.released.len() as u64);
         Ok(step.released)
+    }
+}
+
+impl Releaser {
+    /// Events `max_hold` forced out before the poller verified them: the
+    /// first opens an `unverified` gap with a marker right after them; while
+    /// it stays open, later ones only extend it (one marker per outage, not
+    /// one per release step).
+    async fn note_unverified(
+        &mut self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        from_us: i64,
+        to_us: i64,
+        events: u64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        if let Some(open) = &mut self.unverified {
+            open.to_us = open.to_us.max(to_us);
+            open.events = Some(open.events.unwrap_or(0) + events);
+            return Writer::extend_gap(tx, open).await;
+        }
+        let gap = Gap {
+            reason: Reason::Unverified,
+            from_us,
+            to_us,
+            events: Some(events),
+        };
+        let marker = self.emit(tx, &gap, false, now).await?;
+        Writer::record_gap(tx, &self.source, &marker, &gap).await?;
+        self.unverified = Some(gap);
+        Ok(())
+    }
+
+    /// Closes the open `unverified` gap once the poller has verified past
+    /// its end, with an `io.gapless.verified` marker after the events the
+    /// poller recovered in it (they are released `late` before it).
+    pub(super) async fn close_unverified(
+        &mut self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    ) -> Result<(), StoreError> {
+        let Some(open) = self.unverified else {
+            return Ok(());
+        };
+        if self.verified < Some(open.to_us) {
+            return Ok(());
+        }
+        self.emit(tx, &open, true, now_us()).await?;
+        Writer::close_gap(tx, &open).await?;
+        self.unverified = None;
+        Ok(())
+    }
+
+    /// Writes a marker already released at the next `seq`.
+    async fn emit(
+        &mut self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        gap: &Gap,
+        closes: bool,
+        now: i64,
+    ) -> Result<Event, StoreError> {
+        let marker = gap.marker(&self.source, closes, now);
+        let seq = self.sequencer.next_seq();
+        Writer::insert(tx, &[&marker], &[Some((seq, false))], &self.source).await?;
+        Counters::add(&self.counters.released, 1);
+        Ok(marker)
     }
 }
 

@@ -19,6 +19,7 @@ use super::release::{Releaser, StreamSettings, WAITING, release_tick};
 use super::{Store, StoreError};
 use crate::config::StoreConfig;
 use crate::event::{Event, Origin, Parsed, Rejected, now_us};
+use crate::gap::Gap;
 use crate::metrics::Counters;
 use crate::stream::{Order, Sequencer};
 
@@ -79,6 +80,7 @@ struct Batch {
     sink_done: Vec<oneshot::Sender<()>>,
     verified: Option<i64>,
     verified_done: Vec<oneshot::Sender<()>>,
+    gaps: Vec<Gap>,
     permits: Vec<OwnedSemaphorePermit>,
     messages: usize,
 }
@@ -100,6 +102,7 @@ impl Batch {
                 self.verified = Some(self.verified.map_or(until_us, |v| v.max(until_us)));
                 self.verified_done.push(done);
             }
+            Ingest::Gap(gap) => self.gaps.push(gap),
         }
     }
 
@@ -146,6 +149,7 @@ impl Writer {
                 .await?;
         let verified = store.verified_until(source).await?;
         let waiting: bool = sqlx::query_scalar(WAITING).fetch_one(&store.pool).await?;
+        let unverified = store.open_gap(source).await?;
         let (ingest_tx, ingest_rx) = mpsc::channel(queue);
         let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
         let (head_tx, head_rx) = watch::channel(Head {
@@ -161,6 +165,8 @@ impl Writer {
                 verified,
                 all_released: !waiting,
                 counters: counters.clone(),
+                source: source.to_string(),
+                unverified,
             },
             source: source.to_string(),
             batch_max: config.batch_max,
@@ -272,14 +278,14 @@ impl Writer {
 
     async fn commit(&mut self, mut batch: Batch) -> Result<(), StoreError> {
         let mark = self.rel.mark();
-        let offered_poll = batch
-            .events
-            .iter()
-            .filter(|e| e.origin == Origin::Poll)
-            .count() as u64;
-        let offered_mqtt = batch.events.len() as u64 - offered_poll;
+        let offered = |origin| batch.events.iter().filter(|e| e.origin == origin).count() as u64;
+        let (offered_poll, offered_mqtt) = (offered(Origin::Poll), offered(Origin::Mqtt));
         let result = self.write(&mut batch).await;
-        let (inserted, recovered) = match result {
+        let Written {
+            inserted,
+            recovered,
+            markers,
+        } = match result {
             Ok(n) => n,
             Err(e) => {
                 self.rel.rewind(mark);
@@ -291,7 +297,7 @@ impl Writer {
         Counters::add(&self.counters.recovered, recovered);
         Counters::add(
             &self.counters.duplicates,
-            offered_mqtt - (inserted - recovered),
+            offered_mqtt - (inserted - recovered - markers),
         );
         Counters::add(&self.counters.poll_known, offered_poll - recovered);
         for r in &batch.rejected {
@@ -320,16 +326,22 @@ impl Writer {
         self.bound_wal().await
     }
 
-    /// Writes one batch in one transaction: new events, rejections, schema
-    /// and sink writes, the poller's watermark, then the release step.
-    /// Returns how many events were new, and how many of those came from
-    /// the poller (MQTT had missed them).
-    async fn write(&mut self, batch: &mut Batch) -> Result<(u64, u64), StoreError> {
+    /// Writes one batch in one transaction: new events and gap markers,
+    /// rejections, schema and sink writes, the poller's watermark, then the
+    /// release step.
+    async fn write(&mut self, batch: &mut Batch) -> Result<Written, StoreError> {
         let mut tx = self.conn.begin_with(WRITE_TX).await?;
         let order = self.rel.stream.order;
         if let Some(until) = batch.verified {
             self.rel.verified = self.rel.verified.max(Some(until));
         }
+        let now = now_us();
+        batch.events.extend(
+            batch
+                .gaps
+                .iter()
+                .map(|g| g.marker(&self.source, false, now)),
+        );
         let fresh = Self::fresh(&mut tx, &mut batch.events).await?;
         // Where each new event goes in the stream, if it goes now. A batch
         // with schema ops may release stored events, so it takes the
@@ -348,8 +360,14 @@ impl Writer {
         };
         Self::insert(&mut tx, &fresh, &positions, &self.source).await?;
         Self::insert_rejected(&mut tx, &batch.rejected, self.rejected_max).await?;
+        let mut markers = 0;
+        for marker in fresh.iter().filter(|e| e.origin == Origin::Gapless) {
+            if let Some(gap) = batch.gaps.iter().find(|g| g.id(false) == marker.id) {
+                Self::record_gap(&mut tx, &self.source, marker, gap).await?;
+                markers += 1;
+            }
+        }
 
-        let now = now_us();
         for op in std::mem::take(&mut batch.schema_ops) {
             Self::write_schema_op(
                 &mut tx,
@@ -381,9 +399,25 @@ impl Writer {
         if order == Order::EventTime && !at_once {
             self.rel.release(&mut tx).await?;
         }
+        if batch.verified.is_some() {
+            self.rel.close_unverified(&mut tx).await?;
+        }
 
         tx.commit().await?;
-        let recovered = fresh.iter().filter(|e| e.origin == Origin::Poll).count() as u64;
-        Ok((fresh.len() as u64, recovered))
+        Ok(Written {
+            inserted: fresh.len() as u64,
+            recovered: fresh.iter().filter(|e| e.origin == Origin::Poll).count() as u64,
+            markers,
+        })
     }
+}
+
+/// What one batch's transaction added.
+struct Written {
+    /// New rows (events and gap markers).
+    inserted: u64,
+    /// New events the poller brought: MQTT had missed them.
+    recovered: u64,
+    /// New gap markers.
+    markers: u64,
 }

@@ -144,6 +144,31 @@ async fn readyz_follows_broker_and_stuck_sink_and_metrics_count() {
     assert_eq!(sample(&page, "gapless_mqtt_disconnects_total"), 1.0);
     broker.restart();
     wait_status(&format!("{base}/readyz"), 200, &mut gapless).await;
+    // This source has no history: the session lost with the broker is a
+    // gap, marked when the next message arrives, and counted.
+    let mut publisher = broker.publisher("pub-admin-2").await;
+    publisher
+        .publish_all(event_messages(salt, 51..52), None)
+        .await
+        .unwrap();
+    let page = wait_metrics(
+        &base,
+        "gapless_gaps_total{source=\"test\",reason=\"no_history\"} 1",
+    )
+    .await;
+    assert!(
+        sample(
+            &page,
+            "gapless_gap_seconds_total{source=\"test\",reason=\"no_history\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "gapless_gaps_total{source=\"test\",reason=\"unverified\"}"
+        ),
+        0.0
+    );
     gapless.stop();
 }
 

@@ -206,6 +206,11 @@ async fn the_readme_minimal_config_reconciles_with_every_default() {
         "events were force-released"
     );
     assert_ground_truth(&file, &world.sim);
+    assert_eq!(
+        markers(&file),
+        Vec::<serde_json::Value>::new(),
+        "gap markers"
+    );
 }
 
 /// Checks the file against the simulator's ground truth: each event once,
@@ -252,6 +257,11 @@ async fn dropped_mqtt_messages_are_recovered_by_the_poller() {
         "{summary}"
     );
     assert_eq!(summary["counters"]["stored"], 2000);
+    assert_eq!(
+        markers(&world.file()),
+        Vec::<serde_json::Value>::new(),
+        "a healthy poller recovers everything: no gap marker"
+    );
 }
 
 /// Tokens that expire every few seconds: gapless renews before expiry, so
@@ -381,5 +391,225 @@ async fn debug_logs_never_show_the_password_or_tokens() {
         assert!(!log.contains(&t), "a session token leaked");
         let payload = t.split('.').nth(1).unwrap();
         assert!(!log.contains(payload), "a token's payload leaked");
+    }
+}
+
+/// The `time` of a CloudEvent line, or a marker's `from`/`to`, in µs.
+fn us_of(rfc3339: &serde_json::Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap())
+        .unwrap()
+        .timestamp_micros()
+}
+
+/// The audit trail keeps only the last 4 s (`poll.history_retention`
+/// says so, as it would say VCD's retention) and gapless is stopped for
+/// longer: on restart the poller marks the span the history no longer
+/// holds as one `history_expired` gap, recovers what is still there, and
+/// everything else arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_history_is_one_history_expired_marker() {
+    let world = World::with_config(SimConfig::default(), |dir, sim, broker| {
+        let path = write_config(dir, sim, broker);
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "visibility_lag = \"1s\"",
+            "visibility_lag = \"1s\"\nhistory_retention = \"4s\"",
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    })
+    .await;
+    world
+        .sim
+        .set_faults(|f| f.audit_retention = Some(Duration::from_secs(4)));
+    let mut gapless = world.gapless();
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    world.sim.create_events(20).await.unwrap();
+    wait_lines(&world.file(), 20, Duration::from_secs(30), &mut gapless);
+    gapless.wait_log("poll window verified", 2, Duration::from_secs(10));
+    gapless.stop();
+
+    // Nobody subscribed: MQTT loses these, and the audit trail prunes them.
+    let pruned = world.sim.create_events(5).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    // Lost on MQTT too, but still in the audit trail at the restart.
+    let kept = world.sim.create_events(3).await.unwrap();
+    let mut gapless = world.gapless();
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    world.sim.create_events(10).await.unwrap();
+    wait_lines(&world.file(), 33, Duration::from_secs(30), &mut gapless);
+    std::thread::sleep(Duration::from_millis(1500));
+    gapless.stop();
+
+    let marker = match markers(&world.file()).as_slice() {
+        [m] => m.clone(),
+        other => panic!("one marker expected: {other:?}"),
+    };
+    let data = &marker["data"];
+    assert_eq!(data["reason"], "history_expired", "{marker}");
+    let text = std::fs::read_to_string(world.file()).unwrap();
+    for id in &kept {
+        assert!(text.contains(id), "{id} was still in the audit trail");
+    }
+    let truth: std::collections::HashSet<String> = world
+        .sim
+        .ground_truth()
+        .into_iter()
+        .filter(|id| !pruned.contains(id))
+        .collect();
+    let check = gapless::demo::check_file(&world.file(), &truth).unwrap();
+    assert!(
+        check.seq_ok && check.duplicated == 0 && check.missing == 0,
+        "{check:?}"
+    );
+    assert_eq!(
+        check.lines, 33,
+        "every event but the pruned ones: {check:?}"
+    );
+    for id in &pruned {
+        assert!(!text.contains(id), "{id} was pruned, yet delivered");
+    }
+    let (from, to) = (us_of(&data["from"]), us_of(&data["to"]));
+    let times: Vec<i64> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["origin"] != "gapless")
+        .map(|v| us_of(&v["time"]))
+        .collect();
+    assert!(
+        times.iter().all(|&t| t <= from || t >= to),
+        "a delivered event lies inside the expired span {data}"
+    );
+}
+
+/// The poller fails for longer than `stream.max_hold` after an MQTT
+/// break (MQTT also drops a third of the events meanwhile): the held
+/// events are forced out behind one `unverified` marker; once the audit
+/// trail answers again the poller recovers what MQTT dropped (late) and
+/// one `io.gapless.verified` marker follows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_poller_past_max_hold_is_unverified_then_verified() {
+    let mut world = World::with_config(SimConfig::default(), |dir, sim, broker| {
+        let path = write_config(dir, sim, broker);
+        let text = std::fs::read_to_string(&path).unwrap() + "\n[stream]\nmax_hold = \"3s\"\n";
+        std::fs::write(&path, text).unwrap();
+        path
+    })
+    .await;
+    let mut gapless = world.gapless();
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    world.sim.create_events(10).await.unwrap();
+    wait_lines(&world.file(), 10, Duration::from_secs(30), &mut gapless);
+
+    world.sim.set_faults(|f| f.http_5xx_rate = 1.0);
+    world.restart_broker().await;
+    gapless.wait_log("subscribed", 2, Duration::from_secs(30));
+    world.sim.set_faults(|f| f.mqtt_drop_rate = 0.34);
+    world.sim.create_events(30).await.unwrap();
+    world.sim.set_faults(|f| f.mqtt_drop_rate = 0.0);
+    let via_mqtt = 40 - world.sim.stats().mqtt_dropped.load(Relaxed) as usize;
+    wait_lines(
+        &world.file(),
+        via_mqtt,
+        Duration::from_secs(30),
+        &mut gapless,
+    );
+    assert_eq!(markers(&world.file()).len(), 1, "the unverified marker");
+
+    world.sim.set_faults(|f| f.http_5xx_rate = 0.0);
+    wait_lines(&world.file(), 40, Duration::from_secs(90), &mut gapless);
+    gapless.wait_log("io.gapless.verified", 1, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    gapless.stop();
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(world.file())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let found = markers(&world.file());
+    let [open, close] = found.as_slice() else {
+        panic!("two markers expected: {found:?}");
+    };
+    assert_eq!(open["type"], "io.gapless.gap");
+    assert_eq!(open["data"]["reason"], "unverified");
+    assert!(open["data"]["events"].as_u64() >= Some(1), "{open}");
+    assert_eq!(close["type"], "io.gapless.verified");
+    assert_eq!(close["data"]["from"], open["data"]["from"]);
+    let late: Vec<&serde_json::Value> = lines.iter().filter(|l| l["late"] == true).collect();
+    assert!(!late.is_empty(), "the poller recovered what MQTT dropped");
+    assert!(
+        late.iter()
+            .all(|l| l["seq"].as_i64() < close["seq"].as_i64()),
+        "the verified marker follows the events the poller recovered"
+    );
+    assert!(open["seq"].as_i64() < close["seq"].as_i64());
+    assert_ground_truth(&world.file(), &world.sim);
+}
+
+/// Every metric name `dist/grafana/gapless.json` and
+/// `dist/prometheus/gapless-rules.yml` query is one a running gapless (VCD
+/// simulator, poller, file sink) serves on `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_and_rules_query_only_exported_metrics() {
+    let world = World::with_config(SimConfig::default(), |dir, sim, broker| {
+        let path = write_config(dir, sim, broker);
+        let admin = format!("127.0.0.1:{}", free_port());
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "[admin]\nlisten = \"\"",
+            &format!("[admin]\nlisten = \"{admin}\""),
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    })
+    .await;
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    let admin = text
+        .split("listen = \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    let mut gapless = world.gapless();
+    gapless.wait_log("poll window verified", 1, Duration::from_secs(30));
+    let (status, page) = http_get(&format!("http://{admin}/metrics")).await;
+    assert_eq!(status, 200, "{page}");
+    gapless.stop();
+    let exported: std::collections::HashSet<&str> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut queried = std::collections::BTreeSet::new();
+    for file in [
+        "dist/grafana/gapless.json",
+        "dist/prometheus/gapless-rules.yml",
+    ] {
+        let body = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        let names: Vec<String> = body
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("gapless_"))
+            .map(String::from)
+            .collect();
+        assert!(names.len() >= 6, "{file} queries no gapless metric");
+        queried.extend(names);
+    }
+    let unknown: Vec<&String> = queried
+        .iter()
+        .filter(|n| !exported.contains(n.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "queried but not exported: {unknown:?}\n{page}"
+    );
+    for wanted in [
+        "gapless_poll_window_lag_seconds",
+        "gapless_gaps_total",
+        "gapless_store_wal_bytes",
+    ] {
+        assert!(
+            queried.contains(wanted),
+            "the dashboard or rules leave out {wanted}"
+        );
     }
 }

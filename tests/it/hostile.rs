@@ -498,6 +498,7 @@ async fn the_mqtt_source_fails_when_its_ack_task_ends() {
         max_skew_us: 300_000_000,
         name: "x".into(),
         started_at_us: 0,
+        continuity: None,
     };
     let (acks_tx, acks_rx) = tokio::sync::mpsc::unbounded_channel();
     drop(acks_tx);

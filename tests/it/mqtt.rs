@@ -273,10 +273,13 @@ async fn a_retained_message_is_one_event_across_restarts() {
             skipped += summary["counters"]["skipped"].as_u64().unwrap();
             std::thread::sleep(Duration::from_millis(1100));
         }
+        // Each restart of this source without history is also a gap
+        // (marked when the retained copy arrives): not what this test counts.
         let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|l| l["origin"] != "gapless")
             .collect();
         assert_eq!(lines.len(), want, "{mode:?}: {lines:?}");
         assert!(lines.iter().all(|l| l["retained"] == true), "{lines:?}");
@@ -446,4 +449,114 @@ async fn qos_0_is_warned_at_start_and_still_delivers() {
     wait_lines(&file, 500, Duration::from_secs(30), &mut gapless);
     gapless.stop();
     assert_exactly_once(&file, salt, 500);
+}
+
+/// The `time` of a CloudEvent line, or a marker's `from`/`to`, in µs.
+fn us_of(rfc3339: &serde_json::Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap())
+        .unwrap()
+        .timestamp_micros()
+}
+
+/// A source without history (generic MQTT, the default clean session)
+/// whose broker is down for 5 s: exactly one `no_history` marker, whose
+/// span covers the outage, in `seq` order between the events before and
+/// after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_session_without_history_is_one_gap_marker_between_its_neighbours() {
+    let Some(bin) = mosquitto_bin("no_history_gap") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Mosquitto::start(bin, dir.path());
+    let config = write_config(
+        dir.path(),
+        "kind = \"mqtt\"\nname = \"line\"\nid_pointer = \"/id\"",
+        &format!("url = \"{}\"\ntopics = [\"line/#\"]", broker.tcp_url()),
+        "",
+    );
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    let batch = |range: std::ops::Range<u64>| -> Vec<(String, Vec<u8>)> {
+        range
+            .map(|i| {
+                (
+                    "line/a".to_string(),
+                    format!(r#"{{"id":"m-{i}"}}"#).into_bytes(),
+                )
+            })
+            .collect()
+    };
+    let file = dir.path().join("events.jsonl");
+    let mut publisher = broker.publisher("pub-before").await;
+    publisher.publish_all(batch(0..50), None).await.unwrap();
+    wait_lines(&file, 50, Duration::from_secs(30), &mut gapless);
+
+    let down_at = gapless::event::now_us();
+    broker.kill();
+    std::thread::sleep(Duration::from_secs(5));
+    broker.restart();
+    let up_at = gapless::event::now_us();
+    gapless.wait_log("subscribed", 2, Duration::from_secs(60));
+    let mut publisher = broker.publisher("pub-after").await;
+    publisher.publish_all(batch(50..100), None).await.unwrap();
+    wait_lines(&file, 100, Duration::from_secs(30), &mut gapless);
+    std::thread::sleep(Duration::from_millis(2500));
+    gapless.stop();
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let marker = match markers(&file).as_slice() {
+        [m] => m.clone(),
+        other => panic!("one marker expected: {other:?}"),
+    };
+    assert_eq!(marker["type"], "io.gapless.gap");
+    assert_eq!(marker["source"], "line");
+    let data = &marker["data"];
+    assert_eq!(data["reason"], "no_history");
+    assert_eq!(data["source"], "line");
+    assert!(
+        us_of(&data["from"]) <= down_at && us_of(&data["to"]) >= up_at,
+        "the span {data} does not cover the outage {down_at}..{up_at}"
+    );
+    let seq_of = |i: u64| {
+        lines
+            .iter()
+            .find(|l| l["data"]["id"] == format!("m-{i}"))
+            .map(|l| l["seq"].as_i64().unwrap())
+            .unwrap()
+    };
+    let at = marker["seq"].as_i64().unwrap();
+    assert!(
+        (0..50).all(|i| seq_of(i) < at) && (50..100).all(|i| seq_of(i) > at),
+        "the marker (seq {at}) is not between the events before and after the outage"
+    );
+    let check = gapless::demo::check_file(&file, &Default::default()).unwrap();
+    assert!(
+        check.seq_ok && check.lines == 100 && check.markers == 1,
+        "{check:?}"
+    );
+
+    // gapless itself away (a clean session again): the next start marks
+    // the time since the last message it stored.
+    let stopped_at = gapless::event::now_us();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    let mut publisher = broker.publisher("pub-restart").await;
+    publisher.publish_all(batch(100..110), None).await.unwrap();
+    wait_lines(&file, 110, Duration::from_secs(30), &mut gapless);
+    std::thread::sleep(Duration::from_millis(2500));
+    gapless.stop();
+    let found = markers(&file);
+    assert_eq!(found.len(), 2, "{found:?}");
+    let data = &found[1]["data"];
+    assert_eq!(data["reason"], "no_history");
+    assert!(
+        us_of(&data["from"]) <= stopped_at && us_of(&data["to"]) > stopped_at,
+        "the span {data} does not cover the restart at {stopped_at}"
+    );
 }

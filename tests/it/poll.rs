@@ -69,6 +69,7 @@ async fn rig(sim: &VcdSim, poll: PollConfig) -> Rig {
         counters: counters.clone(),
         live: None,
         max_skew_us: 300_000_000,
+        retention_us: None,
     };
     Rig {
         _dir: dir,

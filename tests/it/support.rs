@@ -307,14 +307,29 @@ impl Drop for Gapless {
     }
 }
 
-/// Complete lines in a file (0 if it does not exist yet).
+/// Complete event lines in a sink file (0 if it does not exist yet): gap
+/// markers (`"origin":"gapless"`) are not events and are not counted.
 pub fn count_lines(path: &Path) -> usize {
-    std::fs::read(path)
-        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+    std::fs::read_to_string(path)
+        .map(|t| {
+            t.split_inclusive('\n')
+                .filter(|l| l.ends_with('\n') && !l.contains(r#""origin":"gapless""#))
+                .count()
+        })
         .unwrap_or(0)
 }
 
-/// Waits until `path` has at least `n` lines.
+/// The gap markers in a sink file, parsed.
+pub fn markers(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["origin"] == "gapless")
+        .collect()
+}
+
+/// Waits until `path` has at least `n` event lines.
 pub fn wait_lines(path: &Path, n: usize, timeout: Duration, gapless: &mut Gapless) {
     let deadline = Instant::now() + timeout;
     loop {
