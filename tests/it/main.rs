@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod dist;
 mod faults;
 mod gap;
 mod hostile;
