@@ -473,7 +473,10 @@ async fn a_lost_session_without_history_is_one_gap_marker_between_its_neighbours
         dir.path(),
         "kind = \"mqtt\"\nname = \"line\"\nid_pointer = \"/id\"",
         &format!("url = \"{}\"\ntopics = [\"line/#\"]", broker.tcp_url()),
-        "",
+        &format!(
+            "[[sink]]\nname = \"quiet\"\nkind = \"file\"\npath = \"{}\"\ninclude_markers = false",
+            dir.path().join("quiet.jsonl").display()
+        ),
     );
     let mut gapless = Gapless::start(dir.path(), &config);
     gapless.wait_log("subscribed", 1, Duration::from_secs(20));
@@ -558,5 +561,25 @@ async fn a_lost_session_without_history_is_one_gap_marker_between_its_neighbours
     assert!(
         us_of(&data["from"]) <= stopped_at && us_of(&data["to"]) > stopped_at,
         "the span {data} does not cover the restart at {stopped_at}"
+    );
+
+    // The sink with `include_markers = false`: every event, no marker, and
+    // its cursor went past the markers to the head.
+    let quiet = dir.path().join("quiet.jsonl");
+    assert_eq!(count_lines(&quiet), 110);
+    assert!(markers(&quiet).is_empty());
+    let status = status_json(&config);
+    let cursor = status["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "quiet")
+        .map(|k| k["cursor"].clone());
+    assert_eq!(cursor, Some(status["head_seq"].clone()), "{status}");
+    assert_eq!(status["head_seq"], 112);
+    assert_eq!(
+        status["last_gaps"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
     );
 }
