@@ -23,6 +23,7 @@ pub mod source;
 pub mod store;
 pub mod stream;
 pub mod tls;
+pub mod watch;
 
 /// An error with every cause behind it (`a: b: c`), for logs: a transport
 /// error's own message often hides the part that helps (connection refused,

@@ -102,12 +102,25 @@ enum Command {
     /// Show the store's state: head seq, per-sink cursor and lag, the
     /// verified watermark and its age, counts, dead letters, last rejected
     /// messages. Works while the daemon runs.
+    ///
+    /// With --watch: a live view, refreshed every second until Ctrl-C:
+    /// ingest rate by origin, the verified watermark and its lag, each
+    /// sink's cursor, lag and state, the last gaps and the daemon's
+    /// readiness. With --json too, one JSON object per line per second.
+    ///
+    /// Example: gapless status -c gapless.toml --watch
     Status {
         #[arg(long, short, env = "GAPLESS_CONFIG")]
         config: PathBuf,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Refresh every second until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: stop after this many frames.
+        #[arg(long, requires = "watch")]
+        frames: Option<u64>,
     },
     /// Dead letters of a webhook sink (on_failure = "dead-letter").
     Dlq {
@@ -382,7 +395,24 @@ fn main() -> ExitCode {
                 })
                 .await
             }
-            Command::Status { config, json } => {
+            Command::Status {
+                config,
+                json,
+                watch: true,
+                frames,
+            } => {
+                operate(&config, |c| async move {
+                    let stop = tokio_util::sync::CancellationToken::new();
+                    let on_signal = stop.clone();
+                    tokio::spawn(async move {
+                        let _ = tokio::signal::ctrl_c().await;
+                        on_signal.cancel();
+                    });
+                    gapless::watch::watch(&c, json, frames, stop).await
+                })
+                .await
+            }
+            Command::Status { config, json, .. } => {
                 operate(&config, |c| async move {
                     let status = ops::status(&c).await?;
                     if json {

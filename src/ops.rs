@@ -217,7 +217,7 @@ pub async fn health(admin: &str) -> Result<String, String> {
 
 /// Asks the daemon's `/readyz` (when `admin.listen` is set) how it is: the
 /// MQTT connection, the poller and the sinks live only in its memory.
-async fn daemon_state(config: &Config) -> String {
+pub(crate) async fn daemon_state(config: &Config) -> String {
     let Ok(Some(mut addr)) = config.admin.addr() else {
         return "unknown (admin.listen is off)".into();
     };

@@ -221,6 +221,33 @@ impl Store {
         .await?)
     }
 
+    /// The highest rowid in `events` (0 when empty): where
+    /// [`Store::added_by_origin`] starts counting.
+    pub async fn max_rowid(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(rowid), 0) FROM events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Rows added after `after_rowid`, by origin, and the new highest
+    /// rowid: a rowid range, so a live view costs what was added, not the
+    /// table.
+    pub async fn added_by_origin(
+        &self,
+        after_rowid: i64,
+    ) -> Result<(i64, Vec<(String, i64)>), StoreError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT origin, COUNT(*), MAX(rowid) FROM events WHERE rowid > ? GROUP BY origin",
+        )
+        .bind(after_rowid)
+        .fetch_all(&self.pool)
+        .await?;
+        let high = rows.iter().map(|r| r.2).max().unwrap_or(after_rowid);
+        Ok((high, rows.into_iter().map(|(o, n, _)| (o, n)).collect()))
+    }
+
     /// When the last event that came over MQTT was received (µs): where a
     /// source without history resumes its record of unbroken delivery.
     pub async fn last_mqtt_received_us(&self) -> Result<Option<i64>, StoreError> {

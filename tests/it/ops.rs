@@ -116,3 +116,83 @@ async fn retention_prunes_delivered_events_and_seq_continues() {
         "{summary}"
     );
 }
+
+/// `gapless status --watch`: while a publisher sends about 200 events/s,
+/// its `--json` twin prints one frame a second with a non-zero MQTT ingest
+/// rate, a growing head and the file sink's position; the text view shows
+/// the same in a few lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_shows_ingest_rate_sinks_and_head_every_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let config = config(dir.path(), &broker.url(), true, "gapless-watch");
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    let addr = broker.addr();
+    let publishing = tokio::spawn(async move {
+        let mut publisher = Publisher::connect("127.0.0.1", addr.port(), "pub-watch")
+            .await
+            .unwrap();
+        publisher
+            .publish_all(event_messages(0x3a7c, 0..1200), Some(200.0))
+            .await
+            .unwrap();
+    });
+    let out = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || {
+            run_ok(
+                gapless_cmd()
+                    .args(["status", "--watch", "--json", "--frames", "4", "--config"])
+                    .arg(&config),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let frames: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(frames.len(), 4, "{out}");
+    let mqtt_rate = |f: &serde_json::Value| {
+        f["ingest_per_s"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r[0] == "mqtt")
+            .and_then(|r| r[1].as_f64())
+            .unwrap()
+    };
+    assert!(
+        frames.iter().any(|f| mqtt_rate(f) > 50.0),
+        "no frame saw the ~200/s ingest: {out}"
+    );
+    let heads: Vec<i64> = frames
+        .iter()
+        .map(|f| f["head_seq"].as_i64().unwrap())
+        .collect();
+    assert!(
+        heads.first() < heads.last(),
+        "the head did not move: {heads:?}"
+    );
+    let sink = &frames[3]["sinks"][0];
+    assert_eq!(sink["name"], "file");
+    assert_eq!(sink["state"], "ok");
+    assert!(
+        sink["cursor"].as_i64() > Some(0) && sink["lag"].as_i64() >= Some(0),
+        "{sink}"
+    );
+    assert!(frames[0]["daemon"].as_str().is_some());
+
+    let text = run_ok(
+        gapless_cmd()
+            .args(["status", "--watch", "--frames", "1", "--config"])
+            .arg(&config),
+    );
+    assert!(text.contains("ingest/s  mqtt"), "{text}");
+    assert!(text.contains("sink     file"), "{text}");
+    assert!(text.contains("head seq"), "{text}");
+    publishing.await.unwrap();
+    gapless.stop();
+}
