@@ -177,6 +177,11 @@ enum Command {
         /// Do not print the events, only progress and the summary.
         #[arg(long)]
         quiet: bool,
+        /// Where the picture of the run goes (SVG). Default: demo.svg in the
+        /// --keep directory, else gapless-demo.svg in the system's temporary
+        /// directory.
+        #[arg(long)]
+        picture: Option<PathBuf>,
     },
 }
 
@@ -343,12 +348,17 @@ fn main() -> ExitCode {
                 dup_rate,
                 keep,
                 quiet,
+                picture,
             } => {
                 run_demo(DemoOptions {
                     events,
                     rate: (rate > 0.0).then_some(rate),
                     drop_rate,
                     dup_rate,
+                    picture: picture.unwrap_or_else(|| match &keep {
+                        Some(dir) => dir.join("demo.svg"),
+                        None => std::env::temp_dir().join("gapless-demo.svg"),
+                    }),
                     dir: keep,
                     show_events: !quiet,
                 })

@@ -93,6 +93,9 @@ pub struct SimStats {
     pub failed: AtomicU64,
     pub mqtt_published: AtomicU64,
     pub mqtt_dropped: AtomicU64,
+    /// When each dropped message would have been published (ms since the
+    /// epoch): the demo's picture shows the drops it injected.
+    pub dropped_at_ms: std::sync::Mutex<Vec<i64>>,
 }
 
 struct SimEvent {
@@ -290,6 +293,7 @@ impl Inner {
         for (_, topic, event) in created {
             if rand::random::<f64>() < f.mqtt_drop_rate {
                 self.stats.mqtt_dropped.fetch_add(1, Relaxed);
+                self.stats.dropped_at_ms.lock().unwrap().push(now_ms());
                 continue;
             }
             let body = events::envelope(event);

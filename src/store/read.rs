@@ -221,6 +221,16 @@ impl Store {
         .await?)
     }
 
+    /// Every event's origin and when it was stored (µs), in arrival order:
+    /// the demo's picture. Reads the whole table; not for a daemon's store.
+    pub async fn arrivals(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT origin, received_at_us FROM events ORDER BY rowid")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// The highest rowid in `events` (0 when empty): where
     /// [`Store::added_by_origin`] starts counting.
     pub async fn max_rowid(&self) -> Result<i64, StoreError> {

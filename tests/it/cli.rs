@@ -48,9 +48,13 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
 }
 
 #[test]
-fn demo_passes_its_ground_truth_check() {
+fn demo_passes_its_ground_truth_check_and_draws_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let picture = dir.path().join("run.svg");
     let out = gapless()
         .args(["demo", "--events", "300", "--rate", "1000", "--quiet"])
+        .arg("--picture")
+        .arg(&picture)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -80,6 +84,18 @@ fn demo_passes_its_ground_truth_check() {
         "the demo must lose MQTT messages to show the poller: {stdout}"
     );
     assert_eq!(row("recovered by the poller"), dropped.to_string());
+    assert_eq!(row("gap markers"), "0");
+    assert_eq!(row("picture"), picture.display().to_string());
+    let svg = std::fs::read_to_string(&picture).unwrap();
+    assert!(svg.starts_with("<svg"));
+    for series in [
+        "stored via MQTT",
+        "recovered by the poller",
+        "dropped on MQTT (injected)",
+        "verified watermark",
+    ] {
+        assert!(svg.contains(series), "the picture has no `{series}`");
+    }
 }
 
 /// Every key of the example config, commented out or not, as the README

@@ -11,6 +11,8 @@
 //! once, `seq` 1..N without a hole, and everything not flagged late in
 //! (time, id) order.
 
+pub mod plot;
+
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -57,6 +59,8 @@ pub struct DemoOptions {
     pub dir: Option<PathBuf>,
     /// Print every event on stdout (compact lines).
     pub show_events: bool,
+    /// Where the SVG picture of the run goes.
+    pub picture: PathBuf,
 }
 
 impl Default for DemoOptions {
@@ -68,6 +72,7 @@ impl Default for DemoOptions {
             dup_rate: 0.05,
             dir: None,
             show_events: true,
+            picture: std::env::temp_dir().join("gapless-demo.svg"),
         }
     }
 }
@@ -86,6 +91,8 @@ pub struct DemoOutcome {
     pub kept: bool,
     pub check: Check,
     pub elapsed: Duration,
+    /// The picture of the run, or why it could not be drawn.
+    pub picture: Result<PathBuf, String>,
 }
 
 /// The file compared with the ground truth.
@@ -160,6 +167,13 @@ impl DemoOutcome {
             (
                 "check: order (time, id)",
                 format!("{} ({} late)", ok(k.order_ok), k.late),
+            ),
+            (
+                "picture",
+                match &self.picture {
+                    Ok(p) => p.display().to_string(),
+                    Err(e) => format!("not drawn: {e}"),
+                },
             ),
             ("elapsed", format!("{:.1?}", self.elapsed)),
         ];
@@ -305,8 +319,11 @@ pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, DemoError> {
         f.mqtt_dup_rate = opts.dup_rate;
     });
     let config = demo_config(&sim, &broker, &dir, opts.show_events);
+    let store_config = config.store.clone();
+    let source = config.source.uri().to_string();
     let counters = Arc::new(Counters::default());
     let shutdown = CancellationToken::new();
+    let t0 = crate::event::now_us();
     let pipeline = tokio::spawn(app::run(
         config,
         RunOptions::default(),
@@ -314,6 +331,13 @@ pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, DemoError> {
         shutdown.clone(),
     ));
     wait_for(|| counters.subscribed.load(Relaxed) > 0, || {}).await?;
+    // Only now: the pipeline has created and migrated the store (two pools
+    // migrating one new file at once race).
+    let sampler = tokio::spawn(sample_verified(
+        store_config.clone(),
+        source,
+        shutdown.clone(),
+    ));
     let progress = std::cell::RefCell::new(Progress::new());
 
     // Noise the broker carries besides events: one of each kind.
@@ -360,14 +384,18 @@ pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, DemoError> {
     }
     let file = dir.join("events.jsonl");
     let wanted = opts.events as usize;
+    // A pipeline that ended (it failed) ends the wait: its error is the answer.
     wait_for(
-        || count_lines(&file) >= wanted,
+        || count_lines(&file) >= wanted || pipeline.is_finished(),
         || progress.borrow_mut().show(created, &counters, false),
     )
     .await?;
     progress.borrow_mut().show(created, &counters, true);
     shutdown.cancel();
     let report = pipeline.await.expect("pipeline task")?;
+    let verified = sampler.await.expect("sampler task");
+    let drops = sim.stats().dropped_at_ms.lock().unwrap().clone();
+    let picture = draw(&store_config, t0, verified, &drops, &opts.picture).await;
     let truth: HashSet<String> = sim.ground_truth().into_iter().collect();
     Ok(DemoOutcome {
         created,
@@ -380,7 +408,74 @@ pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, DemoError> {
         file,
         kept: tmp.is_none(),
         elapsed: started.elapsed(),
+        picture,
     })
+}
+
+/// Samples the poller's verified watermark four times a second until
+/// `stop`, for the picture: `(when, verified up to)` in µs.
+async fn sample_verified(
+    store: crate::config::StoreConfig,
+    source: String,
+    stop: CancellationToken,
+) -> Vec<(i64, i64)> {
+    let mut samples = Vec::new();
+    let Ok(store) = crate::store::Store::open(&store).await else {
+        return samples;
+    };
+    while !stop.is_cancelled() {
+        if let Ok(Some(v)) = store.verified_until(&source).await {
+            samples.push((crate::event::now_us(), v));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+    store.close().await;
+    samples
+}
+
+/// Draws the run from the store (when each event arrived, how; the gap
+/// markers), the drops the simulator injected and the watermark samples,
+/// and writes the SVG to `path`. A picture that cannot be drawn is
+/// reported, not fatal: the check is what the demo proves.
+async fn draw(
+    store: &crate::config::StoreConfig,
+    t0_us: i64,
+    verified: Vec<(i64, i64)>,
+    drops_ms: &[i64],
+    path: &Path,
+) -> Result<PathBuf, String> {
+    let secs = |us: i64| (us - t0_us) as f64 / 1e6;
+    let store = crate::store::Store::open(store)
+        .await
+        .map_err(|e| e.to_string())?;
+    let arrivals = store.arrivals().await.map_err(|e| e.to_string())?;
+    let gaps = store.last_gaps(1000).await.map_err(|e| e.to_string())?;
+    store.close().await;
+    let of = |origin: &str| -> Vec<f64> {
+        arrivals
+            .iter()
+            .filter(|(o, _)| o == origin)
+            .map(|(_, at)| secs(*at))
+            .collect()
+    };
+    let timeline = plot::Timeline {
+        via_mqtt: of("mqtt"),
+        via_poll: of("poll"),
+        drops: drops_ms.iter().map(|ms| secs(ms * 1000)).collect(),
+        verified: verified
+            .iter()
+            .map(|&(at, v)| (secs(at), secs(v)))
+            .collect(),
+        gaps: gaps
+            .iter()
+            .map(|g| (secs(g.from_us), secs(g.to_us)))
+            .collect(),
+    };
+    std::fs::write(path, timeline.svg()?).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path.to_path_buf())
 }
 
 /// How long the demo waits for the pipeline before calling it stalled.
