@@ -394,13 +394,6 @@ async fn debug_logs_never_show_the_password_or_tokens() {
     }
 }
 
-/// The `time` of a CloudEvent line, or a marker's `from`/`to`, in µs.
-fn us_of(rfc3339: &serde_json::Value) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap())
-        .unwrap()
-        .timestamp_micros()
-}
-
 /// The audit trail keeps only the last 4 s (`poll.history_retention`
 /// says so, as it would say VCD's retention) and gapless is stopped for
 /// longer: on restart the poller marks the span the history no longer

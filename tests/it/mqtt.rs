@@ -451,13 +451,6 @@ async fn qos_0_is_warned_at_start_and_still_delivers() {
     assert_exactly_once(&file, salt, 500);
 }
 
-/// The `time` of a CloudEvent line, or a marker's `from`/`to`, in µs.
-fn us_of(rfc3339: &serde_json::Value) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap())
-        .unwrap()
-        .timestamp_micros()
-}
-
 /// A source without history (generic MQTT, the default clean session)
 /// whose broker is down for 5 s: exactly one `no_history` marker, whose
 /// span covers the outage, in `seq` order between the events before and

@@ -329,6 +329,13 @@ pub fn markers(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The `time` of a CloudEvent line, or a marker's `from`/`to`, in µs.
+pub fn us_of(rfc3339: &serde_json::Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap())
+        .unwrap()
+        .timestamp_micros()
+}
+
 /// Waits until `path` has at least `n` event lines.
 pub fn wait_lines(path: &Path, n: usize, timeout: Duration, gapless: &mut Gapless) {
     let deadline = Instant::now() + timeout;
