@@ -200,7 +200,9 @@ impl SinkTask {
                     "target is ahead of the stored cursor (crash after write); resuming after its last event");
                 self.writer.commit_cursor(&name, cursor).await?;
             }
-            Some(last) if last < stored => {
+            // Without markers, a file whose last lines would have been
+            // markers ends below the cursor by design.
+            Some(last) if last < stored && self.config.include_markers => {
                 tracing::warn!(sink = %name, cursor = stored, target_seq = last,
                 "target holds less than the cursor says (rotated or edited?); continuing after the cursor")
             }
