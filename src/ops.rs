@@ -276,7 +276,7 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
             kind: format!("{:?}", s.kind).to_lowercase(),
             cursor,
             lag: head - cursor,
-            dead_letters: store.dead_letters(&s.name, false).await?.len() as i64,
+            dead_letters: store.dead_letter_count(&s.name).await?,
             disabled: store.sink_disabled(&s.name).await?,
         });
     }

@@ -154,7 +154,7 @@ async fn frame(
                 Some(why) => format!("disabled: {why}"),
                 None => "ok".into(),
             },
-            dead_letters: store.dead_letters(&s.name, false).await?.len() as i64,
+            dead_letters: store.dead_letter_count(&s.name).await?,
         });
     }
     Ok(Frame {

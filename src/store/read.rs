@@ -133,6 +133,17 @@ impl Store {
         .await?)
     }
 
+    /// How many dead letters `sink` has (for `status` and its live view,
+    /// without reading them).
+    pub async fn dead_letter_count(&self, sink: &str) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE sink = ?")
+                .bind(sink)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// The released event at `seq`.
     pub async fn event_at(&self, seq: i64) -> Result<Option<StoredEvent>, StoreError> {
         Ok(sqlx::query_as(concat!(
