@@ -235,9 +235,7 @@ impl Releaser {
         Counters::add(&counters.released, step.released.len() as u64);
         Ok(step.released)
     }
-}
 
-impl Releaser {
     /// Events `max_hold` forced out before the poller verified them: the
     /// first opens an `unverified` gap with a marker right after them; while
     /// it stays open, later ones only extend it (one marker per outage, not
