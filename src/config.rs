@@ -1652,6 +1652,24 @@ mod tests {
         assert_eq!(c.source.event_types, vec!["EVENT", "EXTERNAL_EVENT"]);
     }
 
+    #[test]
+    fn history_retention_defaults_by_profile_and_zero_is_unbounded() {
+        let vcd = Config::parse(MINIMAL).unwrap();
+        assert_eq!(
+            vcd.history_retention(),
+            Some(Duration::from_secs(90 * 24 * 3600))
+        );
+        let mqtt = Config::parse(&MINIMAL.replace("kind = \"vcd\"", "kind = \"mqtt\"")).unwrap();
+        assert_eq!(mqtt.history_retention(), None);
+        let set = |v: &str| {
+            Config::parse(&format!("{MINIMAL}\n[poll]\nhistory_retention = \"{v}\"\n"))
+                .unwrap()
+                .history_retention()
+        };
+        assert_eq!(set("4s"), Some(Duration::from_secs(4)));
+        assert_eq!(set("0s"), None);
+    }
+
     fn err_of(text: &str) -> String {
         Config::parse(text).unwrap_err().to_string()
     }

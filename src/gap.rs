@@ -33,10 +33,6 @@ impl Reason {
             Reason::Unverified => "unverified",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == s)
-    }
 }
 
 /// The CloudEvent type of a marker that opens a gap.

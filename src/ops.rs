@@ -160,6 +160,28 @@ pub struct SinkStatus {
     pub disabled: Option<String>,
 }
 
+/// Every configured sink's position against `head`, as the store says.
+/// `status` and its live view (`--watch`) read the same.
+pub(crate) async fn sink_statuses(
+    config: &Config,
+    store: &Store,
+    head: i64,
+) -> Result<Vec<SinkStatus>, OpsError> {
+    let mut sinks = Vec::with_capacity(config.sinks.len());
+    for s in &config.sinks {
+        let cursor = store.cursor(&s.name).await?;
+        sinks.push(SinkStatus {
+            name: s.name.clone(),
+            kind: format!("{:?}", s.kind).to_lowercase(),
+            cursor,
+            lag: head - cursor,
+            dead_letters: store.dead_letter_count(&s.name).await?,
+            disabled: store.sink_disabled(&s.name).await?,
+        });
+    }
+    Ok(sinks)
+}
+
 /// What `gapless status` shows.
 #[derive(Debug, serde::Serialize)]
 pub struct Status {
@@ -268,18 +290,7 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
         rejected,
     } = store.stream_counts().await?;
     let verified = store.verified_until(config.source.uri()).await?;
-    let mut sinks = Vec::new();
-    for s in &config.sinks {
-        let cursor = store.cursor(&s.name).await?;
-        sinks.push(SinkStatus {
-            name: s.name.clone(),
-            kind: format!("{:?}", s.kind).to_lowercase(),
-            cursor,
-            lag: head - cursor,
-            dead_letters: store.dead_letter_count(&s.name).await?,
-            disabled: store.sink_disabled(&s.name).await?,
-        });
-    }
+    let sinks = sink_statuses(config, &store, head).await?;
     let last_rejected = store.last_rejected(5).await?;
     let last_gaps = store.last_gaps(5).await?;
     let rejected_by_reason = store

@@ -143,20 +143,20 @@ async fn frame(
     let now = now_us();
     let head = store.head().await?;
     let verified = store.verified_until(config.source.uri()).await?;
-    let mut sinks = Vec::with_capacity(config.sinks.len());
-    for s in &config.sinks {
-        let cursor = store.cursor(&s.name).await?;
-        sinks.push(WatchSink {
-            name: s.name.clone(),
-            cursor,
-            lag: head - cursor,
-            state: match store.sink_disabled(&s.name).await? {
+    let sinks = crate::ops::sink_statuses(config, store, head)
+        .await?
+        .into_iter()
+        .map(|k| WatchSink {
+            state: match k.disabled {
                 Some(why) => format!("disabled: {why}"),
                 None => "ok".into(),
             },
-            dead_letters: store.dead_letter_count(&s.name).await?,
-        });
-    }
+            name: k.name,
+            cursor: k.cursor,
+            lag: k.lag,
+            dead_letters: k.dead_letters,
+        })
+        .collect();
     Ok(Frame {
         at: rfc3339_us(now),
         head_seq: head,

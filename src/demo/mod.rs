@@ -493,11 +493,20 @@ async fn wait_for(cond: impl Fn() -> bool, tick: impl Fn()) -> Result<(), DemoEr
     Ok(())
 }
 
-fn count_lines(path: &Path) -> usize {
-    std::fs::read(path)
-        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+/// Complete event lines in a sink file (0 if it does not exist yet); gap
+/// markers are not events and are not counted.
+pub fn count_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| {
+            t.split_inclusive('\n')
+                .filter(|l| l.ends_with('\n') && !l.contains(MARKER_ORIGIN))
+                .count()
+        })
         .unwrap_or(0)
 }
+
+/// How a gap marker's line shows its origin (`"origin":"gapless"`).
+const MARKER_ORIGIN: &str = r#""origin":"gapless""#;
 
 /// Compares the file with the ground truth.
 pub fn check_file(path: &Path, truth: &HashSet<String>) -> std::io::Result<Check> {

@@ -375,7 +375,8 @@ struct Session<'a> {
     outbound: mpsc::UnboundedSender<Outbound>,
     /// Topics whose QoS downgrade was logged (once per topic per run).
     warned: std::sync::Mutex<std::collections::HashSet<String>>,
-    continuity: std::sync::Mutex<Option<Continuity>>,
+    /// `None` for a source with history: no lock on its messages' path.
+    continuity: Option<std::sync::Mutex<Continuity>>,
 }
 
 impl MqttSource {
@@ -387,7 +388,7 @@ impl MqttSource {
         acks: mpsc::UnboundedReceiver<Vec<Receipt>>,
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
-        let continuity = std::sync::Mutex::new(self.continuity.take());
+        let continuity = self.continuity.take().map(std::sync::Mutex::new);
         let auth = self.credentials.current();
         let opts = self.options(&auth)?;
         let (client, mut eventloop) = AsyncClient::new(opts, self.config.queue + 64);
@@ -527,8 +528,10 @@ impl Session<'_> {
                         .outbound
                         .send(Outbound::Status(self.source.status("online")));
                 }
-                if let Some(c) = self.continuity.lock().expect("not poisoned").as_mut() {
-                    c.connected(ack.session_present);
+                if let Some(c) = &self.continuity {
+                    c.lock()
+                        .expect("not poisoned")
+                        .connected(ack.session_present);
                 }
                 if ack.session_present {
                     // The broker kept the subscription.
@@ -619,10 +622,8 @@ impl Session<'_> {
         self.source.counters.received_at(now);
         let gap = self
             .continuity
-            .lock()
-            .expect("not poisoned")
-            .as_mut()
-            .and_then(|c| c.message(now));
+            .as_ref()
+            .and_then(|c| c.lock().expect("not poisoned").message(now));
         if let Some(gap) = gap {
             let _ = self.source.ingest.send(Ingest::Gap(gap)).await;
         }

@@ -49,7 +49,7 @@ impl Writer {
         .execute(&mut **tx)
         .await?;
         tracing::warn!(reason = gap.reason.as_str(), from = %rfc3339_us(gap.from_us),
-            to = %rfc3339_us(gap.to_us), events = gap.events,
+            to = %rfc3339_us(gap.to_us), seconds = gap.seconds(), events = gap.events,
             "gap marker: events in this span may be missing and cannot be recovered");
         Ok(())
     }

@@ -68,7 +68,8 @@ pub(super) struct Releaser {
     /// candidates (see [`Releaser::release_fresh`]).
     pub(super) all_released: bool,
     pub(super) counters: Arc<Counters>,
-    /// The source's name, for the markers the release step writes.
+    /// The source's name: the `source` column of what the writer stores,
+    /// the watermark's key, and the markers' CloudEvent `source`.
     pub(super) source: String,
     /// The `unverified` gap `max_hold` opened and the poller has not yet
     /// verified: later forced events extend it instead of opening another.

@@ -46,7 +46,6 @@ pub struct Writer {
     pub(super) retention: Retention,
     pub(super) conn: SqliteConnection,
     pub(super) rel: Releaser,
-    pub(super) source: String,
     pub(super) batch_max: usize,
     pub(super) batch_delay: Duration,
     pub(super) rejected_max: i64,
@@ -168,7 +167,6 @@ impl Writer {
                 source: source.to_string(),
                 unverified,
             },
-            source: source.to_string(),
             batch_max: config.batch_max,
             batch_delay: config.batch_delay.0,
             rejected_max: i64::from(config.rejected_max),
@@ -340,7 +338,7 @@ impl Writer {
             batch
                 .gaps
                 .iter()
-                .map(|g| g.marker(&self.source, false, now)),
+                .map(|g| g.marker(&self.rel.source, false, now)),
         );
         let fresh = Self::fresh(&mut tx, &mut batch.events).await?;
         // Where each new event goes in the stream, if it goes now. A batch
@@ -358,12 +356,12 @@ impl Writer {
             Order::EventTime if at_once => self.rel.release_fresh(&mut tx, &fresh).await?,
             Order::EventTime => vec![None; fresh.len()],
         };
-        Self::insert(&mut tx, &fresh, &positions, &self.source).await?;
+        Self::insert(&mut tx, &fresh, &positions, &self.rel.source).await?;
         Self::insert_rejected(&mut tx, &batch.rejected, self.rejected_max).await?;
         let mut markers = 0;
         for marker in fresh.iter().filter(|e| e.origin == Origin::Gapless) {
             if let Some(gap) = batch.gaps.iter().find(|g| g.id(false) == marker.id) {
-                Self::record_gap(&mut tx, &self.source, marker, gap).await?;
+                Self::record_gap(&mut tx, &self.rel.source, marker, gap).await?;
                 markers += 1;
             }
         }
@@ -389,7 +387,7 @@ impl Writer {
                  ON CONFLICT(source) DO UPDATE SET verified_until_us = MAX(verified_until_us, excluded.verified_until_us), \
                  updated_at_us = excluded.updated_at_us",
             )
-            .bind(self.source.as_str())
+            .bind(self.rel.source.as_str())
             .bind(until)
             .bind(now)
             .execute(&mut *tx)

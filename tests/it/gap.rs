@@ -150,6 +150,12 @@ fn readme_config(dir: &Path, sim: &VcdSim, _broker: &EmbeddedBroker) -> PathBuf 
 async fn the_readme_minimal_config_reconciles_with_every_default() {
     let world = World::with_config(SimConfig::default(), readme_config).await;
     let file = world.dir.path().join("var/lib/gapless/events.jsonl");
+    // The default schedule ticks at second 0: a subscription in a minute's
+    // last seconds has its window covered by that tick before the catch-up
+    // run is due. Start early in a minute, so the catch-up is what runs.
+    while chrono::Utc::now().timestamp() % 60 > 40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let mut gapless = Gapless::start_env(
         world.dir.path(),
         &world.config,
@@ -536,6 +542,15 @@ async fn a_failing_poller_past_max_hold_is_unverified_then_verified() {
         "the verified marker follows the events the poller recovered"
     );
     assert!(open["seq"].as_i64() < close["seq"].as_i64());
+    // The store's record of it: the whole span forced out, then verified.
+    let status = status_json(&world.config);
+    let kept = &status["last_gaps"][0];
+    assert_eq!(kept["reason"], "unverified", "{status}");
+    assert!(kept["verified_at_us"].as_i64().is_some(), "{status}");
+    assert!(
+        kept["events"].as_u64() >= open["data"]["events"].as_u64(),
+        "{status}"
+    );
     assert_ground_truth(&world.file(), &world.sim);
 }
 

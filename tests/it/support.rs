@@ -307,17 +307,7 @@ impl Drop for Gapless {
     }
 }
 
-/// Complete event lines in a sink file (0 if it does not exist yet): gap
-/// markers (`"origin":"gapless"`) are not events and are not counted.
-pub fn count_lines(path: &Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| {
-            t.split_inclusive('\n')
-                .filter(|l| l.ends_with('\n') && !l.contains(r#""origin":"gapless""#))
-                .count()
-        })
-        .unwrap_or(0)
-}
+pub use gapless::demo::count_lines;
 
 /// The gap markers in a sink file, parsed.
 pub fn markers(path: &Path) -> Vec<serde_json::Value> {
