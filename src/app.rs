@@ -149,6 +149,7 @@ pub async fn run(
             writer: channels.handle.clone(),
             head: channels.head.clone(),
             source_uri: config.source.uri().to_string(),
+            source_name: config.source.name.clone(),
             counters: counters.clone(),
             stats: counters.sink(&sink.name),
             retry_after_max: config.http.retry_after_max.0,

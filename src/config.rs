@@ -521,6 +521,19 @@ pub enum SinkKind {
     File,
     Stdout,
     Webhook,
+    /// A NATS JetStream stream (publish acks, `Nats-Msg-Id` dedup).
+    Nats,
+}
+
+impl SinkKind {
+    fn name(self) -> &'static str {
+        match self {
+            SinkKind::File => "file",
+            SinkKind::Stdout => "stdout",
+            SinkKind::Webhook => "webhook",
+            SinkKind::Nats => "nats",
+        }
+    }
 }
 
 /// How the stdout sink prints an event.
@@ -547,12 +560,13 @@ pub struct SinkConfig {
     /// Events read from the store and written per batch.
     #[serde(default = "default_sink_batch")]
     pub batch: u32,
-    /// Webhook: the endpoint.
+    /// Webhook: the endpoint. NATS: the server (`nats://host:4222`, or
+    /// `tls://` for TLS), several separated by commas.
     pub url: Option<String>,
     /// Webhook: the signing secret (`whsec_<base64>` or plain), from an env var or a file.
     pub secret_env: Option<String>,
     pub secret_file: Option<PathBuf>,
-    /// Webhook: per-request timeout.
+    /// Webhook: per-request timeout. NATS: the wait for a publish ack.
     #[serde(default = "default_webhook_timeout")]
     pub timeout: HumanDuration,
     /// Webhook: extra request headers.
@@ -564,13 +578,28 @@ pub struct SinkConfig {
     /// Webhook: `Authorization: Bearer` from an environment variable or a file.
     pub bearer_env: Option<String>,
     pub bearer_file: Option<PathBuf>,
-    /// Webhook: extra PEM CAs trusted besides the system roots.
+    /// Webhook and NATS: extra PEM CAs trusted besides the system roots.
     pub ca_file: Option<PathBuf>,
     /// Webhook: what a refused event (4xx) does: `block` or `dead-letter`.
     #[serde(default)]
     pub on_failure: crate::sink::retry::OnFailure,
-    /// Webhook: delays between retries; the last repeats forever.
+    /// Webhook and NATS: delays between retries; the last repeats forever.
     pub retry_schedule: Option<Vec<HumanDuration>>,
+    /// NATS: the subject of each event; `{source}` (the source's name),
+    /// `{type}` and `{origin}` are replaced by the event's values with
+    /// `.`, spaces and wildcards made `_`.
+    pub subject: Option<String>,
+    /// NATS: user name, with `password_env` or `password_file`.
+    pub user: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// NATS: an auth token from an environment variable or a file.
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// NATS: a `.creds` file (JWT and NKey seed) for decentralised auth.
+    pub creds_file: Option<PathBuf>,
+    /// NATS: publishes awaiting their ack at once.
+    pub max_in_flight: Option<u32>,
     /// `/readyz` fails once the sink has been stuck on one event this long.
     #[serde(default = "default_sink_alert_after")]
     pub alert_after: HumanDuration,
@@ -649,6 +678,116 @@ fn secret_headers(
         ));
     }
     Ok(out)
+}
+
+/// How a NATS sink authenticates, resolved from its keys at load.
+#[derive(Clone, Debug)]
+pub enum NatsAuth {
+    Anonymous,
+    UserPassword { user: String, password: Secret },
+    Token(Secret),
+    CredsFile(PathBuf),
+}
+
+impl SinkConfig {
+    /// The NATS subject template when `subject` is not set.
+    pub const DEFAULT_NATS_SUBJECT: &'static str = "gapless.{source}.{type}";
+    const DEFAULT_NATS_IN_FLIGHT: u32 = 256;
+
+    pub fn nats_subject(&self) -> &str {
+        self.subject.as_deref().unwrap_or(Self::DEFAULT_NATS_SUBJECT)
+    }
+
+    pub fn nats_max_in_flight(&self) -> usize {
+        self.max_in_flight.unwrap_or(Self::DEFAULT_NATS_IN_FLIGHT) as usize
+    }
+
+    /// The checks of a NATS sink's keys that need no secret.
+    fn nats_check(&self, i: usize) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("sink[{i}].{k}");
+        let url = self.url.as_deref().unwrap_or_default();
+        let bad = url.split(',').map(str::trim).find(|u| {
+            !(u.starts_with("nats://") || u.starts_with("tls://")) || url::Url::parse(u).is_err()
+        });
+        if let Some(u) = bad {
+            return Err(ConfigError::invalid(
+                &key("url"),
+                format!("`{u}` is not a nats:// or tls:// URL"),
+                "e.g. url = \"nats://127.0.0.1:4222\" (several servers separated by commas)",
+            ));
+        }
+        if let Err(e) = crate::sink::nats::SubjectTemplate::parse(self.nats_subject()) {
+            return Err(ConfigError::invalid(
+                &key("subject"),
+                e,
+                format!(
+                    "tokens separated by dots, with {{source}}, {{type}} or {{origin}}; the default is \"{}\"",
+                    Self::DEFAULT_NATS_SUBJECT
+                ),
+            ));
+        }
+        if self.max_in_flight == Some(0) {
+            return Err(ConfigError::invalid(
+                &key("max_in_flight"),
+                "must be at least 1",
+                format!("the default is {}", Self::DEFAULT_NATS_IN_FLIGHT),
+            ));
+        }
+        let password = self.password_env.is_some() || self.password_file.is_some();
+        if self.user.is_some() != password {
+            return Err(ConfigError::invalid(
+                &key(if password { "user" } else { "password_env" }),
+                "user and password go together",
+                "set both user and password_env (or password_file)",
+            ));
+        }
+        let token = self.token_env.is_some() || self.token_file.is_some();
+        let ways = [self.user.is_some(), token, self.creds_file.is_some()];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            return Err(ConfigError::invalid(
+                &key("creds_file"),
+                "more than one way to authenticate is set",
+                "keep one of user/password_env, token_env/token_file and creds_file",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The NATS sink's credentials, read from their variables or files.
+    pub fn nats_auth(&self, i: usize) -> Result<NatsAuth, ConfigError> {
+        let key = |k: &str| format!("sink[{i}].{k}");
+        if let Some(path) = &self.creds_file {
+            if let Err(e) = std::fs::metadata(path) {
+                return Err(ConfigError::invalid(
+                    &key("creds_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                    "point it at the .creds file `nsc` or your NATS operator issued",
+                ));
+            }
+            return Ok(NatsAuth::CredsFile(path.clone()));
+        }
+        if let Some(token) = read_secret(
+            &key("token_env"),
+            &key("token_file"),
+            &self.token_env,
+            &self.token_file,
+        )? {
+            return Ok(NatsAuth::Token(token));
+        }
+        let password = read_secret(
+            &key("password_env"),
+            &key("password_file"),
+            &self.password_env,
+            &self.password_file,
+        )?;
+        Ok(match (&self.user, password) {
+            (Some(user), Some(password)) => NatsAuth::UserPassword {
+                user: user.clone(),
+                password,
+            },
+            _ => NatsAuth::Anonymous,
+        })
+    }
 }
 
 fn default_sink_batch() -> u32 {
@@ -1332,7 +1471,7 @@ impl Config {
                         "add path = \"events.jsonl\"",
                     ));
                 }
-                (SinkKind::Stdout | SinkKind::Webhook, Some(_)) => {
+                (SinkKind::Stdout | SinkKind::Webhook | SinkKind::Nats, Some(_)) => {
                     return Err(ConfigError::invalid(
                         &key("path"),
                         "only a file sink takes a path",
@@ -1341,48 +1480,79 @@ impl Config {
                 }
                 _ => {}
             }
-            let webhook_only = [
-                ("url", sink.url.is_some()),
+            use SinkKind::{Nats, Webhook};
+            let kind_keys: [(&str, bool, &[SinkKind]); 13] = [
+                ("url", sink.url.is_some(), &[Webhook, Nats]),
                 (
                     "secret_env",
                     sink.secret_env.is_some() || sink.secret_file.is_some(),
+                    &[Webhook],
                 ),
-                ("headers", !sink.headers.is_empty()),
-                ("headers_env", !sink.headers_env.is_empty()),
+                ("headers", !sink.headers.is_empty(), &[Webhook]),
+                ("headers_env", !sink.headers_env.is_empty(), &[Webhook]),
                 (
                     "bearer_env",
                     sink.bearer_env.is_some() || sink.bearer_file.is_some(),
+                    &[Webhook],
                 ),
-                ("ca_file", sink.ca_file.is_some()),
-                ("retry_schedule", sink.retry_schedule.is_some()),
+                ("ca_file", sink.ca_file.is_some(), &[Webhook, Nats]),
+                ("retry_schedule", sink.retry_schedule.is_some(), &[Webhook, Nats]),
+                ("subject", sink.subject.is_some(), &[Nats]),
+                ("user", sink.user.is_some(), &[Nats]),
+                (
+                    "password_env",
+                    sink.password_env.is_some() || sink.password_file.is_some(),
+                    &[Nats],
+                ),
+                (
+                    "token_env",
+                    sink.token_env.is_some() || sink.token_file.is_some(),
+                    &[Nats],
+                ),
+                ("creds_file", sink.creds_file.is_some(), &[Nats]),
+                ("max_in_flight", sink.max_in_flight.is_some(), &[Nats]),
             ];
-            if sink.kind == SinkKind::Webhook {
-                let url = sink.url.as_deref().unwrap_or_default();
-                if !(url.starts_with("http://") || url.starts_with("https://"))
-                    || url::Url::parse(url).is_err()
-                {
-                    return Err(ConfigError::invalid(
-                        &key("url"),
-                        format!("`{url}` is not an http(s) URL"),
-                        "e.g. url = \"https://siem.example.com/hooks/vcd\"",
-                    ));
-                }
-                if sink.retry_schedule.as_ref().is_some_and(|s| s.is_empty()) {
-                    return Err(ConfigError::invalid(
-                        &key("retry_schedule"),
-                        "is empty",
-                        "e.g. [\"1s\", \"5s\", \"30s\", \"2m\", \"10m\", \"30m\"], or remove it for that default",
-                    ));
-                }
-                if secrets {
-                    sink.secret(i)?;
-                }
-            } else if let Some((k, _)) = webhook_only.iter().find(|(_, set)| *set) {
+            if let Some((k, _, kinds)) = kind_keys
+                .iter()
+                .find(|(_, set, kinds)| *set && !kinds.contains(&sink.kind))
+            {
+                let owners: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
                 return Err(ConfigError::invalid(
                     &key(k),
-                    "only a webhook sink takes it",
-                    "remove it, or set kind = \"webhook\"",
+                    format!("only a {} sink takes it", owners.join(" or ")),
+                    format!("remove it, or set kind = \"{}\"", owners[0]),
                 ));
+            }
+            if sink.retry_schedule.as_ref().is_some_and(|s| s.is_empty()) {
+                return Err(ConfigError::invalid(
+                    &key("retry_schedule"),
+                    "is empty",
+                    "e.g. [\"1s\", \"5s\", \"30s\", \"2m\", \"10m\", \"30m\"], or remove it for that default",
+                ));
+            }
+            match sink.kind {
+                SinkKind::Webhook => {
+                    let url = sink.url.as_deref().unwrap_or_default();
+                    if !(url.starts_with("http://") || url.starts_with("https://"))
+                        || url::Url::parse(url).is_err()
+                    {
+                        return Err(ConfigError::invalid(
+                            &key("url"),
+                            format!("`{url}` is not an http(s) URL"),
+                            "e.g. url = \"https://siem.example.com/hooks/vcd\"",
+                        ));
+                    }
+                    if secrets {
+                        sink.secret(i)?;
+                    }
+                }
+                SinkKind::Nats => {
+                    sink.nats_check(i)?;
+                    if secrets {
+                        sink.nats_auth(i)?;
+                    }
+                }
+                SinkKind::File | SinkKind::Stdout => {}
             }
         }
         if self.stream.release == crate::stream::ReleaseMode::Verified && !self.has_history() {

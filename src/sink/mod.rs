@@ -7,6 +7,7 @@
 //! after the target has durably accepted the events.
 
 pub mod file;
+pub mod nats;
 pub mod retry;
 pub mod stdout;
 pub mod webhook;
@@ -60,7 +61,9 @@ impl Target {
                     })?,
             ),
             SinkKind::Stdout => Target::Stdout(stdout::StdoutTarget::new(config.format)),
-            SinkKind::Webhook => unreachable!("webhooks deliver one event at a time"),
+            SinkKind::Webhook | SinkKind::Nats => {
+                unreachable!("webhook and NATS sinks have their own loops")
+            }
         })
     }
 
@@ -89,6 +92,8 @@ pub struct SinkTask {
     pub writer: WriterHandle,
     pub head: watch::Receiver<Head>,
     pub source_uri: String,
+    /// The source's name (the NATS subject's `{source}`).
+    pub source_name: String,
     pub counters: Arc<Counters>,
     /// This sink's share of the counters (`counters.sink(name)`).
     pub stats: Arc<SinkStats>,
@@ -127,6 +132,7 @@ impl SinkTask {
     pub async fn run(self) -> Result<i64, SinkError> {
         match self.config.kind {
             SinkKind::Webhook => self.run_webhook().await,
+            SinkKind::Nats => self.run_nats().await,
             SinkKind::File | SinkKind::Stdout => self.run_batches().await,
         }
     }
@@ -233,6 +239,106 @@ impl SinkTask {
             }
         }
         tracing::info!(sink = %name, cursor, "sink drained");
+        Ok(cursor)
+    }
+
+    /// NATS JetStream: batches published pipelined; the cursor follows the
+    /// acked prefix, and a failure blocks the sink on the retry schedule
+    /// (a NATS outage is waited out, never skipped).
+    async fn run_nats(mut self) -> Result<i64, SinkError> {
+        let name = self.config.name.clone();
+        let corrupt = |message: String| SinkError::Corrupt {
+            sink: name.clone(),
+            message,
+        };
+        let subject = nats::SubjectTemplate::parse(self.config.nats_subject()).map_err(corrupt)?;
+        let auth = self.config.nats_auth(self.index)?;
+        let url = self.config.url.clone().unwrap_or_default();
+        let schedule = self
+            .config
+            .retry_schedule
+            .as_ref()
+            .map(|s| RetrySchedule(s.iter().map(|d| d.0).collect()))
+            .unwrap_or_else(RetrySchedule::quick);
+        let mut cursor = self.store.cursor(&name).await?;
+        let mut target = None;
+        let mut failures = 0u32;
+        let mut committing = None;
+        tracing::info!(sink = %name, cursor, url = %crate::net::redact(&url), "sink started");
+        loop {
+            self.apply_replay(&mut cursor).await?;
+            let events = self.store.released_after(cursor, self.config.batch).await?;
+            if events.is_empty() {
+                if !self.wait_for_more(cursor).await {
+                    break;
+                }
+                continue;
+            }
+            let error = match &target {
+                None => match nats::NatsTarget::connect(nats::NatsSpec {
+                    url: &url,
+                    auth: auth.clone(),
+                    ca_file: self.config.ca_file.as_deref(),
+                    timeout: self.config.timeout.0,
+                    subject: subject.clone(),
+                    max_in_flight: self.config.nats_max_in_flight(),
+                    include_markers: self.config.include_markers,
+                })
+                .await
+                {
+                    Ok(t) => {
+                        tracing::info!(sink = %name, "connected to NATS");
+                        target = Some(t);
+                        continue;
+                    }
+                    Err(e) => e,
+                },
+                Some(t) => {
+                    let done = t.publish(&events, &self.source_name, &self.source_uri).await;
+                    if let Some(through) = done.through {
+                        cursor = through;
+                        committing = Some(
+                            self.writer
+                                .sink_ops_queued(&name, vec![SinkOp::Cursor(cursor)])
+                                .await?,
+                        );
+                        self.delivered(done.acked - done.duplicates);
+                    }
+                    if done.duplicates > 0 {
+                        tracing::info!(sink = %name, duplicates = done.duplicates,
+                            "the stream already held some re-sent events (dropped by its duplicate window)");
+                    }
+                    match done.error {
+                        None => {
+                            if failures > 0 {
+                                tracing::info!(sink = %name, cursor, attempts = failures + 1, "published after retries; sink unblocked");
+                                failures = 0;
+                                self.stats.blocked_since_us.store(0, Relaxed);
+                            }
+                            continue;
+                        }
+                        Some(e) => e,
+                    }
+                }
+            };
+            failures += 1;
+            Counters::add(&self.counters.retries, 1);
+            Counters::add(&self.stats.retries, 1);
+            if failures == 1 {
+                self.stats.blocked_since_us.store(now_us(), Relaxed);
+            }
+            let delay = schedule.delay(failures, None, rand::random());
+            tracing::warn!(sink = %name, seq = cursor + 1, attempt = failures, %error, retry_in = ?delay,
+                "publish failed; the sink is blocked until it succeeds");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+        }
+        if let Some(done) = committing {
+            done.await.map_err(|_| StoreError::WriterGone)?;
+        }
+        tracing::info!(sink = %name, cursor, "sink stopped");
         Ok(cursor)
     }
 

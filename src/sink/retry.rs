@@ -88,6 +88,18 @@ impl Default for RetrySchedule {
 }
 
 impl RetrySchedule {
+    /// 1 s, 2 s, 5 s, 10 s, then every 30 s: for a target the operator runs
+    /// (a NATS server), whose outage should be caught up within seconds of
+    /// its end rather than on a webhook's widening schedule.
+    pub fn quick() -> Self {
+        RetrySchedule(
+            [1, 2, 5, 10, 30]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
+        )
+    }
+
     /// The delay before retry `attempt` (1-based), jittered by ±20%
     /// (`jitter` ∈ [0, 1)), and never shorter than the server's `Retry-After`.
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
