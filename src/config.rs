@@ -695,7 +695,9 @@ impl SinkConfig {
     const DEFAULT_NATS_IN_FLIGHT: u32 = 256;
 
     pub fn nats_subject(&self) -> &str {
-        self.subject.as_deref().unwrap_or(Self::DEFAULT_NATS_SUBJECT)
+        self.subject
+            .as_deref()
+            .unwrap_or(Self::DEFAULT_NATS_SUBJECT)
     }
 
     pub fn nats_max_in_flight(&self) -> usize {
@@ -1496,7 +1498,11 @@ impl Config {
                     &[Webhook],
                 ),
                 ("ca_file", sink.ca_file.is_some(), &[Webhook, Nats]),
-                ("retry_schedule", sink.retry_schedule.is_some(), &[Webhook, Nats]),
+                (
+                    "retry_schedule",
+                    sink.retry_schedule.is_some(),
+                    &[Webhook, Nats],
+                ),
                 ("subject", sink.subject.is_some(), &[Nats]),
                 ("user", sink.user.is_some(), &[Nats]),
                 (
@@ -1842,6 +1848,64 @@ mod tests {
 
     fn err_of(text: &str) -> String {
         Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn nats_sink_keys_are_checked_and_named() {
+        let nats = |keys: &str| {
+            MINIMAL.replace(
+                "[[sink]]",
+                &format!("[[sink]]\nname = \"n\"\nkind = \"nats\"\n{keys}\n[[sink]]"),
+            )
+        };
+        let ok = Config::parse(&nats("url = \"nats://127.0.0.1:4222\"")).unwrap();
+        assert_eq!(ok.sinks[0].nats_subject(), SinkConfig::DEFAULT_NATS_SUBJECT);
+        assert_eq!(ok.sinks[0].nats_max_in_flight(), 256);
+        for (keys, named, says) in [
+            ("url = \"http://x:4222\"", "sink[0].url", "nats://"),
+            ("", "sink[0].url", "nats://"),
+            (
+                "url = \"nats://a:1\"\nsubject = \"x.{kind}\"",
+                "sink[0].subject",
+                "placeholder",
+            ),
+            (
+                "url = \"nats://a:1\"\nmax_in_flight = 0",
+                "sink[0].max_in_flight",
+                "at least 1",
+            ),
+            (
+                "url = \"nats://a:1\"\nuser = \"u\"",
+                "sink[0].password_env",
+                "together",
+            ),
+            (
+                "url = \"nats://a:1\"\ntoken_env = \"T\"\ncreds_file = \"c\"",
+                "sink[0].creds_file",
+                "more than one",
+            ),
+            (
+                "url = \"nats://a:1\"\nsecret_env = \"S\"",
+                "sink[0].secret_env",
+                "only a webhook sink",
+            ),
+        ] {
+            let e = err_of(&nats(keys));
+            assert!(e.contains(named) && e.contains(says), "{keys}: {e}");
+        }
+        let e =
+            err_of(&MINIMAL.replace("path = \"events.jsonl\"", "path = \"e\"\nsubject = \"x\""));
+        assert!(
+            e.contains("sink[0].subject") && e.contains("only a nats sink"),
+            "{e}"
+        );
+        let e = err_of(&nats(
+            "url = \"nats://a:1\"\ntoken_env = \"GAPLESS_TEST_UNSET_VAR\"",
+        ));
+        assert!(
+            e.contains("sink[0].token_env") && e.contains("GAPLESS_TEST_UNSET_VAR"),
+            "{e}"
+        );
     }
 
     #[test]

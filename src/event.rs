@@ -208,6 +208,12 @@ impl StoredEvent {
         self.origin == Origin::Gapless.as_str()
     }
 
+    /// The CloudEvent `type`: the stored type with `/` made `.` (VCD's
+    /// types are topic-like paths).
+    pub fn ce_type(&self) -> String {
+        self.event_type.replace('/', ".")
+    }
+
     /// The CloudEvents 1.0 JSON rendering (one line, no trailing newline).
     pub fn to_cloudevent(&self, source: &str) -> String {
         let data = payload_raw(&self.payload);
@@ -215,7 +221,7 @@ impl StoredEvent {
             specversion: "1.0",
             id: &self.id,
             source: self.ce_source.as_deref().unwrap_or(source),
-            event_type: self.event_type.replace('/', "."),
+            event_type: self.ce_type(),
             time: rfc3339_us(self.occurred_at_us),
             subject: self.subject.as_deref(),
             dataschema: self.dataschema.as_deref(),

@@ -249,6 +249,21 @@ pub fn exposure_warnings(config: &Config) -> Vec<String> {
                 redact(url)
             ));
         }
+        let nats_secret = sink.password_env.is_some()
+            || sink.password_file.is_some()
+            || sink.token_env.is_some()
+            || sink.token_file.is_some();
+        if let Some(url) = sink
+            .url
+            .as_deref()
+            .filter(|u| nats_secret && u.split(',').any(|u| u.trim().starts_with("nats://")))
+        {
+            out.push(format!(
+                "sink[{i}].url: `{}` sends the NATS password or token unencrypted unless the \
+                 server demands TLS; use tls:// to insist on it",
+                redact(url)
+            ));
+        }
     }
     if let Ok(Some(addr)) = config.admin.addr()
         && !addr.ip().is_loopback()
@@ -386,5 +401,20 @@ mod tests {
             .replace("http://user:pw@", "https://")
             .replace("0.0.0.0", "127.0.0.1");
         assert!(exposure_warnings(&Config::parse(&safe).unwrap()).is_empty());
+        let nats = |url: &str| {
+            let c = Config::parse(&safe.replace(
+                "[[sink]]",
+                &format!(
+                    "[[sink]]\nname = \"n\"\nkind = \"nats\"\nurl = \"{url}\"\n\
+                     creds_file = \"/dev/null\"\n[[sink]]\nname = \"t\"\nkind = \"nats\"\n\
+                     url = \"{url}\"\ntoken_file = \"/dev/null\"\n[[sink]]"
+                ),
+            ))
+            .unwrap();
+            exposure_warnings(&c)
+        };
+        let w = nats("nats://a:4222").join("\n");
+        assert!(w.contains("sink[1].url") && !w.contains("sink[0]"), "{w}");
+        assert!(nats("tls://a:4222").is_empty());
     }
 }

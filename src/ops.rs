@@ -158,6 +158,8 @@ pub struct SinkStatus {
     pub lag: i64,
     pub dead_letters: i64,
     pub disabled: Option<String>,
+    /// A `gapless replay` the running sink has not picked up yet: its seq.
+    pub replay_from: Option<i64>,
 }
 
 /// Every configured sink's position against `head`, as the store says.
@@ -177,6 +179,7 @@ pub(crate) async fn sink_statuses(
             lag: head - cursor,
             dead_letters: store.dead_letter_count(&s.name).await?,
             disabled: store.sink_disabled(&s.name).await?,
+            replay_from: store.replay_request(&s.name).await?,
         });
     }
     Ok(sinks)
@@ -367,6 +370,9 @@ impl Status {
                     .map(|r| format!("  DISABLED: {r}"))
                     .unwrap_or_default()
             );
+            if let Some(from) = k.replay_from {
+                s += &format!("  {:<16} replay from seq {from} requested\n", "");
+            }
         }
         s += &format!("rejected    {} kept", self.rejected);
         for (reason, n) in &self.rejected_by_reason {

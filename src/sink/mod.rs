@@ -294,7 +294,9 @@ impl SinkTask {
                     Err(e) => e,
                 },
                 Some(t) => {
-                    let done = t.publish(&events, &self.source_name, &self.source_uri).await;
+                    let done = t
+                        .publish(&events, &self.source_name, &self.source_uri)
+                        .await;
                     if let Some(through) = done.through {
                         cursor = through;
                         committing = Some(

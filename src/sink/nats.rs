@@ -76,9 +76,9 @@ impl SubjectTemplate {
         Ok(t)
     }
 
-    /// The subject of one event.
+    /// The subject of one event (`{type}` is its CloudEvent `type`).
     pub fn render(&self, source: &str, event: &StoredEvent) -> String {
-        self.render_with(source, &event.event_type, &event.origin)
+        self.render_with(source, &event.ce_type(), &event.origin)
     }
 
     fn render_with(&self, source: &str, event_type: &str, origin: &str) -> String {
@@ -294,8 +294,15 @@ mod tests {
     fn the_default_subject_makes_one_token_of_each_value() {
         let t = SubjectTemplate::parse(crate::config::SinkConfig::DEFAULT_NATS_SUBJECT).unwrap();
         assert_eq!(
-            t.render("vcd-prod", &event("com.vmware.vcloud.event.vm.create", "mqtt")),
+            t.render(
+                "vcd-prod",
+                &event("com.vmware.vcloud.event.vm.create", "mqtt")
+            ),
             "gapless.vcd-prod.com_vmware_vcloud_event_vm_create"
+        );
+        assert_eq!(
+            t.render("vcd", &event("com/vmware/cloud/event/vm/poweroff", "poll")),
+            "gapless.vcd.com_vmware_cloud_event_vm_poweroff"
         );
         assert_eq!(
             t.render("a b", &event("x*y>z\tw", "mqtt")),

@@ -9,6 +9,7 @@ mod gap;
 mod hostile;
 mod ingest;
 mod mqtt;
+mod nats;
 mod ops;
 mod output;
 mod poll;
