@@ -92,7 +92,7 @@ fn nats_server(dir: &Path) -> (Child, String) {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("nats-server is not installed (apt-get install nats-server)");
-    let child = Command::new(bin)
+    let mut child = Command::new(bin)
         .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
         .arg(dir.join("js"))
         .arg("--ports_file_dir")
@@ -101,7 +101,7 @@ fn nats_server(dir: &Path) -> (Child, String) {
         .spawn()
         .unwrap();
     let ports = dir.join(format!("nats-server_{}.ports", child.id()));
-    loop {
+    for _ in 0..1000 {
         let url = std::fs::read_to_string(&ports)
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -111,6 +111,9 @@ fn nats_server(dir: &Path) -> (Child, String) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("nats-server did not start");
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
