@@ -523,6 +523,8 @@ pub enum SinkKind {
     Webhook,
     /// A NATS JetStream stream (publish acks, `Nats-Msg-Id` dedup).
     Nats,
+    /// A Kafka topic (idempotent producer, delivery reports).
+    Kafka,
 }
 
 impl SinkKind {
@@ -532,6 +534,7 @@ impl SinkKind {
             SinkKind::Stdout => "stdout",
             SinkKind::Webhook => "webhook",
             SinkKind::Nats => "nats",
+            SinkKind::Kafka => "kafka",
         }
     }
 }
@@ -598,8 +601,18 @@ pub struct SinkConfig {
     pub token_file: Option<PathBuf>,
     /// NATS: a `.creds` file (JWT and NKey seed) for decentralised auth.
     pub creds_file: Option<PathBuf>,
-    /// NATS: publishes awaiting their ack at once.
+    /// NATS, Kafka: publishes awaiting their ack at once.
     pub max_in_flight: Option<u32>,
+    /// Kafka: the bootstrap servers, `host:port` separated by commas.
+    pub brokers: Option<String>,
+    /// Kafka: the topic every event goes to.
+    pub topic: Option<String>,
+    /// Kafka: what keys a record (and so picks its partition).
+    pub key: Option<KafkaKey>,
+    /// Kafka: further librdkafka producer settings (`security.protocol`,
+    /// `sasl.mechanisms`, `compression.type`, ...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
     /// `/readyz` fails once the sink has been stuck on one event this long.
     #[serde(default = "default_sink_alert_after")]
     pub alert_after: HumanDuration,
@@ -680,6 +693,17 @@ fn secret_headers(
     Ok(out)
 }
 
+/// The record key of a Kafka sink: the event's id (default), its
+/// CloudEvent `subject` (records without one get the id) or `type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaKey {
+    #[default]
+    Id,
+    Subject,
+    Type,
+}
+
 /// How a NATS sink authenticates, resolved from its keys at load.
 #[derive(Clone, Debug)]
 pub enum NatsAuth {
@@ -692,7 +716,7 @@ pub enum NatsAuth {
 impl SinkConfig {
     /// The NATS subject template when `subject` is not set.
     pub const DEFAULT_NATS_SUBJECT: &'static str = "gapless.{source}.{type}";
-    const DEFAULT_NATS_IN_FLIGHT: u32 = 256;
+    const DEFAULT_IN_FLIGHT: u32 = 256;
 
     pub fn nats_subject(&self) -> &str {
         self.subject
@@ -700,8 +724,8 @@ impl SinkConfig {
             .unwrap_or(Self::DEFAULT_NATS_SUBJECT)
     }
 
-    pub fn nats_max_in_flight(&self) -> usize {
-        self.max_in_flight.unwrap_or(Self::DEFAULT_NATS_IN_FLIGHT) as usize
+    pub fn in_flight_limit(&self) -> usize {
+        self.max_in_flight.unwrap_or(Self::DEFAULT_IN_FLIGHT) as usize
     }
 
     /// The checks of a NATS sink's keys that need no secret.
@@ -728,13 +752,6 @@ impl SinkConfig {
                 ),
             ));
         }
-        if self.max_in_flight == Some(0) {
-            return Err(ConfigError::invalid(
-                &key("max_in_flight"),
-                "must be at least 1",
-                format!("the default is {}", Self::DEFAULT_NATS_IN_FLIGHT),
-            ));
-        }
         let password = self.password_env.is_some() || self.password_file.is_some();
         if self.user.is_some() != password {
             return Err(ConfigError::invalid(
@@ -753,6 +770,61 @@ impl SinkConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The checks of a Kafka sink's keys that need no secret.
+    fn kafka_check(&self, i: usize) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("sink[{i}].{k}");
+        if self.brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
+            return Err(ConfigError::invalid(
+                &key("brokers"),
+                "a kafka sink needs its bootstrap servers",
+                "e.g. brokers = \"kafka1:9092,kafka2:9092\"",
+            ));
+        }
+        let topic = self.topic.as_deref().unwrap_or_default();
+        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if topic.is_empty() || topic.len() > 249 || !topic.chars().all(legal) {
+            return Err(ConfigError::invalid(
+                &key("topic"),
+                format!("`{topic}` is not a Kafka topic name"),
+                "1 to 249 of a-z, A-Z, 0-9, `.`, `_` and `-`, e.g. topic = \"vcd-events\"",
+            ));
+        }
+        for fixed in [
+            "enable.idempotence",
+            "acks",
+            "bootstrap.servers",
+            "sasl.password",
+        ] {
+            if self.properties.contains_key(fixed) {
+                return Err(ConfigError::invalid(
+                    &format!("{}.\"{fixed}\"", key("properties")),
+                    "gapless sets this itself",
+                    "remove it: the producer is always idempotent with acks = all; \
+                     brokers and password_env have their own keys",
+                ));
+            }
+        }
+        if self.user.is_some() != (self.password_env.is_some() || self.password_file.is_some()) {
+            return Err(ConfigError::invalid(
+                &key("password_env"),
+                "user and password go together",
+                "set both user and password_env (or password_file), and properties \
+                 `sasl.mechanisms` and `security.protocol`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The Kafka sink's SASL password, read from its variable or file.
+    pub fn kafka_password(&self, i: usize) -> Result<Option<Secret>, ConfigError> {
+        read_secret(
+            &format!("sink[{i}].password_env"),
+            &format!("sink[{i}].password_file"),
+            &self.password_env,
+            &self.password_file,
+        )
     }
 
     /// The NATS sink's credentials, read from their variables or files.
@@ -1473,7 +1545,10 @@ impl Config {
                         "add path = \"events.jsonl\"",
                     ));
                 }
-                (SinkKind::Stdout | SinkKind::Webhook | SinkKind::Nats, Some(_)) => {
+                (
+                    SinkKind::Stdout | SinkKind::Webhook | SinkKind::Nats | SinkKind::Kafka,
+                    Some(_),
+                ) => {
                     return Err(ConfigError::invalid(
                         &key("path"),
                         "only a file sink takes a path",
@@ -1482,8 +1557,8 @@ impl Config {
                 }
                 _ => {}
             }
-            use SinkKind::{Nats, Webhook};
-            let kind_keys: [(&str, bool, &[SinkKind]); 13] = [
+            use SinkKind::{Kafka, Nats, Webhook};
+            let kind_keys: [(&str, bool, &[SinkKind]); 17] = [
                 ("url", sink.url.is_some(), &[Webhook, Nats]),
                 (
                     "secret_env",
@@ -1497,18 +1572,18 @@ impl Config {
                     sink.bearer_env.is_some() || sink.bearer_file.is_some(),
                     &[Webhook],
                 ),
-                ("ca_file", sink.ca_file.is_some(), &[Webhook, Nats]),
+                ("ca_file", sink.ca_file.is_some(), &[Webhook, Nats, Kafka]),
                 (
                     "retry_schedule",
                     sink.retry_schedule.is_some(),
-                    &[Webhook, Nats],
+                    &[Webhook, Nats, Kafka],
                 ),
                 ("subject", sink.subject.is_some(), &[Nats]),
-                ("user", sink.user.is_some(), &[Nats]),
+                ("user", sink.user.is_some(), &[Nats, Kafka]),
                 (
                     "password_env",
                     sink.password_env.is_some() || sink.password_file.is_some(),
-                    &[Nats],
+                    &[Nats, Kafka],
                 ),
                 (
                     "token_env",
@@ -1516,7 +1591,15 @@ impl Config {
                     &[Nats],
                 ),
                 ("creds_file", sink.creds_file.is_some(), &[Nats]),
-                ("max_in_flight", sink.max_in_flight.is_some(), &[Nats]),
+                (
+                    "max_in_flight",
+                    sink.max_in_flight.is_some(),
+                    &[Nats, Kafka],
+                ),
+                ("brokers", sink.brokers.is_some(), &[Kafka]),
+                ("topic", sink.topic.is_some(), &[Kafka]),
+                ("key", sink.key.is_some(), &[Kafka]),
+                ("properties", !sink.properties.is_empty(), &[Kafka]),
             ];
             if let Some((k, _, kinds)) = kind_keys
                 .iter()
@@ -1527,6 +1610,13 @@ impl Config {
                     &key(k),
                     format!("only a {} sink takes it", owners.join(" or ")),
                     format!("remove it, or set kind = \"{}\"", owners[0]),
+                ));
+            }
+            if sink.max_in_flight == Some(0) {
+                return Err(ConfigError::invalid(
+                    &key("max_in_flight"),
+                    "must be at least 1",
+                    format!("the default is {}", SinkConfig::DEFAULT_IN_FLIGHT),
                 ));
             }
             if sink.retry_schedule.as_ref().is_some_and(|s| s.is_empty()) {
@@ -1556,6 +1646,12 @@ impl Config {
                     sink.nats_check(i)?;
                     if secrets {
                         sink.nats_auth(i)?;
+                    }
+                }
+                SinkKind::Kafka => {
+                    sink.kafka_check(i)?;
+                    if secrets {
+                        sink.kafka_password(i)?;
                     }
                 }
                 SinkKind::File | SinkKind::Stdout => {}
@@ -1860,7 +1956,7 @@ mod tests {
         };
         let ok = Config::parse(&nats("url = \"nats://127.0.0.1:4222\"")).unwrap();
         assert_eq!(ok.sinks[0].nats_subject(), SinkConfig::DEFAULT_NATS_SUBJECT);
-        assert_eq!(ok.sinks[0].nats_max_in_flight(), 256);
+        assert_eq!(ok.sinks[0].in_flight_limit(), 256);
         for (keys, named, says) in [
             ("url = \"http://x:4222\"", "sink[0].url", "nats://"),
             ("", "sink[0].url", "nats://"),

@@ -214,6 +214,33 @@ impl StoredEvent {
         self.event_type.replace('/', ".")
     }
 
+    /// The CloudEvent's attributes other than `data` and
+    /// `datacontenttype`, as text: the `ce_*` headers of the binary content
+    /// mode (Kafka), where the record's value is `data` alone.
+    pub fn ce_attributes(&self, source: &str) -> Vec<(&'static str, String)> {
+        let mut a = vec![
+            ("specversion", "1.0".to_string()),
+            ("id", self.id.clone()),
+            (
+                "source",
+                self.ce_source.as_deref().unwrap_or(source).to_string(),
+            ),
+            ("type", self.ce_type()),
+            ("time", rfc3339_us(self.occurred_at_us)),
+        ];
+        let optional = [
+            ("subject", self.subject.clone()),
+            ("dataschema", self.dataschema.clone()),
+            ("seq", Some(self.seq.to_string())),
+            ("origin", Some(self.origin.clone())),
+            ("late", self.late.then(|| "true".to_string())),
+            ("validation", self.validation.clone()),
+            ("retained", self.retained.then(|| "true".to_string())),
+        ];
+        a.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
+        a
+    }
+
     /// The CloudEvents 1.0 JSON rendering (one line, no trailing newline).
     pub fn to_cloudevent(&self, source: &str) -> String {
         let data = payload_raw(&self.payload);
@@ -437,12 +464,34 @@ mod tests {
             late: true,
             retained: true,
             subject: None,
-            ..e
+            ..e.clone()
         };
         let v: serde_json::Value = serde_json::from_str(&late.to_cloudevent("s")).unwrap();
         assert_eq!(v["late"], true);
         assert_eq!(v["retained"], true);
         assert!(v.get("subject").is_none());
+        for ev in [&e, &late] {
+            binary_attributes_are_the_structured_ones(ev);
+        }
+    }
+
+    /// Kafka's `ce_*` headers carry what the JSON form carries, as text.
+    fn binary_attributes_are_the_structured_ones(e: &StoredEvent) {
+        let v: serde_json::Value = serde_json::from_str(&e.to_cloudevent("src")).unwrap();
+        let mut json_keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        json_keys.retain(|k| !matches!(*k, "data" | "datacontenttype"));
+        json_keys.sort_unstable();
+        let attrs = e.ce_attributes("src");
+        let mut keys: Vec<&str> = attrs.iter().map(|(k, _)| *k).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, json_keys);
+        for (k, text) in &attrs {
+            let expected = match &v[*k] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            assert_eq!(text, &expected, "{k}");
+        }
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! after the target has durably accepted the events.
 
 pub mod file;
+pub mod kafka;
 pub mod nats;
 pub mod retry;
 pub mod stdout;
 pub mod webhook;
+pub mod window;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -43,6 +45,121 @@ pub enum SinkError {
     Config(#[from] crate::config::ConfigError),
 }
 
+/// Why a log sink (NATS, Kafka) could not connect or publish: the sink
+/// then blocks on its retry schedule.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkTargetError {
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("publish to `{to}` failed: {reason}")]
+    Publish { to: String, reason: String },
+}
+
+/// What became of one batch sent to a log sink.
+#[derive(Debug)]
+pub struct Published {
+    /// The `seq` of the last event of the acked prefix.
+    pub through: Option<i64>,
+    pub acked: u64,
+    /// Of the acked, those the target already held.
+    pub duplicates: u64,
+    /// Why the batch stopped short.
+    pub error: Option<SinkTargetError>,
+}
+
+impl Published {
+    fn of_window<F>(w: window::AckWindow<F>, error: Option<SinkTargetError>) -> Self {
+        Published {
+            through: w.through,
+            acked: w.acked,
+            duplicates: w.duplicates,
+            error,
+        }
+    }
+}
+
+/// A connected log sink.
+enum LogTarget {
+    Nats(Box<nats::NatsTarget>),
+    Kafka(kafka::KafkaTarget),
+}
+
+/// Where a log sink delivers, for the log (no credentials).
+fn connect_address(config: &SinkConfig) -> String {
+    match config.kind {
+        SinkKind::Kafka => format!(
+            "{} topic {}",
+            config.brokers.as_deref().unwrap_or_default(),
+            config.topic.as_deref().unwrap_or_default()
+        ),
+        _ => crate::net::redact(config.url.as_deref().unwrap_or_default()),
+    }
+}
+
+/// What a log sink needs to (re)connect, resolved once at start (secrets
+/// read, the subject template parsed).
+enum LogConnect {
+    Nats {
+        subject: nats::SubjectTemplate,
+        auth: crate::config::NatsAuth,
+    },
+    Kafka {
+        password: Option<crate::config::Secret>,
+    },
+}
+
+impl LogConnect {
+    fn new(config: &SinkConfig, index: usize) -> Result<Self, SinkError> {
+        Ok(match config.kind {
+            SinkKind::Kafka => LogConnect::Kafka {
+                password: config.kafka_password(index)?,
+            },
+            _ => LogConnect::Nats {
+                subject: nats::SubjectTemplate::parse(config.nats_subject()).map_err(|m| {
+                    SinkError::Corrupt {
+                        sink: config.name.clone(),
+                        message: m,
+                    }
+                })?,
+                auth: config.nats_auth(index)?,
+            },
+        })
+    }
+
+    async fn connect(&self, config: &SinkConfig) -> Result<LogTarget, SinkTargetError> {
+        Ok(match self {
+            LogConnect::Nats { subject, auth } => LogTarget::Nats(Box::new(
+                nats::NatsTarget::connect(nats::NatsSpec {
+                    url: config.url.as_deref().unwrap_or_default(),
+                    auth: auth.clone(),
+                    ca_file: config.ca_file.as_deref(),
+                    timeout: config.timeout.0,
+                    subject: subject.clone(),
+                    max_in_flight: config.in_flight_limit(),
+                    include_markers: config.include_markers,
+                })
+                .await?,
+            )),
+            LogConnect::Kafka { password } => LogTarget::Kafka(
+                kafka::KafkaTarget::connect(kafka::KafkaSpec {
+                    brokers: config.brokers.as_deref().unwrap_or_default(),
+                    topic: config.topic.as_deref().unwrap_or_default(),
+                    key: config.key.unwrap_or_default(),
+                    sasl: config.user.as_deref().zip(password.clone()),
+                    ca_file: config.ca_file.as_deref(),
+                    timeout: config.timeout.0,
+                    max_in_flight: config.in_flight_limit(),
+                    include_markers: config.include_markers,
+                    properties: &config.properties,
+                })
+                .await?,
+            ),
+        })
+    }
+}
+
 /// Where a sink writes.
 pub enum Target {
     File(file::FileTarget),
@@ -61,8 +178,8 @@ impl Target {
                     })?,
             ),
             SinkKind::Stdout => Target::Stdout(stdout::StdoutTarget::new(config.format)),
-            SinkKind::Webhook | SinkKind::Nats => {
-                unreachable!("webhook and NATS sinks have their own loops")
+            SinkKind::Webhook | SinkKind::Nats | SinkKind::Kafka => {
+                unreachable!("webhook and log sinks have their own loops")
             }
         })
     }
@@ -132,7 +249,7 @@ impl SinkTask {
     pub async fn run(self) -> Result<i64, SinkError> {
         match self.config.kind {
             SinkKind::Webhook => self.run_webhook().await,
-            SinkKind::Nats => self.run_nats().await,
+            SinkKind::Nats | SinkKind::Kafka => self.run_log().await,
             SinkKind::File | SinkKind::Stdout => self.run_batches().await,
         }
     }
@@ -242,18 +359,12 @@ impl SinkTask {
         Ok(cursor)
     }
 
-    /// NATS JetStream: batches published pipelined; the cursor follows the
+    /// NATS and Kafka: batches published pipelined; the cursor follows the
     /// acked prefix, and a failure blocks the sink on the retry schedule
-    /// (a NATS outage is waited out, never skipped).
-    async fn run_nats(mut self) -> Result<i64, SinkError> {
+    /// (an outage of the target is waited out, never skipped).
+    async fn run_log(mut self) -> Result<i64, SinkError> {
         let name = self.config.name.clone();
-        let corrupt = |message: String| SinkError::Corrupt {
-            sink: name.clone(),
-            message,
-        };
-        let subject = nats::SubjectTemplate::parse(self.config.nats_subject()).map_err(corrupt)?;
-        let auth = self.config.nats_auth(self.index)?;
-        let url = self.config.url.clone().unwrap_or_default();
+        let connect = LogConnect::new(&self.config, self.index)?;
         let schedule = self
             .config
             .retry_schedule
@@ -264,7 +375,7 @@ impl SinkTask {
         let mut target = None;
         let mut failures = 0u32;
         let mut committing = None;
-        tracing::info!(sink = %name, cursor, url = %crate::net::redact(&url), "sink started");
+        tracing::info!(sink = %name, cursor, to = %connect_address(&self.config), "sink started");
         loop {
             self.apply_replay(&mut cursor).await?;
             let events = self.store.released_after(cursor, self.config.batch).await?;
@@ -275,28 +386,22 @@ impl SinkTask {
                 continue;
             }
             let error = match &target {
-                None => match nats::NatsTarget::connect(nats::NatsSpec {
-                    url: &url,
-                    auth: auth.clone(),
-                    ca_file: self.config.ca_file.as_deref(),
-                    timeout: self.config.timeout.0,
-                    subject: subject.clone(),
-                    max_in_flight: self.config.nats_max_in_flight(),
-                    include_markers: self.config.include_markers,
-                })
-                .await
-                {
+                None => match connect.connect(&self.config).await {
                     Ok(t) => {
-                        tracing::info!(sink = %name, "connected to NATS");
+                        tracing::info!(sink = %name, "connected");
                         target = Some(t);
                         continue;
                     }
                     Err(e) => e,
                 },
                 Some(t) => {
-                    let done = t
-                        .publish(&events, &self.source_name, &self.source_uri)
-                        .await;
+                    let done = match t {
+                        LogTarget::Nats(t) => {
+                            t.publish(&events, &self.source_name, &self.source_uri)
+                                .await
+                        }
+                        LogTarget::Kafka(t) => t.publish(&events, &self.source_uri).await,
+                    };
                     if let Some(through) = done.through {
                         cursor = through;
                         committing = Some(
@@ -308,7 +413,7 @@ impl SinkTask {
                     }
                     if done.duplicates > 0 {
                         tracing::info!(sink = %name, duplicates = done.duplicates,
-                            "the stream already held some re-sent events (dropped by its duplicate window)");
+                            "the target already held some re-sent events (dropped by its deduplication)");
                     }
                     match done.error {
                         None => {

@@ -8,23 +8,15 @@
 //! file sink. Publishes are pipelined up to `max_in_flight`; the cursor
 //! moves only over the contiguous prefix whose acks came back.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 
+use super::window::{Ack, AckWindow};
+use super::{Published, SinkTargetError};
+
 use crate::config::NatsAuth;
 use crate::event::StoredEvent;
-
-#[derive(Debug, thiserror::Error)]
-pub enum NatsError {
-    #[error("cannot connect to {url}: {reason}")]
-    Connect { url: String, reason: String },
-    #[error("{0}")]
-    Tls(#[from] crate::tls::TlsError),
-    #[error("publish to `{subject}` failed: {reason}")]
-    Publish { subject: String, reason: String },
-}
 
 /// One piece of a subject template.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,23 +124,9 @@ pub struct NatsTarget {
     include_markers: bool,
 }
 
-/// What became of one batch.
-#[derive(Debug, Default)]
-pub struct Published {
-    /// The `seq` of the last event of the acked prefix (markers left out
-    /// count as passed).
-    pub through: Option<i64>,
-    /// Messages the stream acked.
-    pub acked: u64,
-    /// Of those, already in the stream (a resend the duplicate window dropped).
-    pub duplicates: u64,
-    /// Why the batch stopped short.
-    pub error: Option<NatsError>,
-}
-
 impl NatsTarget {
-    pub async fn connect(spec: NatsSpec<'_>) -> Result<Self, NatsError> {
-        let connect_error = |reason: String| NatsError::Connect {
+    pub async fn connect(spec: NatsSpec<'_>) -> Result<Self, SinkTargetError> {
+        let connect_error = |reason: String| SinkTargetError::Connect {
             url: crate::net::redact(spec.url),
             reason,
         };
@@ -196,10 +174,10 @@ impl NatsTarget {
     /// Publishes `events` in order, up to `max_in_flight` awaiting their
     /// ack, and stops at the first failure.
     pub async fn publish(&self, events: &[StoredEvent], source: &str, uri: &str) -> Published {
-        let mut out = Published::default();
-        let mut in_flight: VecDeque<(i64, Option<(String, PublishAckFuture)>)> = VecDeque::new();
+        let mut window = AckWindow::new(self.max_in_flight);
+        let mut error = None;
         for event in events {
-            let pending = if event.is_marker() && !self.include_markers {
+            let ack = if event.is_marker() && !self.include_markers {
                 None
             } else {
                 let subject = self.subject.render(source, event);
@@ -209,52 +187,35 @@ impl NatsTarget {
                     .header("gapless-seq", event.seq.to_string().as_str())
                     .header("Content-Type", "application/cloudevents+json");
                 match self.js.send_publish(subject.clone(), message).await {
-                    Ok(ack) => Some((subject, ack)),
+                    Ok(ack) => Some(stream_ack(subject, ack)),
                     Err(e) => {
-                        out.error = Some(publish_error(&subject, &e));
+                        error = Some(publish_error(&subject, &e));
                         break;
                     }
                 }
             };
-            in_flight.push_back((event.seq, pending));
-            if in_flight.len() > self.max_in_flight && !settle(&mut in_flight, &mut out).await {
-                return out;
+            if let Err(e) = window.push(event.seq, ack).await {
+                return Published::of_window(window, Some(e));
             }
         }
-        while !in_flight.is_empty() {
-            if !settle(&mut in_flight, &mut out).await {
-                break;
-            }
-        }
-        out
+        let finished = window.finish().await.err();
+        Published::of_window(window, finished.or(error))
     }
 }
 
-/// Awaits the oldest publish in flight; false when it failed.
-async fn settle(
-    in_flight: &mut VecDeque<(i64, Option<(String, PublishAckFuture)>)>,
-    out: &mut Published,
-) -> bool {
-    let Some((seq, pending)) = in_flight.pop_front() else {
-        return true;
-    };
-    if let Some((subject, ack)) = pending {
-        match ack.await {
-            Ok(ack) => {
-                out.acked += 1;
-                out.duplicates += u64::from(ack.duplicate);
-            }
-            Err(e) => {
-                out.error = Some(publish_error(&subject, &e));
-                return false;
-            }
-        }
+/// The stream's answer to one publish.
+async fn stream_ack(subject: String, ack: PublishAckFuture) -> Result<Ack, SinkTargetError> {
+    match ack.await {
+        Ok(a) if a.duplicate => Ok(Ack::Duplicate),
+        Ok(_) => Ok(Ack::Stored),
+        Err(e) => Err(publish_error(&subject, &e)),
     }
-    out.through = Some(seq);
-    true
 }
 
-fn publish_error(subject: &str, e: &async_nats::jetstream::context::PublishError) -> NatsError {
+fn publish_error(
+    subject: &str,
+    e: &async_nats::jetstream::context::PublishError,
+) -> SinkTargetError {
     use async_nats::jetstream::context::PublishErrorKind;
     let reason = match e.kind() {
         PublishErrorKind::StreamNotFound => format!(
@@ -263,8 +224,8 @@ fn publish_error(subject: &str, e: &async_nats::jetstream::context::PublishError
         ),
         _ => e.to_string(),
     };
-    NatsError::Publish {
-        subject: subject.to_string(),
+    SinkTargetError::Publish {
+        to: subject.to_string(),
         reason,
     }
 }

@@ -8,6 +8,7 @@ mod faults;
 mod gap;
 mod hostile;
 mod ingest;
+mod kafka;
 mod mqtt;
 mod nats;
 mod ops;

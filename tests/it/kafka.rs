@@ -1,0 +1,350 @@
+//! The Kafka sink against a real Kafka-protocol broker: tansu 0.6.0 with
+//! in-memory storage (`scripts/install-tansu.sh`), on a loopback port.
+//! Records are read back by partition and offset.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gapless::sim::events;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::support::*;
+
+/// Returns the tansu binary; its absence fails the test unless
+/// `GAPLESS_SKIP_KAFKA=1` says to skip (then it prints SKIP).
+fn tansu_bin(test: &str) -> Option<PathBuf> {
+    let found = ["/usr/local/bin/tansu", "/usr/bin/tansu"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    if found.is_none() {
+        if std::env::var("GAPLESS_SKIP_KAFKA").as_deref() != Ok("1") {
+            panic!(
+                "{test}: tansu is not installed (scripts/install-tansu.sh), \
+                 or set GAPLESS_SKIP_KAFKA=1 to skip the Kafka tests"
+            );
+        }
+        eprintln!("SKIP {test}: tansu is not installed (GAPLESS_SKIP_KAFKA=1)");
+    }
+    found
+}
+
+/// tansu on 127.0.0.1. It cannot report a port it picked (it advertises
+/// the one it was given), so a port taken between the pick and the bind
+/// makes it exit: then it is started again on another.
+struct Tansu {
+    child: Child,
+    port: u16,
+}
+
+impl Tansu {
+    /// Starts tansu on `port`, or on a free one (retried) when `None`.
+    fn start(bin: &Path, dir: &Path, port: Option<u16>) -> Tansu {
+        let attempts = if port.is_some() { 1 } else { 5 };
+        for attempt in 0..attempts {
+            let port = port.unwrap_or_else(free_port);
+            let url = format!("tcp://127.0.0.1:{port}");
+            let mut child = Command::new(bin)
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", "memory://tansu/"])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join(format!("tansu-{attempt}.log"))).unwrap())
+                .spawn()
+                .expect("spawn tansu");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Tansu { child, port };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("tansu did not start");
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn create_topic(&self, bin: &Path, topic: &str) {
+        let out = Command::new(bin)
+            .args(["topic", "create", topic, "--partitions", "1", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One record: its key, `gapless-seq`, `ce_*` headers and value.
+struct Record {
+    key: String,
+    seq: i64,
+    ce: HashMap<String, String>,
+    value: serde_json::Value,
+}
+
+/// A consumer assigned to partition 0 of `topic` (no group coordination).
+fn consumer(brokers: &str, topic: &str) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "gapless-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    c
+}
+
+/// Every record of partition 0, by offset: at least `min`, then until
+/// nothing more comes for a second.
+fn read_all(c: &BaseConsumer, min: usize) -> Vec<Record> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "read {} of {min}", out.len());
+        let Some(m) = c.poll(Duration::from_millis(1000)) else {
+            if out.len() >= min {
+                break;
+            }
+            continue;
+        };
+        let m = m.unwrap();
+        let mut ce = HashMap::new();
+        let mut seq = None;
+        for h in m
+            .headers()
+            .map(|h| h.iter().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let v = String::from_utf8(h.value.unwrap().to_vec()).unwrap();
+            match h.key.strip_prefix("ce_") {
+                Some(k) => {
+                    ce.insert(k.to_string(), v);
+                }
+                None if h.key == "gapless-seq" => seq = Some(v.parse().unwrap()),
+                None => {}
+            }
+        }
+        out.push(Record {
+            key: String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
+            seq: seq.expect("gapless-seq header"),
+            ce,
+            value: serde_json::from_slice(m.payload().unwrap()).unwrap(),
+        });
+    }
+    out
+}
+
+/// The stored cursor of sink `name`.
+fn sink_cursor(config: &Path, name: &str) -> i64 {
+    status_json(config)["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == name)
+        .and_then(|x| x["cursor"].as_i64())
+        .unwrap()
+}
+
+/// Waits until the sink `name` has delivered up to a head of at least `n`.
+fn wait_caught_up(config: &Path, name: &str, n: i64, gapless: &mut Gapless) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = status_json(config);
+        let lag = s["sinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .map(|x| x["lag"].clone())
+            .unwrap();
+        if s["head_seq"].as_i64().unwrap_or(0) >= n && lag == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sink {name} not caught up: {s}\n{}",
+            gapless.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The crash test of the issue: 10k events, gapless SIGKILLed while it
+/// sends, restarted. Every event is in the topic; what the restart sent
+/// again (cursor commit lost) carries the same key and `gapless-seq`, so
+/// dropping records whose `gapless-seq` was seen leaves 1..=N in order.
+/// The sink has only `brokers` and `topic`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigkill_mid_send_leaves_every_event_in_the_topic_and_resends_keep_their_seq() {
+    gapless::tls::install_crypto_provider();
+    let (Some(mosq), Some(tansu)) = (mosquitto_bin("kafka_sigkill"), tansu_bin("kafka_sigkill"))
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(mosq, dir.path());
+    let kafka = Tansu::start(&tansu, dir.path(), None);
+    kafka.create_topic(&tansu, "vcd-events");
+    let config = config(dir.path(), &broker.tcp_url(), false, "gapless-kafka");
+    let text = std::fs::read_to_string(&config).unwrap()
+        + &format!(
+            "\n[[sink]]\nname = \"kafka\"\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic = \"vcd-events\"\n",
+            kafka.brokers()
+        );
+    std::fs::write(&config, text).unwrap();
+
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    let salt = 0x5eed_0a00;
+    let n = 10_000u64;
+    let mut publisher = broker.publisher("pub-kafka").await;
+    let publishing = tokio::spawn(async move {
+        publisher
+            .publish_all(event_messages(salt, 0..n), Some(4000.0))
+            .await
+            .unwrap();
+    });
+    // tansu's high watermark is not a record count: the sink's cursor
+    // tells how far it got.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sink_cursor(&config, "kafka") < 2000 {
+        assert!(Instant::now() < deadline, "{}", gapless.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gapless.kill();
+    assert!(
+        sink_cursor(&config, "kafka") < n as i64,
+        "the kill must land mid-stream"
+    );
+    publishing.await.unwrap();
+
+    let mut gapless = Gapless::start(dir.path(), &config);
+    wait_caught_up(&config, "kafka", n as i64, &mut gapless);
+    wait_caught_up(&config, "file", n as i64, &mut gapless);
+    gapless.stop();
+    assert_exactly_once(&dir.path().join("events.jsonl"), salt, n);
+
+    let records = read_all(&consumer(&kafka.brokers(), "vcd-events"), n as usize);
+    let mut first_of_seq: HashMap<i64, &Record> = HashMap::new();
+    let mut in_order = Vec::new();
+    for r in &records {
+        match first_of_seq.get(&r.seq) {
+            Some(first) => assert_eq!(first.key, r.key, "a resend of seq {} keeps its key", r.seq),
+            None => {
+                first_of_seq.insert(r.seq, r);
+                in_order.push(r.seq);
+            }
+        }
+    }
+    let expected: Vec<i64> = (1..=n as i64).collect();
+    if let Some(i) = (0..expected.len()).find(|&i| in_order.get(i) != Some(&expected[i])) {
+        panic!(
+            "first copies must be seq 1..=N in offset order; at {i}: {:?} ({} records, {} distinct)",
+            &in_order[i.saturating_sub(3)..(i + 5).min(in_order.len())],
+            records.len(),
+            in_order.len()
+        );
+    }
+    let ids: HashSet<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    let truth: HashSet<String> = (0..n).map(|i| events::event_id(salt, i)).collect();
+    assert_eq!(ids.len(), truth.len());
+    assert!(truth.iter().all(|id| ids.contains(id.as_str())));
+    for r in &records {
+        assert_eq!(r.ce["id"], r.key);
+        assert_eq!(r.ce["specversion"], "1.0");
+        assert_eq!(r.ce["seq"], r.seq.to_string());
+        assert!(
+            r.ce["type"].starts_with("com.vmware.cloud.event."),
+            "{:?}",
+            r.ce
+        );
+        assert_eq!(r.ce["source"], "test");
+        assert!(
+            r.value.get("eventId").is_some(),
+            "the value is the event's data"
+        );
+    }
+    eprintln!(
+        "kafka: {} records for {n} events ({} re-sent after the kill)",
+        records.len(),
+        records.len() as u64 - n
+    );
+}
+
+/// With no broker at its address the sink blocks (nothing is skipped),
+/// and the same gapless process sends the backlog once a broker listens
+/// there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kafka_outage_blocks_the_sink_until_the_broker_is_there() {
+    gapless::tls::install_crypto_provider();
+    let (Some(mosq), Some(tansu)) = (mosquitto_bin("kafka_outage"), tansu_bin("kafka_outage"))
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(mosq, dir.path());
+    let config = config(dir.path(), &broker.tcp_url(), false, "gapless-kafka-outage");
+    let port = free_port();
+    let text = std::fs::read_to_string(&config).unwrap()
+        + &format!(
+            "\n[[sink]]\nname = \"kafka\"\nkind = \"kafka\"\nbrokers = \"127.0.0.1:{port}\"\ntopic = \"t\"\n"
+        );
+    std::fs::write(&config, text).unwrap();
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    let salt = 0x5eed_0a01;
+    let mut publisher = broker.publisher("pub-kafka-outage").await;
+    publisher
+        .publish_all(event_messages(salt, 0..100), None)
+        .await
+        .unwrap();
+    // Positive signal first: the file sink has all 100.
+    wait_caught_up(&config, "file", 100, &mut gapless);
+    let lag = status_json(&config)["sinks"][1]["lag"].as_i64().unwrap();
+    assert_eq!(lag, 100, "nothing reached a broker that is not there");
+
+    let kafka = Tansu::start(&tansu, dir.path(), Some(port));
+    kafka.create_topic(&tansu, "t");
+    wait_caught_up(&config, "kafka", 100, &mut gapless);
+    gapless.stop();
+    let records = read_all(&consumer(&kafka.brokers(), "t"), 100);
+    let keys: Vec<String> = records.iter().map(|r| r.key.clone()).collect();
+    let truth: Vec<String> = (0..100).map(|i| events::event_id(salt, i)).collect();
+    assert!(
+        keys == truth,
+        "all 100 once, in order: {} records",
+        keys.len()
+    );
+}
