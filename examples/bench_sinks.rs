@@ -1,12 +1,15 @@
 //! Sink throughput from a backlog, against the release gapless binary:
 //! a store is filled with N events (in-process broker, one file sink),
 //! then, run after run, a new sink of each kind (file; NATS JetStream on a
-//! local `nats-server -js`, stream recreated each run) starts at cursor 0
-//! and drains the backlog. Reports events/s (first cursor move to the
-//! head) and gapless's CPU µs per event over the same span; medians.
+//! local `nats-server -js`, stream recreated each run; Kafka on a local
+//! tansu with in-memory storage, a new one-partition topic each run)
+//! starts at cursor 0 and drains the backlog. Reports events/s (first
+//! cursor move to the head) and gapless's CPU µs per event over the same
+//! span; medians.
 //!
 //! Usage: cargo run --release --example bench_sinks -- [EVENTS] [RUNS]
-//! Needs: nats-server (apt-get install nats-server).
+//! Needs: nats-server (apt-get install nats-server) and tansu
+//! (scripts/install-tansu.sh).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -116,6 +119,27 @@ fn nats_server(dir: &Path) -> (Child, String) {
     panic!("nats-server did not start");
 }
 
+/// tansu on a free loopback port, in-memory storage: (child, brokers).
+fn tansu(dir: &Path) -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new("tansu")
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "memory://tansu/"])
+        .env("RUST_LOG", "error")
+        .stderr(std::fs::File::create(dir.join("tansu.log")).unwrap())
+        .spawn()
+        .expect("tansu is not installed (scripts/install-tansu.sh)");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, format!("127.0.0.1:{port}"))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -165,8 +189,12 @@ async fn main() {
     let (mut nats, url) = nats_server(dir.path());
     let client = async_nats::connect(&url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let mut results: Vec<(&str, Vec<f64>, Vec<f64>)> =
-        vec![("file", vec![], vec![]), ("nats", vec![], vec![])];
+    let (mut kafka, brokers) = tansu(dir.path());
+    let mut results: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
+        ("file", vec![], vec![]),
+        ("nats", vec![], vec![]),
+        ("kafka", vec![], vec![]),
+    ];
     for r in 1..=runs {
         for (kind, rates, cpus) in results.iter_mut() {
             let name = format!("{kind}-{r}");
@@ -175,6 +203,18 @@ async fn main() {
                     "name = \"{name}\"\nkind = \"file\"\npath = \"{}\"",
                     dir.path().join(format!("{name}.jsonl")).display()
                 ),
+                "kafka" => {
+                    let topic = format!("bench-{r}");
+                    let created = Command::new("tansu")
+                        .args(["topic", "create", &topic, "--partitions", "1", "--broker"])
+                        .arg(format!("tcp://{brokers}"))
+                        .status()
+                        .unwrap();
+                    assert!(created.success(), "tansu topic create {topic}");
+                    format!(
+                        "name = \"{name}\"\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{topic}\""
+                    )
+                }
                 _ => {
                     let _ = js.delete_stream("GAPLESS").await;
                     js.create_stream(async_nats::jetstream::stream::Config {
@@ -203,6 +243,8 @@ async fn main() {
             median(cpus)
         );
     }
-    let _ = nats.kill();
-    let _ = nats.wait();
+    for child in [&mut nats, &mut kafka] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
