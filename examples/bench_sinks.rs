@@ -128,7 +128,13 @@ fn tansu(dir: &Path) -> (Child, String) {
         .port();
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new("tansu")
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
         .args(["--storage-engine", "memory://tansu/"])
         .env("RUST_LOG", "error")
         .stderr(std::fs::File::create(dir.join("tansu.log")).unwrap())

@@ -791,6 +791,13 @@ impl SinkConfig {
                 "1 to 249 of a-z, A-Z, 0-9, `.`, `_` and `-`, e.g. topic = \"vcd-events\"",
             ));
         }
+        if self.properties.contains_key("transactional.id") {
+            return Err(ConfigError::invalid(
+                &format!("{}.\"transactional.id\"", key("properties")),
+                "gapless does not use Kafka transactions",
+                "remove it; run one gapless per topic",
+            ));
+        }
         for fixed in [
             "enable.idempotence",
             "acks",
@@ -1946,18 +1953,27 @@ mod tests {
         Config::parse(text).unwrap_err().to_string()
     }
 
+    /// MINIMAL with a sink of `kind` and `keys` first (so it is `sink[0]`).
+    fn with_sink(kind: &str, keys: &str) -> String {
+        MINIMAL.replace(
+            "[[sink]]",
+            &format!("[[sink]]\nname = \"s\"\nkind = \"{kind}\"\n{keys}\n[[sink]]"),
+        )
+    }
+
+    /// A `kind` sink with `keys` fails to load, naming `key` and saying `says`.
+    fn assert_named(kind: &str, (keys, key, says): (&str, &str, &str)) {
+        let e = err_of(&with_sink(kind, keys));
+        assert!(e.contains(key) && e.contains(says), "{keys}: {e}");
+    }
+
     #[test]
     fn nats_sink_keys_are_checked_and_named() {
-        let nats = |keys: &str| {
-            MINIMAL.replace(
-                "[[sink]]",
-                &format!("[[sink]]\nname = \"n\"\nkind = \"nats\"\n{keys}\n[[sink]]"),
-            )
-        };
+        let nats = |keys: &str| with_sink("nats", keys);
         let ok = Config::parse(&nats("url = \"nats://127.0.0.1:4222\"")).unwrap();
         assert_eq!(ok.sinks[0].nats_subject(), SinkConfig::DEFAULT_NATS_SUBJECT);
         assert_eq!(ok.sinks[0].in_flight_limit(), 256);
-        for (keys, named, says) in [
+        [
             ("url = \"http://x:4222\"", "sink[0].url", "nats://"),
             ("", "sink[0].url", "nats://"),
             (
@@ -1985,10 +2001,9 @@ mod tests {
                 "sink[0].secret_env",
                 "only a webhook sink",
             ),
-        ] {
-            let e = err_of(&nats(keys));
-            assert!(e.contains(named) && e.contains(says), "{keys}: {e}");
-        }
+        ]
+        .into_iter()
+        .for_each(|case| assert_named("nats", case));
         let e =
             err_of(&MINIMAL.replace("path = \"events.jsonl\"", "path = \"e\"\nsubject = \"x\""));
         assert!(
@@ -2000,6 +2015,54 @@ mod tests {
         ));
         assert!(
             e.contains("sink[0].token_env") && e.contains("GAPLESS_TEST_UNSET_VAR"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn kafka_sink_keys_are_checked_and_named() {
+        let kafka = |keys: &str| with_sink("kafka", keys);
+        let ok = Config::parse(&kafka("brokers = \"a:9092\"\ntopic = \"vcd-events\"")).unwrap();
+        assert_eq!(ok.sinks[0].key.unwrap_or_default(), KafkaKey::Id);
+        [
+            ("topic = \"t\"", "sink[0].brokers", "bootstrap"),
+            ("brokers = \"a:1\"", "sink[0].topic", "not a Kafka topic"),
+            (
+                "brokers = \"a:1\"\ntopic = \"a b\"",
+                "sink[0].topic",
+                "not a Kafka topic",
+            ),
+            (
+                "brokers = \"a:1\"\ntopic = \"t\"\nproperties = { acks = \"1\" }",
+                "sink[0].properties.\"acks\"",
+                "sets this itself",
+            ),
+            (
+                "brokers = \"a:1\"\ntopic = \"t\"\nproperties = { \"transactional.id\" = \"x\" }",
+                "sink[0].properties.\"transactional.id\"",
+                "transactions",
+            ),
+            (
+                "brokers = \"a:1\"\ntopic = \"t\"\nuser = \"u\"",
+                "sink[0].password_env",
+                "together",
+            ),
+            (
+                "brokers = \"a:1\"\ntopic = \"t\"\nsubject = \"x\"",
+                "sink[0].subject",
+                "only a nats sink",
+            ),
+            (
+                "brokers = \"a:1\"\ntopic = \"t\"\nkey = \"seq\"",
+                "key",
+                "unknown variant",
+            ),
+        ]
+        .into_iter()
+        .for_each(|case| assert_named("kafka", case));
+        let e = err_of(&MINIMAL.replace("path = \"events.jsonl\"", "path = \"e\"\ntopic = \"t\""));
+        assert!(
+            e.contains("sink[0].topic") && e.contains("only a kafka sink"),
             "{e}"
         );
     }
