@@ -264,6 +264,19 @@ pub fn exposure_warnings(config: &Config) -> Vec<String> {
                 redact(url)
             ));
         }
+        let protocol = sink
+            .properties
+            .get("security.protocol")
+            .map(|p| p.to_ascii_uppercase());
+        if sink.kind == crate::config::SinkKind::Kafka
+            && sink.user.is_some()
+            && !matches!(protocol.as_deref(), Some("SSL" | "SASL_SSL"))
+        {
+            out.push(format!(
+                "sink[{i}].properties: `security.protocol` is not SASL_SSL, so the Kafka \
+                 password may cross the network unencrypted; set \"security.protocol\" = \"SASL_SSL\""
+            ));
+        }
     }
     if let Ok(Some(addr)) = config.admin.addr()
         && !addr.ip().is_loopback()
@@ -416,5 +429,23 @@ mod tests {
         let w = nats("nats://a:4222").join("\n");
         assert!(w.contains("sink[1].url") && !w.contains("sink[0]"), "{w}");
         assert!(nats("tls://a:4222").is_empty());
+        let kafka = |protocol: &str| {
+            let c = Config::parse(&safe.replace(
+                "[[sink]]",
+                &format!(
+                    "[[sink]]\nname = \"k\"\nkind = \"kafka\"\nbrokers = \"a:9092\"\n\
+                     topic = \"t\"\nuser = \"u\"\npassword_file = \"/dev/null\"\n\
+                     properties = {{ \"security.protocol\" = \"{protocol}\" }}\n[[sink]]"
+                ),
+            ))
+            .unwrap();
+            exposure_warnings(&c)
+        };
+        let w = kafka("SASL_PLAINTEXT").join("\n");
+        assert!(
+            w.contains("sink[0].properties") && w.contains("SASL_SSL"),
+            "{w}"
+        );
+        assert!(kafka("sasl_ssl").is_empty());
     }
 }
