@@ -613,6 +613,9 @@ pub struct SinkConfig {
     /// `sasl.mechanisms`, `compression.type`, ...).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Kafka: one transaction per batch under this id; a successor with
+    /// the same id fences this producer.
+    pub transactional_id: Option<String>,
     /// `/readyz` fails once the sink has been stuck on one event this long.
     #[serde(default = "default_sink_alert_after")]
     pub alert_after: HumanDuration,
@@ -791,25 +794,19 @@ impl SinkConfig {
                 "1 to 249 of a-z, A-Z, 0-9, `.`, `_` and `-`, e.g. topic = \"vcd-events\"",
             ));
         }
-        if self.properties.contains_key("transactional.id") {
-            return Err(ConfigError::invalid(
-                &format!("{}.\"transactional.id\"", key("properties")),
-                "gapless does not use Kafka transactions",
-                "remove it; run one gapless per topic",
-            ));
-        }
         for fixed in [
             "enable.idempotence",
             "acks",
             "bootstrap.servers",
             "sasl.password",
+            "transactional.id",
         ] {
             if self.properties.contains_key(fixed) {
                 return Err(ConfigError::invalid(
                     &format!("{}.\"{fixed}\"", key("properties")),
                     "gapless sets this itself",
                     "remove it: the producer is always idempotent with acks = all; \
-                     brokers and password_env have their own keys",
+                     brokers, password_env and transactional_id have their own keys",
                 ));
             }
         }
@@ -1565,7 +1562,7 @@ impl Config {
                 _ => {}
             }
             use SinkKind::{Kafka, Nats, Webhook};
-            let kind_keys: [(&str, bool, &[SinkKind]); 17] = [
+            let kind_keys: [(&str, bool, &[SinkKind]); 18] = [
                 ("url", sink.url.is_some(), &[Webhook, Nats]),
                 (
                     "secret_env",
@@ -1607,6 +1604,11 @@ impl Config {
                 ("topic", sink.topic.is_some(), &[Kafka]),
                 ("key", sink.key.is_some(), &[Kafka]),
                 ("properties", !sink.properties.is_empty(), &[Kafka]),
+                (
+                    "transactional_id",
+                    sink.transactional_id.is_some(),
+                    &[Kafka],
+                ),
             ];
             if let Some((k, _, kinds)) = kind_keys
                 .iter()
@@ -2040,7 +2042,7 @@ mod tests {
             (
                 "brokers = \"a:1\"\ntopic = \"t\"\nproperties = { \"transactional.id\" = \"x\" }",
                 "sink[0].properties.\"transactional.id\"",
-                "transactions",
+                "transactional_id have their own keys",
             ),
             (
                 "brokers = \"a:1\"\ntopic = \"t\"\nuser = \"u\"",

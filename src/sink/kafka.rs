@@ -8,11 +8,16 @@
 //! librdkafka retries inside one producer session without duplicates; a
 //! restart of gapless may re-send the events whose cursor commit was lost,
 //! with the same key and `gapless-seq`.
+//!
+//! With a `transactional_id` each batch is one transaction, and the cursor
+//! moves only after its commit. A successor with the same id fences this
+//! producer: its next commit fails, and the sink stops.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
@@ -34,6 +39,7 @@ pub struct KafkaSpec<'a> {
     pub max_in_flight: usize,
     pub include_markers: bool,
     pub properties: &'a BTreeMap<String, String>,
+    pub transactional_id: Option<&'a str>,
 }
 
 /// A producer for one topic.
@@ -43,6 +49,8 @@ pub struct KafkaTarget {
     key: KafkaKey,
     max_in_flight: usize,
     include_markers: bool,
+    transactional: bool,
+    timeout: Duration,
 }
 
 impl KafkaTarget {
@@ -68,6 +76,9 @@ impl KafkaTarget {
             .set("message.timeout.ms", spec.timeout.as_millis().to_string());
         if let Some(ca) = spec.ca_file {
             config.set("ssl.ca.location", ca.display().to_string());
+        }
+        if let Some(id) = spec.transactional_id {
+            config.set("transactional.id", id);
         }
         if let Some((user, password)) = &spec.sasl {
             config
@@ -101,18 +112,42 @@ impl KafkaTarget {
                 )));
             }
         }
-        Ok(KafkaTarget {
+        let target = KafkaTarget {
             producer,
             topic: spec.topic.to_string(),
             key: spec.key,
             max_in_flight: spec.max_in_flight,
             include_markers: spec.include_markers,
-        })
+            transactional: spec.transactional_id.is_some(),
+            timeout: spec.timeout,
+        };
+        if target.transactional {
+            // Fences any earlier producer with the same id.
+            target.txn(|p, t| p.init_transactions(t)).await?;
+        }
+        Ok(target)
+    }
+
+    /// One transactional step, on the blocking pool (librdkafka blocks).
+    async fn txn(
+        &self,
+        step: fn(&FutureProducer, Duration) -> KafkaResult<()>,
+    ) -> Result<(), SinkTargetError> {
+        let (producer, timeout) = (self.producer.clone(), self.timeout);
+        tokio::task::spawn_blocking(move || step(&producer, timeout))
+            .await
+            .expect("transaction task panicked")
+            .map_err(|e| txn_error(&self.topic, e))
     }
 
     /// Sends `events` in order, up to `max_in_flight` awaiting their
     /// delivery report, and stops at the first failure.
     pub async fn publish(&self, events: &[StoredEvent], uri: &str) -> Published {
+        if self.transactional
+            && let Err(e) = self.txn(|p, _| p.begin_transaction()).await
+        {
+            return Published::failed(e);
+        }
         let mut window = AckWindow::new(self.max_in_flight);
         let mut error = None;
         for event in events {
@@ -128,11 +163,28 @@ impl KafkaTarget {
                 }
             };
             if let Err(e) = window.push(event.seq, delivery).await {
-                return Published::of_window(window, Some(e));
+                error = Some(e);
+                break;
             }
         }
-        let finished = window.finish().await.err();
-        Published::of_window(window, finished.or(error))
+        if error.is_none() {
+            error = window.finish().await.err();
+        }
+        if !self.transactional {
+            return Published::of_window(window, error);
+        }
+        // All or nothing: the cursor moves only over a committed batch.
+        let ended = match error {
+            None => self.txn(|p, t| p.commit_transaction(t)).await,
+            Some(e) => match self.txn(|p, t| p.abort_transaction(t)).await {
+                Err(fenced @ SinkTargetError::Fenced { .. }) => Err(fenced),
+                _ => Err(e),
+            },
+        };
+        match ended {
+            Ok(()) => Published::of_window(window, None),
+            Err(e) => Published::failed(e),
+        }
     }
 
     fn send(&self, event: &StoredEvent, uri: &str) -> Result<DeliveryFuture, SinkTargetError> {
@@ -168,6 +220,19 @@ impl KafkaTarget {
                 to: self.topic.clone(),
                 reason: e.to_string(),
             })
+    }
+}
+
+/// A fenced producer stops; any other transaction error makes it anew.
+fn txn_error(topic: &str, e: KafkaError) -> SinkTargetError {
+    let fenced = matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced)
+    );
+    let (to, reason) = (topic.to_string(), e.to_string());
+    match fenced {
+        true => SinkTargetError::Fenced { to, reason },
+        false => SinkTargetError::Transaction { to, reason },
     }
 }
 

@@ -43,10 +43,16 @@ pub enum SinkError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// A successor fenced this sink: it stops rather than fight for the topic.
+    #[error("sink `{sink}`: {source}; this gapless stops delivering to it")]
+    Fenced {
+        sink: String,
+        source: SinkTargetError,
+    },
 }
 
 /// Why a log sink (NATS, Kafka) could not connect or publish: the sink
-/// then blocks on its retry schedule.
+/// then blocks on its retry schedule, except when it was fenced.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkTargetError {
     #[error("cannot connect to {url}: {reason}")]
@@ -55,6 +61,14 @@ pub enum SinkTargetError {
     Tls(#[from] crate::tls::TlsError),
     #[error("publish to `{to}` failed: {reason}")]
     Publish { to: String, reason: String },
+    /// A Kafka transaction failed; the producer is made anew.
+    #[error("transaction on `{to}` failed: {reason}")]
+    Transaction { to: String, reason: String },
+    /// Another producer with the same `transactional_id` took over.
+    #[error(
+        "fenced on `{to}`: another producer with this sink's transactional_id took over ({reason})"
+    )]
+    Fenced { to: String, reason: String },
 }
 
 /// What became of one batch sent to a log sink.
@@ -70,6 +84,16 @@ pub struct Published {
 }
 
 impl Published {
+    /// Nothing moved: the batch failed before any send counted.
+    fn failed(error: SinkTargetError) -> Self {
+        Published {
+            through: None,
+            acked: 0,
+            duplicates: 0,
+            error: Some(error),
+        }
+    }
+
     fn of_window<F>(w: window::AckWindow<F>, error: Option<SinkTargetError>) -> Self {
         Published {
             through: w.through,
@@ -153,6 +177,7 @@ impl LogConnect {
                     max_in_flight: config.in_flight_limit(),
                     include_markers: config.include_markers,
                     properties: &config.properties,
+                    transactional_id: config.transactional_id.as_deref(),
                 })
                 .await?,
             ),
@@ -428,6 +453,19 @@ impl SinkTask {
                     }
                 }
             };
+            match error {
+                SinkTargetError::Fenced { .. } => {
+                    if let Some(done) = committing {
+                        done.await.map_err(|_| StoreError::WriterGone)?;
+                    }
+                    return Err(SinkError::Fenced {
+                        sink: name,
+                        source: error,
+                    });
+                }
+                SinkTargetError::Transaction { .. } => target = None,
+                _ => {}
+            }
             failures += 1;
             Counters::add(&self.counters.retries, 1);
             Counters::add(&self.stats.retries, 1);

@@ -111,12 +111,14 @@ struct Record {
     value: serde_json::Value,
 }
 
-/// A consumer assigned to partition 0 of `topic` (no group coordination).
+/// A consumer assigned to partition 0 of `topic` (no group coordination),
+/// seeing committed records only.
 fn consumer(brokers: &str, topic: &str) -> BaseConsumer {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "gapless-test")
         .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -345,6 +347,76 @@ async fn a_kafka_outage_blocks_the_sink_until_the_broker_is_there() {
     assert!(
         keys == truth,
         "all 100 once, in order: {} records",
+        keys.len()
+    );
+}
+
+/// With `transactional_id` each batch is a transaction. A successor that
+/// starts a producer with the same id fences gapless: its next batch is
+/// not committed, its cursor stays, and it stops, naming the fencing.
+/// Only the committed events are visible to a read-committed consumer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_successor_with_the_same_transactional_id_fences_gapless() {
+    gapless::tls::install_crypto_provider();
+    let (Some(mosq), Some(tansu)) = (mosquitto_bin("kafka_fence"), tansu_bin("kafka_fence")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(mosq, dir.path());
+    let kafka = Tansu::start(&tansu, dir.path(), None);
+    kafka.create_topic(&tansu, "t");
+    let config = config(dir.path(), &broker.tcp_url(), false, "gapless-kafka-fence");
+    let text = std::fs::read_to_string(&config).unwrap()
+        + &format!(
+            "\n[[sink]]\nname = \"kafka\"\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic = \"t\"\n\
+             transactional_id = \"gapless-vcd\"\n",
+            kafka.brokers()
+        );
+    std::fs::write(&config, text).unwrap();
+    let mut gapless = Gapless::start(dir.path(), &config);
+    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    let salt = 0x5eed_0a02;
+    let mut publisher = broker.publisher("pub-kafka-fence").await;
+    publisher
+        .publish_all(event_messages(salt, 0..100), None)
+        .await
+        .unwrap();
+    wait_caught_up(&config, "kafka", 100, &mut gapless);
+
+    let brokers = kafka.brokers();
+    let successor = tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::{FutureProducer, Producer};
+        let p: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("transactional.id", "gapless-vcd")
+            .create()
+            .unwrap();
+        p.init_transactions(Duration::from_secs(10)).unwrap();
+        p
+    })
+    .await
+    .unwrap();
+    publisher
+        .publish_all(event_messages(salt, 100..150), None)
+        .await
+        .unwrap();
+    let code = gapless.wait_exit(Duration::from_secs(60));
+    assert_ne!(code, Some(0), "a fenced gapless stops with an error");
+    let log = gapless.log_text();
+    assert!(log.contains("fenced"), "{log}");
+    assert_eq!(
+        sink_cursor(&config, "kafka"),
+        100,
+        "the fenced batch is not counted"
+    );
+    drop(successor);
+
+    let records = read_all(&consumer(&kafka.brokers(), "t"), 100);
+    let keys: Vec<String> = records.iter().map(|r| r.key.clone()).collect();
+    let truth: Vec<String> = (0..100).map(|i| events::event_id(salt, i)).collect();
+    assert!(
+        keys == truth,
+        "the 100 committed, once, in order: {} records",
         keys.len()
     );
 }
