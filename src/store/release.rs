@@ -276,7 +276,9 @@ impl Releaser {
         let Some(open) = self.unverified else {
             return Ok(());
         };
-        if self.verified < Some(open.to_us) {
+        // `verified` is exclusive (the audit trail is read `lt` it): events
+        // at the gap's last instant are verified only once it is past it.
+        if self.verified <= Some(open.to_us) {
             return Ok(());
         }
         self.emit(tx, &open, true, now_us()).await?;
