@@ -110,6 +110,15 @@ enum LogTarget {
     Kafka(kafka::KafkaTarget),
 }
 
+impl LogTarget {
+    async fn publish(&self, events: &[StoredEvent], source: &str, uri: &str) -> Published {
+        match self {
+            LogTarget::Nats(t) => t.publish(events, source, uri).await,
+            LogTarget::Kafka(t) => t.publish(events, uri).await,
+        }
+    }
+}
+
 /// Where a log sink delivers, for the log (no credentials).
 fn connect_address(config: &SinkConfig) -> String {
     match config.kind {
@@ -310,6 +319,30 @@ impl SinkTask {
         Ok(())
     }
 
+    /// The sink's retry schedule: its `retry_schedule`, else `default`.
+    fn retry_schedule(&self, default: fn() -> RetrySchedule) -> RetrySchedule {
+        self.config
+            .retry_schedule
+            .as_ref()
+            .map_or_else(default, |s| RetrySchedule(s.iter().map(|d| d.0).collect()))
+    }
+
+    /// Counts failed attempt `attempt` (the first marks the sink blocked)
+    /// and says how long to wait before the next.
+    fn retrying(
+        &self,
+        schedule: &RetrySchedule,
+        attempt: u32,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        Counters::add(&self.counters.retries, 1);
+        Counters::add(&self.stats.retries, 1);
+        if attempt == 1 {
+            self.stats.blocked_since_us.store(now_us(), Relaxed);
+        }
+        schedule.delay(attempt, retry_after, rand::random())
+    }
+
     fn delivered(&self, n: u64) {
         Counters::add(&self.counters.delivered, n);
         Counters::add(&self.stats.delivered, n);
@@ -390,16 +423,12 @@ impl SinkTask {
     async fn run_log(mut self) -> Result<i64, SinkError> {
         let name = self.config.name.clone();
         let connect = LogConnect::new(&self.config, self.index)?;
-        let schedule = self
-            .config
-            .retry_schedule
-            .as_ref()
-            .map(|s| RetrySchedule(s.iter().map(|d| d.0).collect()))
-            .unwrap_or_else(RetrySchedule::quick);
+        let schedule = self.retry_schedule(RetrySchedule::quick);
         let mut cursor = self.store.cursor(&name).await?;
         let mut target = None;
         let mut failures = 0u32;
         let mut committing = None;
+        let mut fenced = None;
         tracing::info!(sink = %name, cursor, to = %connect_address(&self.config), "sink started");
         loop {
             self.apply_replay(&mut cursor).await?;
@@ -420,13 +449,9 @@ impl SinkTask {
                     Err(e) => e,
                 },
                 Some(t) => {
-                    let done = match t {
-                        LogTarget::Nats(t) => {
-                            t.publish(&events, &self.source_name, &self.source_uri)
-                                .await
-                        }
-                        LogTarget::Kafka(t) => t.publish(&events, &self.source_uri).await,
-                    };
+                    let done = t
+                        .publish(&events, &self.source_name, &self.source_uri)
+                        .await;
                     if let Some(through) = done.through {
                         cursor = through;
                         committing = Some(
@@ -455,24 +480,14 @@ impl SinkTask {
             };
             match error {
                 SinkTargetError::Fenced { .. } => {
-                    if let Some(done) = committing {
-                        done.await.map_err(|_| StoreError::WriterGone)?;
-                    }
-                    return Err(SinkError::Fenced {
-                        sink: name,
-                        source: error,
-                    });
+                    fenced = Some(error);
+                    break;
                 }
                 SinkTargetError::Transaction { .. } => target = None,
                 _ => {}
             }
             failures += 1;
-            Counters::add(&self.counters.retries, 1);
-            Counters::add(&self.stats.retries, 1);
-            if failures == 1 {
-                self.stats.blocked_since_us.store(now_us(), Relaxed);
-            }
-            let delay = schedule.delay(failures, None, rand::random());
+            let delay = self.retrying(&schedule, failures, None);
             tracing::warn!(sink = %name, seq = cursor + 1, attempt = failures, %error, retry_in = ?delay,
                 "publish failed; the sink is blocked until it succeeds");
             tokio::select! {
@@ -482,6 +497,9 @@ impl SinkTask {
         }
         if let Some(done) = committing {
             done.await.map_err(|_| StoreError::WriterGone)?;
+        }
+        if let Some(source) = fenced {
+            return Err(SinkError::Fenced { sink: name, source });
         }
         tracing::info!(sink = %name, cursor, "sink stopped");
         Ok(cursor)
@@ -511,12 +529,7 @@ impl SinkTask {
             retry_after_max: self.retry_after_max,
         })
         .map_err(|e| corrupt(e.to_string()))?;
-        let schedule = self
-            .config
-            .retry_schedule
-            .as_ref()
-            .map(|s| RetrySchedule(s.iter().map(|d| d.0).collect()))
-            .unwrap_or_default();
+        let schedule = self.retry_schedule(RetrySchedule::default);
         let mut cursor = self.store.cursor(&name).await?;
         // The last queued cursor commit; awaited before the sink stops. A
         // crash before it commits re-sends those events (same webhook-id).
@@ -627,12 +640,7 @@ impl SinkTask {
                     reason,
                 } => (retry_after, reason),
             };
-            Counters::add(&self.counters.retries, 1);
-            Counters::add(&self.stats.retries, 1);
-            if attempt == 1 {
-                self.stats.blocked_since_us.store(now_us(), Relaxed);
-            }
-            let delay = schedule.delay(attempt, retry_after, rand::random());
+            let delay = self.retrying(schedule, attempt, retry_after);
             tracing::warn!(sink = %name, seq = event.seq, attempt, %reason, retry_in = ?delay,
                 "delivery failed; the sink is blocked until it succeeds");
             tokio::select! {

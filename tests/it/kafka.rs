@@ -14,23 +14,14 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::support::*;
 
-/// Returns the tansu binary; its absence fails the test unless
-/// `GAPLESS_SKIP_KAFKA=1` says to skip (then it prints SKIP).
+/// The tansu binary (see `server_bin`).
 fn tansu_bin(test: &str) -> Option<PathBuf> {
-    let found = ["/usr/local/bin/tansu", "/usr/bin/tansu"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    if found.is_none() {
-        if std::env::var("GAPLESS_SKIP_KAFKA").as_deref() != Ok("1") {
-            panic!(
-                "{test}: tansu is not installed (scripts/install-tansu.sh), \
-                 or set GAPLESS_SKIP_KAFKA=1 to skip the Kafka tests"
-            );
-        }
-        eprintln!("SKIP {test}: tansu is not installed (GAPLESS_SKIP_KAFKA=1)");
-    }
-    found
+    server_bin(
+        test,
+        &["/usr/local/bin/tansu", "/usr/bin/tansu"],
+        "scripts/install-tansu.sh",
+        "GAPLESS_SKIP_KAFKA",
+    )
 }
 
 /// tansu on 127.0.0.1. It cannot report a port it picked (it advertises
@@ -168,41 +159,6 @@ fn read_all(c: &BaseConsumer, min: usize) -> Vec<Record> {
     out
 }
 
-/// The stored cursor of sink `name`.
-fn sink_cursor(config: &Path, name: &str) -> i64 {
-    status_json(config)["sinks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["name"] == name)
-        .and_then(|x| x["cursor"].as_i64())
-        .unwrap()
-}
-
-/// Waits until the sink `name` has delivered up to a head of at least `n`.
-fn wait_caught_up(config: &Path, name: &str, n: i64, gapless: &mut Gapless) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = status_json(config);
-        let lag = s["sinks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["name"] == name)
-            .map(|x| x["lag"].clone())
-            .unwrap();
-        if s["head_seq"].as_i64().unwrap_or(0) >= n && lag == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sink {name} not caught up: {s}\n{}",
-            gapless.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The crash test of the issue: 10k events, gapless SIGKILLed while it
 /// sends, restarted. Every event is in the topic; what the restart sent
 /// again (cursor commit lost) carries the same key and `gapless-seq`, so
@@ -241,20 +197,20 @@ async fn a_sigkill_mid_send_leaves_every_event_in_the_topic_and_resends_keep_the
     // tansu's high watermark is not a record count: the sink's cursor
     // tells how far it got.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while sink_cursor(&config, "kafka") < 2000 {
+    while sink_status(&config, "kafka")["cursor"].as_i64().unwrap() < 2000 {
         assert!(Instant::now() < deadline, "{}", gapless.log_text());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     gapless.kill();
     assert!(
-        sink_cursor(&config, "kafka") < n as i64,
+        sink_status(&config, "kafka")["cursor"].as_i64().unwrap() < n as i64,
         "the kill must land mid-stream"
     );
     publishing.await.unwrap();
 
     let mut gapless = Gapless::start(dir.path(), &config);
-    wait_caught_up(&config, "kafka", n as i64, &mut gapless);
-    wait_caught_up(&config, "file", n as i64, &mut gapless);
+    wait_sink_caught_up(&config, "kafka", n as i64, &mut gapless);
+    wait_sink_caught_up(&config, "file", n as i64, &mut gapless);
     gapless.stop();
     assert_exactly_once(&dir.path().join("events.jsonl"), salt, n);
 
@@ -333,13 +289,13 @@ async fn a_kafka_outage_blocks_the_sink_until_the_broker_is_there() {
         .await
         .unwrap();
     // Positive signal first: the file sink has all 100.
-    wait_caught_up(&config, "file", 100, &mut gapless);
-    let lag = status_json(&config)["sinks"][1]["lag"].as_i64().unwrap();
+    wait_sink_caught_up(&config, "file", 100, &mut gapless);
+    let lag = sink_status(&config, "kafka")["lag"].as_i64().unwrap();
     assert_eq!(lag, 100, "nothing reached a broker that is not there");
 
     let kafka = Tansu::start(&tansu, dir.path(), Some(port));
     kafka.create_topic(&tansu, "t");
-    wait_caught_up(&config, "kafka", 100, &mut gapless);
+    wait_sink_caught_up(&config, "kafka", 100, &mut gapless);
     gapless.stop();
     let records = read_all(&consumer(&kafka.brokers(), "t"), 100);
     let keys: Vec<String> = records.iter().map(|r| r.key.clone()).collect();
@@ -381,7 +337,7 @@ async fn a_successor_with_the_same_transactional_id_fences_gapless() {
         .publish_all(event_messages(salt, 0..100), None)
         .await
         .unwrap();
-    wait_caught_up(&config, "kafka", 100, &mut gapless);
+    wait_sink_caught_up(&config, "kafka", 100, &mut gapless);
 
     let brokers = kafka.brokers();
     let successor = tokio::task::spawn_blocking(move || {
@@ -405,7 +361,7 @@ async fn a_successor_with_the_same_transactional_id_fences_gapless() {
     let log = gapless.log_text();
     assert!(log.contains("fenced"), "{log}");
     assert_eq!(
-        sink_cursor(&config, "kafka"),
+        sink_status(&config, "kafka")["cursor"].as_i64().unwrap(),
         100,
         "the fenced batch is not counted"
     );

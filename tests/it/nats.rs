@@ -10,27 +10,18 @@ use gapless::sim::events;
 
 use crate::support::*;
 
-/// Returns the nats-server binary; its absence fails the test unless
-/// `GAPLESS_SKIP_NATS=1` says to skip (then it prints SKIP).
+/// The nats-server binary (see `server_bin`).
 fn nats_bin(test: &str) -> Option<PathBuf> {
-    let found = [
-        "/usr/sbin/nats-server",
-        "/usr/bin/nats-server",
-        "/usr/local/bin/nats-server",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists());
-    if found.is_none() {
-        if std::env::var("GAPLESS_SKIP_NATS").as_deref() != Ok("1") {
-            panic!(
-                "{test}: nats-server is not installed (apt-get install nats-server), \
-                 or set GAPLESS_SKIP_NATS=1 to skip the NATS tests"
-            );
-        }
-        eprintln!("SKIP {test}: nats-server is not installed (GAPLESS_SKIP_NATS=1)");
-    }
-    found
+    server_bin(
+        test,
+        &[
+            "/usr/sbin/nats-server",
+            "/usr/bin/nats-server",
+            "/usr/local/bin/nats-server",
+        ],
+        "apt-get install nats-server",
+        "GAPLESS_SKIP_NATS",
+    )
 }
 
 /// A JetStream-enabled nats-server on 127.0.0.1. The first start binds
@@ -157,34 +148,6 @@ async fn read_stream(stream: &mut async_nats::jetstream::stream::Stream) -> Vec<
         });
     }
     out
-}
-
-/// Waits until the sink `name` has delivered up to a head of at least `n`
-/// and has no replay request pending.
-fn wait_sink_caught_up(config: &Path, name: &str, n: i64, gapless: &mut Gapless) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let s = status_json(config);
-        let sink = s["sinks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["name"] == name)
-            .cloned()
-            .unwrap();
-        if s["head_seq"].as_i64().unwrap_or(0) >= n
-            && sink["lag"] == 0
-            && sink["replay_from"].is_null()
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sink {name} not caught up: {s}\n{}",
-            gapless.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn nats_sink(url: &str, extra: &str) -> String {
@@ -320,13 +283,7 @@ async fn a_nats_outage_blocks_the_sink_until_the_server_is_back() {
     // Positive signal first: the file sink has all 200, so the NATS sink's
     // lag is what it has not published.
     wait_sink_caught_up(&config, "file", 200, &mut gapless);
-    let blocked = status_json(&config)["sinks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "nats")
-        .cloned()
-        .unwrap();
+    let blocked = sink_status(&config, "nats");
     assert!(blocked["lag"].as_i64().unwrap() > 0, "{blocked}");
 
     nats.restart();

@@ -12,28 +12,32 @@ use std::time::{Duration, Instant};
 use gapless::sim::events;
 use gapless::sim::publisher::Publisher;
 
-/// Returns the mosquitto binary. Its absence fails the test (a skipped
-/// broker test would pass unseen), unless `GAPLESS_SKIP_MOSQUITTO=1` says
-/// to skip: then it prints SKIP and returns `None`.
-pub fn mosquitto_bin(test: &str) -> Option<PathBuf> {
-    let found = [
-        "/usr/sbin/mosquitto",
-        "/usr/bin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists());
+/// Returns the first of `paths` that exists. Its absence fails the test
+/// (a skipped server test would pass unseen), unless `skip_var=1` says to
+/// skip: then it prints SKIP and returns `None`.
+pub fn server_bin(test: &str, paths: &[&str], install: &str, skip_var: &str) -> Option<PathBuf> {
+    let found = paths.iter().map(PathBuf::from).find(|p| p.exists());
     if found.is_none() {
-        if std::env::var("GAPLESS_SKIP_MOSQUITTO").as_deref() != Ok("1") {
-            panic!(
-                "{test}: mosquitto is not installed (apt-get install mosquitto), \
-                 or set GAPLESS_SKIP_MOSQUITTO=1 to skip the broker tests"
-            );
+        if std::env::var(skip_var).as_deref() != Ok("1") {
+            panic!("{test}: {paths:?} not installed ({install}), or set {skip_var}=1 to skip");
         }
-        eprintln!("SKIP {test}: mosquitto is not installed (GAPLESS_SKIP_MOSQUITTO=1)");
+        eprintln!("SKIP {test}: {paths:?} not installed ({skip_var}=1)");
     }
     found
+}
+
+/// The mosquitto binary (see `server_bin`).
+pub fn mosquitto_bin(test: &str) -> Option<PathBuf> {
+    server_bin(
+        test,
+        &[
+            "/usr/sbin/mosquitto",
+            "/usr/bin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+        ],
+        "apt-get install mosquitto",
+        "GAPLESS_SKIP_MOSQUITTO",
+    )
 }
 
 pub fn free_port() -> u16 {
@@ -400,6 +404,45 @@ pub fn status_json(config: &Path) -> serde_json::Value {
             .arg(config),
     ))
     .unwrap()
+}
+
+/// Sink `name`'s row of `gapless status --json`.
+pub fn sink_status(config: &Path, name: &str) -> serde_json::Value {
+    status_json(config)["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no sink {name} in status"))
+}
+
+/// Waits until sink `name` has delivered up to a head of at least `n`
+/// and has no replay request pending.
+pub fn wait_sink_caught_up(config: &Path, name: &str, n: i64, gapless: &mut Gapless) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = status_json(config);
+        let sink = s["sinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .cloned()
+            .unwrap();
+        if s["head_seq"].as_i64().unwrap_or(0) >= n
+            && sink["lag"] == 0
+            && sink["replay_from"].is_null()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sink {name} not caught up: {s}\n{}",
+            gapless.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// GET `url`: (status, body), or (0, the error) when nothing answers.
