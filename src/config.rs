@@ -528,7 +528,7 @@ pub enum SinkKind {
 }
 
 impl SinkKind {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             SinkKind::File => "file",
             SinkKind::Stdout => "stdout",

@@ -174,7 +174,7 @@ pub(crate) async fn sink_statuses(
         let cursor = store.cursor(&s.name).await?;
         sinks.push(SinkStatus {
             name: s.name.clone(),
-            kind: format!("{:?}", s.kind).to_lowercase(),
+            kind: s.kind.name().to_string(),
             cursor,
             lag: head - cursor,
             dead_letters: store.dead_letter_count(&s.name).await?,

@@ -205,11 +205,7 @@ impl KafkaTarget {
                 value: Some(value),
             });
         }
-        let key = match self.key {
-            KafkaKey::Id => event.id.clone(),
-            KafkaKey::Subject => event.subject.clone().unwrap_or_else(|| event.id.clone()),
-            KafkaKey::Type => event.ce_type(),
-        };
+        let key = record_key(self.key, event);
         let record = FutureRecord::to(&self.topic)
             .key(&key)
             .payload(&event.payload)
@@ -220,6 +216,16 @@ impl KafkaTarget {
                 to: self.topic.clone(),
                 reason: e.to_string(),
             })
+    }
+}
+
+/// The record key: `key = "subject"` falls back to the id for events
+/// without a subject, so no record goes unkeyed.
+fn record_key(key: KafkaKey, event: &StoredEvent) -> String {
+    match key {
+        KafkaKey::Id => event.id.clone(),
+        KafkaKey::Subject => event.subject.clone().unwrap_or_else(|| event.id.clone()),
+        KafkaKey::Type => event.ce_type(),
     }
 }
 
@@ -244,4 +250,35 @@ async fn delivered(topic: String, d: DeliveryFuture) -> Result<Ack, SinkTargetEr
         Err(_) => "the producer was dropped before the delivery report".to_string(),
     };
     Err(SinkTargetError::Publish { to: topic, reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_keyed_by_id_subject_or_type() {
+        let mut e = StoredEvent {
+            seq: 1,
+            id: "abc".into(),
+            origin: "mqtt".into(),
+            occurred_at_us: 0,
+            event_type: "com/vmware/cloud/event/vm/create".into(),
+            subject: Some("urn:vcloud:vm:1".into()),
+            payload: "{}".into(),
+            late: false,
+            ce_source: None,
+            dataschema: None,
+            validation: None,
+            retained: false,
+        };
+        assert_eq!(record_key(KafkaKey::Id, &e), "abc");
+        assert_eq!(record_key(KafkaKey::Subject, &e), "urn:vcloud:vm:1");
+        assert_eq!(
+            record_key(KafkaKey::Type, &e),
+            "com.vmware.cloud.event.vm.create"
+        );
+        e.subject = None;
+        assert_eq!(record_key(KafkaKey::Subject, &e), "abc");
+    }
 }
