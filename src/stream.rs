@@ -78,12 +78,15 @@ impl Rule {
     }
 
     /// The release watermark: events at or below it may be released.
+    /// `verified` is exclusive (the poller read the history `lt` it), so
+    /// an event at that very instant may still come: it counts from the
+    /// instant before.
     pub fn watermark(&self, now_us: i64, verified_us: Option<i64>, live: Live) -> Option<i64> {
         let live = match self.release {
             ReleaseMode::Live => self.live(now_us, verified_us, live),
             ReleaseMode::Verified => None,
         };
-        verified_us.max(live)
+        verified_us.map(|v| v - 1).max(live)
     }
 }
 
@@ -261,8 +264,55 @@ mod tests {
             lost_at_us: None,
             ..Live::default()
         };
-        assert_eq!(strict.watermark(10_000, Some(4_000), up), Some(4_000));
+        assert_eq!(
+            strict.watermark(10_000, Some(4_000), up),
+            Some(3_999),
+            "verified is exclusive"
+        );
+        assert_eq!(strict.watermark(10_000, None, up), None);
         assert_eq!(RULE.watermark(10_000, Some(4_000), up), Some(8_000));
+        assert_eq!(RULE.watermark(1_000, Some(4_000), up), Some(3_999));
+    }
+
+    /// The watermark is inclusive: an event at it goes, one after it
+    /// waits; and once released up to it, an event found later at it is
+    /// late while one after it is not.
+    #[test]
+    fn the_watermark_releases_at_and_below_it_and_late_means_at_or_below() {
+        let mut s = Sequencer::resume(0, None);
+        let step = s.release(vec![c("at", 10), c("after", 11)], Some(10), 0, i64::MAX / 2);
+        let ids: Vec<_> = step.released.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["at"]);
+        assert_eq!(s.high(), Some(10));
+        let step = s.release(
+            vec![c("after", 11), c("again-at", 10)],
+            Some(11),
+            0,
+            i64::MAX / 2,
+        );
+        let got: Vec<_> = step
+            .released
+            .iter()
+            .map(|r| (r.id.as_str(), r.seq, r.late))
+            .collect();
+        assert_eq!(got, [("again-at", 2, true), ("after", 3, false)]);
+    }
+
+    /// `max_hold` counts from arrival: an event received exactly
+    /// `max_hold` ago goes, one received a microsecond later waits.
+    #[test]
+    fn max_hold_is_inclusive_of_its_bound() {
+        let mut s = Sequencer::resume(0, None);
+        let held = |id: &str, received_us| Candidate {
+            row: 0,
+            id: id.into(),
+            occurred_us: 50,
+            received_us,
+        };
+        let step = s.release(vec![held("due", 200), held("not", 201)], None, 1_200, 1_000);
+        let ids: Vec<_> = step.released.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["due"]);
+        assert_eq!(step.forced, 1);
     }
 
     #[test]
