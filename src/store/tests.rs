@@ -21,7 +21,7 @@ struct Rig {
     receipts: mpsc::UnboundedReceiver<Vec<Receipt>>,
     counters: Arc<Counters>,
     writer: tokio::task::JoinHandle<Result<(), StoreError>>,
-    _handle: WriterHandle,
+    handle: WriterHandle,
 }
 
 /// The rig in arrival order: events are released as they commit.
@@ -46,6 +46,18 @@ async fn rig_by_verified_time() -> Rig {
 }
 
 async fn rig_in(stream: StreamSettings) -> Rig {
+    rig_keeping(
+        stream,
+        Retention {
+            keep_us: i64::MAX,
+            sinks: Vec::new(),
+            poll_guard_us: None,
+        },
+    )
+    .await
+}
+
+async fn rig_keeping(stream: StreamSettings, retention: Retention) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig {
         path: dir.path().join("gapless.db"),
@@ -60,11 +72,7 @@ async fn rig_in(stream: StreamSettings) -> Rig {
         counters: counters.clone(),
         acks: Some(acks),
         stream,
-        retention: Retention {
-            keep_us: i64::MAX,
-            sinks: Vec::new(),
-            poll_guard_us: None,
-        },
+        retention,
     };
     let (writer, channels) = Writer::new(&store, &config, plan).await.unwrap();
     Rig {
@@ -74,7 +82,7 @@ async fn rig_in(stream: StreamSettings) -> Rig {
         receipts,
         counters,
         writer: tokio::spawn(writer.run()),
-        _handle: channels.handle,
+        handle: channels.handle,
     }
 }
 
@@ -239,7 +247,7 @@ async fn receipts_end_with_ingest_while_sinks_still_hold_the_writer() {
         ingest,
         mut receipts,
         writer,
-        _handle: sink_handle,
+        handle: sink_handle,
         ..
     } = r;
     drop(ingest);
@@ -314,4 +322,103 @@ fn the_store_imports_nothing_from_the_sources() {
         }
     }
     assert!(read >= 8, "read only {read} files of src/store");
+}
+
+const SECOND: i64 = 1_000_000;
+
+/// A rig that prunes everything older than a second (so its events, an
+/// hour old, all qualify by age) once `sinks` passed it; returns the rig
+/// and the hour-old instant event `i` is `i` seconds after.
+async fn rig_pruning(sinks: &[&str], poll_guard_us: Option<i64>) -> (Rig, i64) {
+    let retention = Retention {
+        keep_us: SECOND,
+        sinks: sinks.iter().map(|s| s.to_string()).collect(),
+        poll_guard_us,
+    };
+    let mut r = rig_keeping(StreamSettings::arrival(), retention).await;
+    let base = crate::event::now_us() - 3600 * SECOND;
+    for i in 1..=10 {
+        r.send(event(&format!("e{i}"), base + i * SECOND), i as u64)
+            .await;
+    }
+    r.receipts(10).await;
+    (r, base)
+}
+
+impl Rig {
+    /// Waits for the writer's prune (it runs every second) to have
+    /// deleted at least `n` events; the seqs left in the stream.
+    async fn pruned(&self, n: u64) -> Vec<i64> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.counters.pruned.load(Relaxed) < n {
+            assert!(tokio::time::Instant::now() < deadline, "nothing pruned");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.stream()
+            .await
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect()
+    }
+}
+
+fn dead_letter(seq: i64) -> SinkOp {
+    SinkOp::DeadLetter {
+        seq,
+        event_id: format!("e{seq}"),
+        attempts: 1,
+        status: Some(400),
+        error: "refused".into(),
+    }
+}
+
+/// Two sinks at different cursors and a dead letter: what the slower sink
+/// has not passed stays, and so does the dead letter (`dlq retry` needs
+/// it), whatever its age.
+#[tokio::test]
+async fn retention_keeps_what_the_slowest_sink_has_not_passed_and_every_dead_letter() {
+    let (r, _) = rig_pruning(&["fast", "slow"], None).await;
+    // The cursors go last: until both sinks have one, nothing is passed.
+    r.handle
+        .sink_ops("slow", vec![dead_letter(2)])
+        .await
+        .unwrap();
+    r.handle.commit_cursor("fast", 8).await.unwrap();
+    r.handle.commit_cursor("slow", 5).await.unwrap();
+    assert_eq!(r.pruned(4).await, vec![2, 6, 7, 8, 9, 10]);
+    assert_eq!(r.counters.pruned.load(Relaxed), 4);
+}
+
+/// With a poller, nothing within `poll_guard_us` before its verified
+/// watermark is pruned, so an id the overlap reads again is still known
+/// and not stored (nor released) twice.
+#[tokio::test]
+async fn retention_spares_the_poll_overlap_so_its_ids_stay_deduplicated() {
+    let guard = 600 * SECOND;
+    let (mut r, base) = rig_pruning(&["only"], Some(guard)).await;
+    // The overlap reaches back to event 4 and a half.
+    r.verified(base + 4 * SECOND + SECOND / 2 + guard).await;
+    r.handle.commit_cursor("only", 10).await.unwrap();
+    assert_eq!(r.pruned(4).await, vec![5, 6, 7, 8, 9, 10]);
+
+    let again = Event {
+        origin: Origin::Poll,
+        ..event("e5", base + 5 * SECOND)
+    };
+    r.send(again, 11).await;
+    assert_eq!(r.receipts(1).await, vec![11]);
+    assert_eq!(r.pruned(4).await, vec![5, 6, 7, 8, 9, 10]);
+    assert_eq!(r.counters.poll_known.load(Relaxed), 1);
+}
+
+/// Every sink passed everything: all but the head row go, and `seq`
+/// continues after it.
+#[tokio::test]
+async fn retention_keeps_the_head_row_so_seq_continues() {
+    let (mut r, base) = rig_pruning(&["only"], None).await;
+    r.handle.commit_cursor("only", 10).await.unwrap();
+    assert_eq!(r.pruned(9).await, vec![10]);
+    r.send(event("e11", base + 11 * SECOND), 11).await;
+    r.receipts(1).await;
+    assert_eq!(r.stream().await.last(), Some(&(11, "e11".to_string())));
 }
