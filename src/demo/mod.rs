@@ -544,3 +544,59 @@ pub fn check_file(path: &Path, truth: &HashSet<String>) -> std::io::Result<Check
     check.missing = truth.difference(&seen).count();
     Ok(check)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `check_file` on files whose verdicts are known: it decides most
+    /// end-to-end tests, so each of its counts is pinned here.
+    fn check(lines: &[&str], truth: &[&str]) -> Check {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let truth = truth.iter().map(|s| s.to_string()).collect();
+        check_file(&path, &truth).unwrap()
+    }
+
+    fn line(seq: i64, id: &str, second: u32, extra: &str) -> String {
+        format!(r#"{{"seq":{seq},"id":"{id}","time":"2026-01-01T00:00:{second:02}Z"{extra}}}"#)
+    }
+
+    #[test]
+    fn check_file_counts_what_it_finds() {
+        let good = [
+            line(1, "a", 1, ""),
+            line(2, "c", 3, ""),
+            // Out of order, but flagged: not an order error.
+            line(3, "b", 2, r#","late":true"#),
+            r#"{"seq":4,"id":"gap-1","origin":"gapless"}"#.to_string(),
+            line(5, "a", 4, ""),
+        ];
+        let good: Vec<&str> = good.iter().map(String::as_str).collect();
+        let c = check(&good, &["a", "b", "c", "d"]);
+        assert_eq!(
+            (c.lines, c.markers, c.late, c.duplicated, c.missing),
+            (4, 1, 1, 1, 1)
+        );
+        assert!(c.seq_ok && c.order_ok, "{c:?}");
+    }
+
+    #[test]
+    fn check_file_sees_holes_and_disorder() {
+        let hole = [line(1, "a", 1, ""), line(3, "b", 2, "")];
+        let c = check(&[&hole[0], &hole[1]], &["a", "b"]);
+        assert!(!c.seq_ok && c.order_ok, "{c:?}");
+
+        let early = [line(1, "b", 2, ""), line(2, "a", 1, "")];
+        let c = check(&[&early[0], &early[1]], &["a", "b"]);
+        assert!(c.seq_ok && !c.order_ok, "{c:?}");
+
+        // Same time: the id breaks the tie.
+        let tie = [line(1, "b", 1, ""), line(2, "a", 1, "")];
+        let c = check(&[&tie[0], &tie[1]], &["a", "b"]);
+        assert!(!c.order_ok, "{c:?}");
+        let tie = [line(1, "a", 1, ""), line(2, "b", 1, "")];
+        assert!(check(&[&tie[0], &tie[1]], &["a", "b"]).order_ok);
+    }
+}
