@@ -31,9 +31,14 @@ use crate::store::{Head, SinkOp, Store, StoreError, WriterHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("sink `{sink}`: {source}")]
+    /// A file or stdout write failed: the cursor stays before the batch,
+    /// so a restart writes it again.
+    #[error(
+        "sink `{sink}`: cannot write to {target}: {source}; its cursor stays before this batch"
+    )]
     Io {
         sink: String,
+        target: String,
         source: std::io::Error,
     },
     /// The target could not be opened or is not one of ours.
@@ -402,6 +407,11 @@ impl SinkTask {
                     .await
                     .map_err(|source| SinkError::Io {
                         sink: name.clone(),
+                        target: self
+                            .config
+                            .path
+                            .as_deref()
+                            .map_or_else(|| "stdout".to_string(), |p| p.display().to_string()),
                         source,
                     })?;
                 cursor = last;

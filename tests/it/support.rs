@@ -452,3 +452,17 @@ pub async fn http_get(url: &str) -> (u16, String) {
         Err(e) => (0, e.to_string()),
     }
 }
+
+/// A second connection pool on the store in `dir` (`gapless.db`), for a
+/// test that reads the store directly or injects a fault into it.
+pub async fn store_pool(dir: &Path) -> sqlx::SqlitePool {
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(dir.join("gapless.db"))
+                .busy_timeout(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap()
+}
