@@ -268,6 +268,19 @@ async fn dropped_mqtt_messages_are_recovered_by_the_poller() {
         Vec::<serde_json::Value>::new(),
         "a healthy poller recovers everything: no gap marker"
     );
+    // Only an event MQTT missed can come after its successors: `late`
+    // flags no more lines than were recovered, and the counter agrees
+    // with the file.
+    let truth: std::collections::HashSet<String> = world.sim.ground_truth().into_iter().collect();
+    let late = gapless::demo::check_file(&world.file(), &truth)
+        .unwrap()
+        .late as u64;
+    assert!(late <= dropped, "{late} late lines, {dropped} recovered");
+    assert_eq!(
+        summary["counters"]["late"].as_u64(),
+        Some(late),
+        "{summary}"
+    );
 }
 
 /// Tokens that expire every few seconds: gapless renews before expiry, so
@@ -288,6 +301,13 @@ async fn expiring_tokens_are_renewed_and_mqtt_reconnects_with_the_new_one() {
     // Past the first token's lifetime: a renewal must have happened.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(world.sim.stats().logins.load(Relaxed) >= 2);
+    // Renewed before expiry, not after a refusal: a 401 (which the poller
+    // answers with a new login) would hide a renewal that never ran.
+    assert_eq!(
+        world.sim.stats().unauthorized.load(Relaxed),
+        0,
+        "the poller used an expired token"
+    );
     world.restart_broker().await;
     gapless.wait_log("subscribed", 2, Duration::from_secs(30));
     assert_eq!(
