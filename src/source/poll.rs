@@ -563,3 +563,280 @@ mod tests {
         assert!(parse_schedule("0 * * * * nope").is_err());
     }
 }
+
+/// The poller's run driven against an in-memory history and the real
+/// writer on a real SQLite file: which pages it asks for, when the
+/// watermark moves, and what a failure leaves behind.
+#[cfg(test)]
+mod run_tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
+    use reqwest::StatusCode;
+
+    use super::*;
+    use crate::config::{HumanDuration, StoreConfig};
+    use crate::event::{Event, Origin};
+    use crate::store::{Retention, StreamSettings, Writer, WriterPlan};
+
+    const S: i64 = 1_000_000;
+    /// The test's "now": the history's events are in the ten minutes before.
+    const NOW: i64 = 1_000_000 * S;
+
+    /// A history in memory with the faults a real server shows: requests
+    /// that fail (by call number), and pages that leave out an event the
+    /// server still counts.
+    #[derive(Default)]
+    struct Trail {
+        events: Vec<Event>,
+        failing: Mutex<Vec<u32>>,
+        hidden: Option<String>,
+        calls: AtomicU32,
+        asked: Mutex<Vec<(Window, u32)>>,
+    }
+
+    impl History for Trail {
+        async fn page(
+            &self,
+            window: Window,
+            page: u32,
+            page_size: u32,
+        ) -> Result<HistoryPage, PollError> {
+            let call = self.calls.fetch_add(1, Relaxed);
+            self.asked.lock().unwrap().push((window, page));
+            if self.failing.lock().unwrap().contains(&call) {
+                return Err(PollError::Api(ApiError::Status {
+                    what: "history",
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    retry_after: Some(Duration::ZERO),
+                }));
+            }
+            let inside: Vec<&Event> = self
+                .events
+                .iter()
+                .filter(|e| window.from_us <= e.occurred_at_us && e.occurred_at_us < window.to_us)
+                .collect();
+            let shown: Vec<&Event> = inside
+                .iter()
+                .copied()
+                .filter(|e| Some(&e.id) != self.hidden.as_ref())
+                .collect();
+            let start = ((page - 1) * page_size) as usize;
+            let end = (start + page_size as usize).min(shown.len());
+            Ok(HistoryPage {
+                items: shown[start.min(end)..end]
+                    .iter()
+                    .map(|e| Parsed::Event((*e).clone()))
+                    .collect(),
+                more: end < shown.len(),
+                total: Some(inside.len() as u64),
+            })
+        }
+    }
+
+    /// Event `i` of the history, `i` seconds into its ten minutes.
+    fn event(i: i64) -> Event {
+        let at = NOW - 600 * S + i * S;
+        Event {
+            id: format!("e{i}"),
+            occurred_at_us: at,
+            received_at_us: at,
+            event_type: "t".into(),
+            subject: None,
+            org: None,
+            origin: Origin::Poll,
+            payload: format!("{{\"id\":\"e{i}\"}}"),
+            ext: None,
+            content_key: None,
+            retained: false,
+        }
+    }
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        store: Store,
+        poller: Poller<Trail>,
+    }
+
+    /// Reads ten minutes back in windows of four, pages of two, retrying
+    /// a failed request once.
+    async fn rig(trail: Trail) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store_config = StoreConfig {
+            path: dir.path().join("gapless.db"),
+            ..Default::default()
+        };
+        let store = Store::open(&store_config).await.unwrap();
+        let counters = Arc::new(Counters::default());
+        let plan = WriterPlan {
+            source: "test".into(),
+            queue: 64,
+            counters: counters.clone(),
+            acks: None,
+            stream: StreamSettings::arrival(),
+            retention: Retention {
+                keep_us: i64::MAX,
+                sinks: Vec::new(),
+                poll_guard_us: None,
+            },
+        };
+        let (writer, channels) = Writer::new(&store, &store_config, plan).await.unwrap();
+        tokio::spawn(writer.run());
+        let config = PollConfig {
+            initial_lookback: HumanDuration(Duration::from_secs(600)),
+            visibility_lag: HumanDuration(Duration::ZERO),
+            max_window: HumanDuration(Duration::from_secs(240)),
+            overlap: HumanDuration(Duration::from_secs(60)),
+            page_size: 2,
+            max_retries: 1,
+            ..Default::default()
+        };
+        let poller = Poller {
+            history: Arc::new(trail),
+            store: store.clone(),
+            ingest: channels.ingest,
+            source: "test".into(),
+            config,
+            counters,
+            live: None,
+            max_skew_us: i64::MAX / 4,
+            retention_us: None,
+        };
+        Rig {
+            _dir: dir,
+            store,
+            poller,
+        }
+    }
+
+    impl Rig {
+        async fn run(&self, now: i64) -> Result<RunStats, PollError> {
+            self.poller
+                .run_once_at(now, &CancellationToken::new())
+                .await
+        }
+
+        async fn verified(&self) -> Option<i64> {
+            self.store.verified_until("test").await.unwrap()
+        }
+
+        async fn stored(&self) -> Vec<String> {
+            let mut ids: Vec<String> = self
+                .store
+                .released_after(0, 1000)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+
+        fn asked(&self) -> Vec<(i64, u32)> {
+            let asked = self.poller.history.asked.lock().unwrap();
+            asked
+                .iter()
+                .map(|(w, page)| ((w.from_us - (NOW - 600 * S)) / S, *page))
+                .collect()
+        }
+    }
+
+    fn ids(range: std::ops::Range<i64>) -> Vec<String> {
+        let mut ids: Vec<String> = range.map(|i| format!("e{i}")).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Windows `[0, 240)`, `[240, 480)`, `[480, 600)` s: every page of
+    /// each is read, and the watermark ends at the last window's end.
+    #[tokio::test]
+    async fn a_run_reads_every_page_of_every_window_and_verifies_up_to_its_end() {
+        let trail = Trail {
+            events: [1, 2, 3, 250, 500].map(event).to_vec(),
+            ..Default::default()
+        };
+        let r = rig(trail).await;
+        let stats = r.run(NOW).await.unwrap();
+        assert_eq!(
+            stats,
+            RunStats {
+                windows: 3,
+                pages: 4,
+                events: 5
+            }
+        );
+        assert_eq!(r.asked(), [(0, 1), (0, 2), (240, 1), (480, 1)]);
+        assert_eq!(r.verified().await, Some(NOW));
+        assert_eq!(r.stored().await, ["e1", "e2", "e250", "e3", "e500"]);
+
+        // The next run reads from the watermark minus the overlap.
+        r.run(NOW + 30 * S).await.unwrap();
+        assert_eq!(r.asked()[4..], [(540, 1)]);
+        assert_eq!(r.verified().await, Some(NOW + 30 * S));
+    }
+
+    /// A request that fails once is retried within the run.
+    #[tokio::test]
+    async fn a_failed_request_is_retried_within_the_run() {
+        let trail = Trail {
+            events: (1..6).map(event).collect(),
+            failing: Mutex::new(vec![1]),
+            ..Default::default()
+        };
+        let r = rig(trail).await;
+        r.run(NOW).await.unwrap();
+        assert_eq!(r.asked()[..4], [(0, 1), (0, 2), (0, 2), (0, 3)]);
+        assert_eq!(r.stored().await, ids(1..6));
+        assert_eq!(r.verified().await, Some(NOW));
+    }
+
+    /// A window whose second page keeps failing: the run fails, the
+    /// watermark stays before that window (the first, complete window is
+    /// verified), and the next run reads the failed window again.
+    #[tokio::test]
+    async fn a_failure_part_way_through_a_windows_pages_keeps_the_watermark_before_it() {
+        let trail = Trail {
+            events: [1, 250, 251, 252].map(event).to_vec(),
+            // Window [240, 480) asks at calls 1 (page 1), 2 and 3 (page 2).
+            failing: Mutex::new(vec![2, 3]),
+            ..Default::default()
+        };
+        let r = rig(trail).await;
+        let err = r.run(NOW).await.unwrap_err();
+        assert!(err.retryable().is_some(), "{err}");
+        assert_eq!(r.verified().await, Some(NOW - 360 * S));
+        r.poller.history.failing.lock().unwrap().clear();
+        r.run(NOW).await.unwrap();
+        assert_eq!(r.verified().await, Some(NOW));
+        assert_eq!(r.stored().await, ["e1", "e250", "e251", "e252"]);
+    }
+
+    /// Pages that never add up to the server's count: read again
+    /// `max_retries` times, then the run fails and the window stays
+    /// unverified.
+    #[tokio::test]
+    async fn a_window_short_of_its_count_is_read_again_then_left_unverified() {
+        let trail = Trail {
+            events: [1, 2, 3].map(event).to_vec(),
+            hidden: Some("e2".into()),
+            ..Default::default()
+        };
+        let r = rig(trail).await;
+        let err = r.run(NOW).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PollError::Incomplete {
+                    seen: 2,
+                    total: 3,
+                    rereads: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(r.asked(), [(0, 1), (0, 1)]);
+        assert_eq!(r.verified().await, None);
+    }
+}
