@@ -9,6 +9,7 @@ mod gap;
 mod hostile;
 mod ingest;
 mod kafka;
+mod lifecycle;
 mod mqtt;
 mod nats;
 mod ops;

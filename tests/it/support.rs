@@ -204,6 +204,26 @@ impl Gapless {
         env: &[(&str, &str)],
         level: &str,
     ) -> Gapless {
+        Self::spawn(
+            dir,
+            config,
+            &["--log-level", level],
+            &[],
+            env,
+            Stdio::null(),
+        )
+    }
+
+    /// Starts `gapless <global> run --config <config> --summary … <run>`
+    /// with `env`, its stdout going to `stdout`, its log to a file.
+    pub fn spawn(
+        dir: &Path,
+        config: &Path,
+        global: &[&str],
+        run: &[&str],
+        env: &[(&str, &str)],
+        stdout: Stdio,
+    ) -> Gapless {
         static RUNS: AtomicUsize = AtomicUsize::new(0);
         let log = dir.join(format!(
             "gapless-{}.log",
@@ -212,11 +232,13 @@ impl Gapless {
         let summary = dir.join("summary.json");
         let _ = std::fs::remove_file(&summary);
         let child = Command::new(env!("CARGO_BIN_EXE_gapless"))
-            .args(["--log-level", level, "run", "--config"])
+            .args(global)
+            .args(["run", "--config"])
             .arg(config)
             .arg("--summary")
             .arg(&summary)
-            .stdout(Stdio::null())
+            .args(run)
+            .stdout(stdout)
             .stderr(std::fs::File::create(&log).unwrap())
             .envs(env.iter().copied())
             .spawn()
@@ -256,9 +278,15 @@ impl Gapless {
     }
 
     /// SIGTERM, then waits for the exit; returns the summary JSON.
-    pub fn stop(mut self) -> serde_json::Value {
+    pub fn stop(self) -> serde_json::Value {
+        self.stop_by("-TERM")
+    }
+
+    /// Sends `signal` (`-TERM`, `-INT`), then waits for a clean exit;
+    /// returns the summary JSON.
+    pub fn stop_by(mut self, signal: &str) -> serde_json::Value {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        Command::new("kill").args([signal, &pid]).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
