@@ -588,3 +588,88 @@ async fn a_huge_retry_after_is_capped() {
     wait_hits(&rx, |h| h.len() >= 3, "the third attempt").await;
     gapless.stop();
 }
+
+/// A webhook `[[sink]]` on the default failure policy (no `on_failure`).
+fn default_policy_sink(name: &str, addr: SocketAddr) -> String {
+    webhook_sink(name, addr, "block").replace("on_failure = \"block\"\n", "")
+}
+
+/// Under the default policy (`block`) a 4xx is not skipped: the same event
+/// is sent until the endpoint takes it, nothing is dead-lettered, and the
+/// stream goes on in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4xx_under_the_default_policy_blocks_and_retries_the_same_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let script: Script = Box::new(|n, _| (if n < 3 { 400 } else { 200 }, None));
+    let (rx, addr) = start_receiver(([127, 0, 0, 1], 0).into(), script).await;
+    let (gapless, config) = start(dir.path(), &broker, &default_policy_sink("hook", addr)).await;
+    publish(&broker, 0x3e_0a, 5).await;
+    wait_hits(&rx, |h| h.len() >= 8, "3 refusals and 5 deliveries").await;
+    gapless.stop();
+    let seqs: Vec<u64> = rx.hits.lock().unwrap().iter().map(Hit::seq).collect();
+    assert_eq!(seqs, [1, 1, 1, 1, 2, 3, 4, 5]);
+    assert_eq!(sink_status(&config, "hook")["dead_letters"], 0);
+}
+
+/// A request the endpoint does not answer within `timeout` is retried,
+/// with the same `webhook-id`; the late answer to the first is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_times_out_is_retried_with_the_same_webhook_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let (rx, addr) = start_receiver(([127, 0, 0, 1], 0).into(), ok()).await;
+    let (arrived, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    *rx.hold.lock().unwrap() = Some((0, arrived.clone(), release.clone()));
+    let (gapless, config) = start(dir.path(), &broker, &webhook_sink("hook", addr, "block")).await;
+    publish(&broker, 0x3e_0b, 3).await;
+    arrived.notified().await;
+    // The sink's `timeout` is 2 s: the retry comes while the first waits.
+    wait_hits(&rx, |h| h.len() >= 2, "the retry of the held request").await;
+    release.notify_one();
+    wait_hits(&rx, |h| h.len() >= 4, "the rest").await;
+    gapless.stop();
+    let hits = rx.hits.lock().unwrap().clone();
+    let seqs: Vec<u64> = hits.iter().map(Hit::seq).collect();
+    assert_eq!(seqs, [1, 1, 2, 3]);
+    assert_eq!(hits[0].header("webhook-id"), hits[1].header("webhook-id"));
+    assert!(sink_status(&config, "hook")["lag"] == 0);
+}
+
+/// A sink disabled by `410 Gone` sends nothing until `gapless replay`
+/// re-enables it, then delivers from the replayed seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_re_enables_a_sink_that_410_disabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::start().await.unwrap();
+    let script: Script = Box::new(|n, _| (if n == 0 { 410 } else { 200 }, None));
+    let (rx, addr) = start_receiver(([127, 0, 0, 1], 0).into(), script).await;
+    let (mut gapless, config) =
+        start(dir.path(), &broker, &webhook_sink("hook", addr, "block")).await;
+    publish(&broker, 0x3e_0c, 3).await;
+    wait_sink_disabled(&config, &mut gapless);
+    assert_eq!(rx.hits.lock().unwrap().len(), 1);
+
+    run_ok(
+        gapless_cmd()
+            .args(["replay", "--sink", "hook", "--from-seq", "1", "--config"])
+            .arg(&config),
+    );
+    wait_hits(&rx, |h| h.len() >= 4, "the replayed events").await;
+    gapless.stop();
+    assert_eq!(delivered(&rx, |i| i > 0), [1, 2, 3]);
+    assert!(sink_status(&config, "hook")["disabled"].is_null());
+}
+
+/// Waits until `status` shows sink `hook` disabled.
+fn wait_sink_disabled(config: &Path, gapless: &mut Gapless) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sink_status(config, "hook")["disabled"].is_null() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never disabled:\n{}",
+            gapless.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
