@@ -104,8 +104,9 @@ impl From<&PollConfig> for Rules {
     }
 }
 
+/// Saturates at `i64::MIN`, where the whole millisecond below is out of range.
 fn floor_ms(us: i64) -> i64 {
-    us - us.rem_euclid(1000)
+    us.saturating_sub(us.rem_euclid(1000))
 }
 
 /// The closed windows to read now: from `verified − overlap` (or, never
