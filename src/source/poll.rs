@@ -594,6 +594,10 @@ mod run_tests {
         hidden: Option<String>,
         calls: AtomicU32,
         asked: Mutex<Vec<(Window, u32)>>,
+        /// How long each request takes, and how many were in flight at once.
+        latency: Duration,
+        in_flight: AtomicU32,
+        most_in_flight: AtomicU32,
     }
 
     impl History for Trail {
@@ -605,6 +609,10 @@ mod run_tests {
         ) -> Result<HistoryPage, PollError> {
             let call = self.calls.fetch_add(1, Relaxed);
             self.asked.lock().unwrap().push((window, page));
+            let now = self.in_flight.fetch_add(1, Relaxed) + 1;
+            self.most_in_flight.fetch_max(now, Relaxed);
+            tokio::time::sleep(self.latency).await;
+            self.in_flight.fetch_sub(1, Relaxed);
             if self.failing.lock().unwrap().contains(&call) {
                 return Err(PollError::Api(ApiError::Status {
                     what: "history",
@@ -839,5 +847,28 @@ mod run_tests {
         );
         assert_eq!(r.asked(), [(0, 1), (0, 1)]);
         assert_eq!(r.verified().await, None);
+    }
+
+    /// Requests slower than the schedule's tick (every second): the ticks
+    /// during a run collapse into the next run, and no two runs (so no two
+    /// requests) are ever in flight at once.
+    #[tokio::test]
+    async fn runs_never_overlap() {
+        let trail = Trail {
+            latency: Duration::from_millis(700),
+            ..Default::default()
+        };
+        let mut r = rig(trail).await;
+        r.poller.config.schedule = "* * * * * *".into();
+        let shutdown = CancellationToken::new();
+        let Rig { poller, _dir, .. } = r;
+        let history = poller.history.clone();
+        let running = tokio::spawn(poller.run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+        // The first run reads three windows (2.1 s), the next ones one.
+        assert!(history.calls.load(Relaxed) >= 4, "a second run started");
+        assert_eq!(history.most_in_flight.load(Relaxed), 1);
     }
 }
