@@ -150,13 +150,6 @@ impl Sequencer {
         self.high
     }
 
-    /// Takes back a step whose transaction did not commit.
-    pub fn rewind_to(&mut self, head: i64, high: Option<i64>) {
-        debug_assert!(head <= self.head);
-        self.head = head;
-        self.high = high;
-    }
-
     /// Releases, in (time, id) order, the candidates at or below
     /// `watermark` and those held longer than `max_hold`. A candidate at or
     /// below what an earlier step released is late.

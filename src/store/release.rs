@@ -76,34 +76,7 @@ pub(super) struct Releaser {
     pub(super) unverified: Option<Gap>,
 }
 
-/// What a transaction that does not commit takes back.
-#[derive(Clone, Copy)]
-pub(super) struct Mark {
-    head: i64,
-    high: Option<i64>,
-    verified: Option<i64>,
-    all_released: bool,
-    unverified: Option<Gap>,
-}
-
 impl Releaser {
-    pub(super) fn mark(&self) -> Mark {
-        Mark {
-            head: self.sequencer.head(),
-            high: self.sequencer.high(),
-            verified: self.verified,
-            all_released: self.all_released,
-            unverified: self.unverified,
-        }
-    }
-
-    pub(super) fn rewind(&mut self, m: Mark) {
-        self.sequencer.rewind_to(m.head, m.high);
-        self.verified = m.verified;
-        self.all_released = m.all_released;
-        self.unverified = m.unverified;
-    }
-
     /// Now, and the release watermark now.
     fn watermark_now(&self) -> (i64, Option<i64>) {
         let now = now_us();
@@ -310,24 +283,16 @@ impl Writer {
             self.rel.advance();
             return Ok(());
         }
-        let mark = self.rel.mark();
+        // A failure is fatal to the writer (see `Writer::run`), so the
+        // in-memory release state it leaves behind is never used.
         let mut tx = self.conn.begin_with(WRITE_TX).await?;
-        let released = match self.rel.release(&mut tx).await {
-            Ok(n) => n,
-            Err(e) => {
-                self.rel.rewind(mark);
-                return Err(e);
-            }
-        };
+        let released = self.rel.release(&mut tx).await?;
         if released == 0 {
             // Nothing changed but how far event time has been released.
             tx.rollback().await?;
             return Ok(());
         }
-        if let Err(e) = tx.commit().await {
-            self.rel.rewind(mark);
-            return Err(e.into());
-        }
+        tx.commit().await?;
         self.publish_head();
         self.log_forced(false);
         Ok(())

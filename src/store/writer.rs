@@ -275,21 +275,15 @@ impl Writer {
     }
 
     async fn commit(&mut self, mut batch: Batch) -> Result<(), StoreError> {
-        let mark = self.rel.mark();
         let offered = |origin| batch.events.iter().filter(|e| e.origin == origin).count() as u64;
         let (offered_poll, offered_mqtt) = (offered(Origin::Poll), offered(Origin::Mqtt));
-        let result = self.write(&mut batch).await;
+        // A failed write is fatal to the writer (see `run`): nothing of the
+        // batch was acked, and the release state it leaves is never used.
         let Written {
             inserted,
             recovered,
             markers,
-        } = match result {
-            Ok(n) => n,
-            Err(e) => {
-                self.rel.rewind(mark);
-                return Err(e);
-            }
-        };
+        } = self.write(&mut batch).await?;
         let now = now_us();
         Counters::add(&self.counters.stored, inserted);
         Counters::add(&self.counters.recovered, recovered);
