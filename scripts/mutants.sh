@@ -37,4 +37,4 @@ args=()
 for f in "${files[@]}"; do args+=(--file "$f"); done
 for r in "${functions[@]}"; do args+=(--re "$r"); done
 exec cargo mutants --no-shuffle --output target/mutants "${args[@]}" \
-    --cargo-test-arg=--lib "$@"
+    --cargo-arg=--lib "$@"

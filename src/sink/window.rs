@@ -106,6 +106,6 @@ mod tests {
             assert_eq!(w.through, (seq > 1).then_some(seq - 1));
         }
         w.finish().await.unwrap();
-        assert_eq!((w.through, w.acked), (Some(3), 3));
+        assert_eq!((w.through, w.acked, w.duplicates), (Some(3), 3, 0));
     }
 }

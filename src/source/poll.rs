@@ -444,6 +444,11 @@ mod tests {
             None,
             "still held"
         );
+        assert_eq!(
+            expired(Some(940 * S), now, Some(60 * S)),
+            None,
+            "exactly at the cutoff: nothing is missing"
+        );
         let gap = expired(Some(100 * S), now, Some(60 * S)).unwrap();
         assert_eq!(gap.reason, Reason::HistoryExpired);
         assert_eq!((gap.from_us, gap.to_us), (100 * S, 940 * S));
@@ -592,6 +597,8 @@ mod run_tests {
         events: Vec<Event>,
         failing: Mutex<Vec<u32>>,
         hidden: Option<String>,
+        /// Calls answered 400: retrying cannot help.
+        refusing: Vec<u32>,
         calls: AtomicU32,
         asked: Mutex<Vec<(Window, u32)>>,
         /// How long each request takes, and how many were in flight at once.
@@ -613,10 +620,15 @@ mod run_tests {
             self.most_in_flight.fetch_max(now, Relaxed);
             tokio::time::sleep(self.latency).await;
             self.in_flight.fetch_sub(1, Relaxed);
-            if self.failing.lock().unwrap().contains(&call) {
+            let status = if self.refusing.contains(&call) {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            if self.refusing.contains(&call) || self.failing.lock().unwrap().contains(&call) {
                 return Err(PollError::Api(ApiError::Status {
                     what: "history",
-                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    status,
                     retry_after: Some(Duration::ZERO),
                 }));
             }
@@ -798,6 +810,22 @@ mod run_tests {
         assert_eq!(r.asked()[..4], [(0, 1), (0, 2), (0, 2), (0, 3)]);
         assert_eq!(r.stored().await, ids(1..6));
         assert_eq!(r.verified().await, Some(NOW));
+    }
+
+    /// A refusal (400) is not retried: the run fails at once, with the
+    /// watermark where it was.
+    #[tokio::test]
+    async fn a_refused_request_fails_the_run_without_a_retry() {
+        let trail = Trail {
+            events: [1].map(event).to_vec(),
+            refusing: vec![0],
+            ..Default::default()
+        };
+        let r = rig(trail).await;
+        let err = r.run(NOW).await.unwrap_err();
+        assert!(err.retryable().is_none(), "{err}");
+        assert_eq!(r.asked(), [(0, 1)]);
+        assert_eq!(r.verified().await, None);
     }
 
     /// A window whose second page keeps failing: the run fails, the
