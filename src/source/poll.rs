@@ -582,7 +582,7 @@ mod run_tests {
 
     use super::*;
     use crate::config::{HumanDuration, StoreConfig};
-    use crate::event::{Event, Origin};
+    use crate::event::{Event, Origin, Rejected};
     use crate::store::{Retention, StreamSettings, Writer, WriterPlan};
 
     const S: i64 = 1_000_000;
@@ -599,6 +599,10 @@ mod run_tests {
         hidden: Option<String>,
         /// Calls answered 400: retrying cannot help.
         refusing: Vec<u32>,
+        /// Entries it holds that gapless rejects (by their time).
+        unusable: Vec<i64>,
+        /// An event every page shows twice (a server whose order shifts).
+        doubled: Option<String>,
         calls: AtomicU32,
         asked: Mutex<Vec<(Window, u32)>>,
         /// How long each request takes, and how many were in flight at once.
@@ -632,25 +636,43 @@ mod run_tests {
                     retry_after: Some(Duration::ZERO),
                 }));
             }
+            let within = |at: i64| window.from_us <= at && at < window.to_us;
             let inside: Vec<&Event> = self
                 .events
                 .iter()
-                .filter(|e| window.from_us <= e.occurred_at_us && e.occurred_at_us < window.to_us)
+                .filter(|e| within(e.occurred_at_us))
                 .collect();
-            let shown: Vec<&Event> = inside
+            let mut shown: Vec<Parsed> = Vec::new();
+            for e in &inside {
+                if Some(&e.id) != self.hidden.as_ref() {
+                    shown.push(Parsed::Event((*e).clone()));
+                }
+                if Some(&e.id) == self.doubled.as_ref() {
+                    shown.push(Parsed::Event((*e).clone()));
+                }
+            }
+            let unusable: Vec<i64> = self
+                .unusable
                 .iter()
                 .copied()
-                .filter(|e| Some(&e.id) != self.hidden.as_ref())
+                .filter(|&at| within(at))
                 .collect();
+            for &at in &unusable {
+                shown.push(Parsed::Rejected(Rejected::new(
+                    "history",
+                    b"{",
+                    crate::event::RejectReason::MalformedJson,
+                    "broken",
+                    at,
+                )));
+            }
             let start = ((page - 1) * page_size) as usize;
             let end = (start + page_size as usize).min(shown.len());
+            let more = end < shown.len();
             Ok(HistoryPage {
-                items: shown[start.min(end)..end]
-                    .iter()
-                    .map(|e| Parsed::Event((*e).clone()))
-                    .collect(),
-                more: end < shown.len(),
-                total: Some(inside.len() as u64),
+                items: shown.drain(start.min(end)..end).collect(),
+                more,
+                total: Some((inside.len() + unusable.len()) as u64),
             })
         }
     }
@@ -825,6 +847,54 @@ mod run_tests {
         let err = r.run(NOW).await.unwrap_err();
         assert!(err.retryable().is_none(), "{err}");
         assert_eq!(r.asked(), [(0, 1)]);
+        assert_eq!(r.verified().await, None);
+    }
+
+    /// An entry gapless rejects counts toward the window's total and is
+    /// kept once: the overlap reads it again and skips it, while one at
+    /// the watermark's very instant is new to the next run and kept.
+    #[tokio::test]
+    async fn a_rejected_entry_counts_toward_its_window_and_is_kept_once() {
+        let trail = Trail {
+            events: [1, 2].map(event).to_vec(),
+            unusable: vec![NOW - 590 * S, NOW - 30 * S, NOW],
+            ..Default::default()
+        };
+        let r = rig(trail).await;
+        r.run(NOW).await.unwrap();
+        assert_eq!(r.verified().await, Some(NOW));
+        assert_eq!(r.store.counts().await.unwrap().rejected, 2);
+        // Reads [NOW - 60 s, NOW + 30 s): the entry 30 s back again, and
+        // the one at NOW for the first time.
+        r.run(NOW + 30 * S).await.unwrap();
+        assert_eq!(r.verified().await, Some(NOW + 30 * S));
+        assert_eq!(r.store.counts().await.unwrap().rejected, 3);
+    }
+
+    /// A server whose pages show one event twice and leave another out
+    /// adds up to its count only by position: distinct ids do not, so the
+    /// window is read again and never verified.
+    #[tokio::test]
+    async fn an_event_shown_twice_does_not_stand_in_for_one_left_out() {
+        let trail = Trail {
+            events: [1, 2, 3].map(event).to_vec(),
+            hidden: Some("e2".into()),
+            doubled: Some("e1".into()),
+            ..Default::default()
+        };
+        let r = rig(trail).await;
+        let err = r.run(NOW).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PollError::Incomplete {
+                    seen: 2,
+                    total: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert_eq!(r.verified().await, None);
     }
 
