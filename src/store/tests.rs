@@ -422,3 +422,27 @@ async fn retention_keeps_the_head_row_so_seq_continues() {
     r.receipts(1).await;
     assert_eq!(r.stream().await.last(), Some(&(11, "e11".to_string())));
 }
+
+/// A ScaleIT event waiting for its schema is stored but not released;
+/// one already validated goes out at once.
+#[tokio::test]
+async fn an_event_pending_validation_is_stored_but_not_released() {
+    let mut r = rig().await;
+    let scaleit = |id: &str, validation| Event {
+        ext: Some(Box::new(crate::event::EventExt {
+            source: "app/a/s".into(),
+            app: "a".into(),
+            schema_ref: None,
+            dataschema: None,
+            validation,
+        })),
+        ..event(id, 1)
+    };
+    r.send(scaleit("waits", crate::event::Validation::Pending), 1)
+        .await;
+    r.send(scaleit("valid", crate::event::Validation::Valid), 2)
+        .await;
+    r.receipts(2).await;
+    assert_eq!(r.stream().await, vec![(1, "valid".to_string())]);
+    assert_eq!(r.counters.stored.load(Relaxed), 2);
+}
