@@ -330,8 +330,13 @@ const SECOND: i64 = 1_000_000;
 /// hour old, all qualify by age) once `sinks` passed it; returns the rig
 /// and the hour-old instant event `i` is `i` seconds after.
 async fn rig_pruning(sinks: &[&str], poll_guard_us: Option<i64>) -> (Rig, i64) {
+    rig_pruning_after(SECOND, sinks, poll_guard_us).await
+}
+
+/// [`rig_pruning`] with a retention of `keep_us`.
+async fn rig_pruning_after(keep_us: i64, sinks: &[&str], poll_guard_us: Option<i64>) -> (Rig, i64) {
     let retention = Retention {
-        keep_us: SECOND,
+        keep_us,
         sinks: sinks.iter().map(|s| s.to_string()).collect(),
         poll_guard_us,
     };
@@ -445,4 +450,17 @@ async fn an_event_pending_validation_is_stored_but_not_released() {
     r.receipts(2).await;
     assert_eq!(r.stream().await, vec![(1, "valid".to_string())]);
     assert_eq!(r.counters.stored.load(Relaxed), 2);
+}
+
+/// Only what is older than the retention goes, even once every sink
+/// passed it.
+#[tokio::test]
+async fn retention_keeps_what_is_younger_than_the_retention() {
+    let (mut r, _) = rig_pruning_after(10 * SECOND, &["only"], None).await;
+    let now = crate::event::now_us();
+    r.send(event("young", now), 11).await;
+    r.send(event("newest", now), 12).await;
+    r.receipts(2).await;
+    r.handle.commit_cursor("only", 12).await.unwrap();
+    assert_eq!(r.pruned(10).await, vec![11, 12]);
 }
