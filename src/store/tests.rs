@@ -32,12 +32,17 @@ async fn rig() -> Rig {
 /// The rig in event-time order, released up to what the poller verified
 /// (sent as [`Ingest::Verified`]), so no clock decides the test.
 async fn rig_by_verified_time() -> Rig {
+    rig_by_verified_time_holding(i64::MAX / 4).await
+}
+
+/// [`rig_by_verified_time`] with a `max_hold` of `max_hold_us`.
+async fn rig_by_verified_time_holding(max_hold_us: i64) -> Rig {
     rig_in(StreamSettings {
         order: crate::stream::Order::EventTime,
         rule: crate::stream::Rule {
             release: crate::stream::ReleaseMode::Verified,
             settle_us: 0,
-            max_hold_us: i64::MAX / 4,
+            max_hold_us,
             has_poller: true,
         },
         live: tokio::sync::watch::channel(crate::stream::Live::default()).1,
@@ -282,20 +287,29 @@ async fn events_waiting_for_release_are_found_whichever_way_a_batch_went() {
     r.send(event("c", 150), 2).await; // above what is verified: waits
     r.receipts(1).await;
     assert_eq!(r.released().await.len(), 2);
+    r.send(event("d", 160), 4).await; // the general step: both still wait
+    r.receipts(1).await;
+    assert_eq!(r.released().await.len(), 2);
 
     r.verified(200).await; // a batch with no event of its own
     assert_eq!(
         r.released().await,
-        released(&[("b", false), ("a", false), ("c", false)])
+        released(&[("b", false), ("a", false), ("c", false), ("d", false)])
     );
 
     r.send(event("e", 30), 3).await; // behind the stream: late
     r.receipts(1).await;
     assert_eq!(
         r.released().await,
-        released(&[("b", false), ("a", false), ("c", false), ("e", true)])
+        released(&[
+            ("b", false),
+            ("a", false),
+            ("c", false),
+            ("d", false),
+            ("e", true)
+        ])
     );
-    assert_eq!(r.counters.released.load(Relaxed), 4);
+    assert_eq!(r.counters.released.load(Relaxed), 5);
     assert_eq!(r.counters.late.load(Relaxed), 1);
 }
 
@@ -463,4 +477,56 @@ async fn retention_keeps_what_is_younger_than_the_retention() {
     r.receipts(2).await;
     r.handle.commit_cursor("only", 12).await.unwrap();
     assert_eq!(r.pruned(10).await, vec![11, 12]);
+}
+
+/// Event-time order in `live` mode on an unbroken subscription and no
+/// poller, with no settle time: the watermark is now.
+fn live_now(max_hold_us: i64) -> StreamSettings {
+    StreamSettings {
+        order: crate::stream::Order::EventTime,
+        rule: crate::stream::Rule {
+            release: crate::stream::ReleaseMode::Live,
+            settle_us: 0,
+            max_hold_us,
+            has_poller: false,
+        },
+        live: tokio::sync::watch::channel(crate::stream::Live {
+            since_us: Some(0),
+            ..Default::default()
+        })
+        .1,
+    }
+}
+
+/// While nothing waits, the writer's idle tick still moves how far event
+/// time has been released: an event that turns up below it is late.
+#[tokio::test]
+async fn time_released_while_idle_makes_an_older_arrival_late() {
+    let mut r = rig_in(live_now(i64::MAX / 4)).await;
+    let before = crate::event::now_us() - 60 * SECOND;
+    // The idle tick comes every 5 ms (settle 0) once the writer runs; this
+    // single-threaded test lets it run for 40 of them first.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    r.send(event("old", before), 1).await;
+    r.receipts(1).await;
+    assert_eq!(r.released().await, vec![("old".to_string(), true)]);
+}
+
+/// An event held past `max_hold` above the watermark is released anyway,
+/// followed by an `unverified` gap marker.
+#[tokio::test]
+async fn max_hold_releases_a_held_event_and_marks_the_span_unverified() {
+    let mut r = rig_by_verified_time_holding(SECOND).await;
+    let hour_ago = crate::event::now_us() - 3600 * SECOND;
+    r.send(event("held", hour_ago), 1).await;
+    r.receipts(1).await;
+    let released = r.store.released_after(0, 10).await.unwrap();
+    let kinds: Vec<(String, bool)> = released
+        .iter()
+        .map(|e| (e.id.clone(), e.is_marker()))
+        .collect();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    assert_eq!(kinds[0], ("held".to_string(), false));
+    assert!(kinds[1].1, "an unverified marker follows: {kinds:?}");
+    assert_eq!(r.counters.forced.load(Relaxed), 1);
 }
