@@ -529,4 +529,77 @@ async fn max_hold_releases_a_held_event_and_marks_the_span_unverified() {
     assert_eq!(kinds[0], ("held".to_string(), false));
     assert!(kinds[1].1, "an unverified marker follows: {kinds:?}");
     assert_eq!(r.counters.forced.load(Relaxed), 1);
+
+    // Another forced out while the gap is open extends it: one gap.
+    r.send(event("held too", hour_ago + 10), 2).await;
+    r.receipts(1).await;
+    let gaps = r.store.last_gaps(10).await.unwrap();
+    assert_eq!(gaps.len(), 1);
+    assert_eq!(
+        (gaps[0].from_us, gaps[0].to_us, gaps[0].events),
+        (hour_ago, hour_ago + 10, Some(2))
+    );
+    assert_eq!(r.store.released_after(0, 10).await.unwrap().len(), 3);
+
+    // Verified up to the gap's last instant (exclusive): still open. Past
+    // it: closed, with an `io.gapless.verified` marker.
+    r.verified(hour_ago + 10).await;
+    assert_eq!(r.store.released_after(0, 10).await.unwrap().len(), 3);
+    r.verified(hour_ago + 11).await;
+    let released = r.store.released_after(0, 10).await.unwrap();
+    assert_eq!(released.len(), 4);
+    assert!(released[3].is_marker());
+    assert!(
+        r.store.last_gaps(10).await.unwrap()[0]
+            .verified_at_us
+            .is_some()
+    );
+}
+
+/// The writer's counters for one batch of everything: new and repeated
+/// MQTT events, a poll event MQTT missed and one it had, a skipped
+/// message and a rejected one.
+#[tokio::test]
+async fn each_message_is_counted_once_under_its_kind() {
+    let mut r = rig().await;
+    let poll = |id: &str| Event {
+        origin: Origin::Poll,
+        ..event(id, 1)
+    };
+    let items = [
+        Parsed::Event(event("a", 1)),
+        Parsed::Event(event("a", 1)),
+        Parsed::Event(poll("b")),
+        Parsed::Event(poll("a")),
+        Parsed::Skipped("task".into()),
+        Parsed::Rejected(crate::event::Rejected::new(
+            "t",
+            b"{",
+            crate::event::RejectReason::MalformedJson,
+            "broken",
+            1,
+        )),
+    ];
+    for (n, item) in items.into_iter().enumerate() {
+        r.ingest
+            .send(Ingest::Message {
+                item,
+                ack: Some(Receipt(n as u64)),
+                permit: None,
+            })
+            .await
+            .unwrap();
+    }
+    r.receipts(6).await;
+    let c = &r.counters;
+    let got = [
+        &c.stored,
+        &c.duplicates,
+        &c.recovered,
+        &c.poll_known,
+        &c.skipped,
+        &c.rejected,
+    ]
+    .map(|n| n.load(Relaxed));
+    assert_eq!(got, [2, 1, 1, 1, 1, 1]);
 }
