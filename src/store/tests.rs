@@ -591,6 +591,11 @@ async fn each_message_is_counted_once_under_its_kind() {
             .unwrap();
     }
     r.receipts(6).await;
+    // In arrival order, what the poller recovered is late by definition.
+    assert_eq!(
+        r.released().await,
+        vec![("a".to_string(), false), ("b".to_string(), true)]
+    );
     let c = &r.counters;
     let got = [
         &c.stored,
@@ -602,4 +607,34 @@ async fn each_message_is_counted_once_under_its_kind() {
     ]
     .map(|n| n.load(Relaxed));
     assert_eq!(got, [2, 1, 1, 1, 1, 1]);
+}
+
+/// A gap a source reports (here: a lost session without history) is
+/// recorded once, with its marker in the stream; reported again, it is
+/// the same marker and is not repeated.
+#[tokio::test]
+async fn a_reported_gap_is_recorded_once_with_its_marker() {
+    let mut r = rig().await;
+    let gap = crate::gap::Gap {
+        reason: crate::gap::Reason::NoHistory,
+        from_us: 10,
+        to_us: 20,
+        events: None,
+    };
+    for _ in 0..2 {
+        r.ingest.send(Ingest::Gap(gap)).await.unwrap();
+    }
+    r.send(event("after", 30), 1).await;
+    r.receipts(1).await;
+    let released = r.store.released_after(0, 10).await.unwrap();
+    // One marker and the event (in arrival order a batch's markers follow
+    // its events).
+    let mut kinds: Vec<bool> = released.iter().map(|e| e.is_marker()).collect();
+    kinds.sort();
+    assert_eq!(kinds, [false, true]);
+    let gaps = r.store.last_gaps(10).await.unwrap();
+    assert_eq!(gaps.len(), 1);
+    assert_eq!((gaps[0].from_us, gaps[0].to_us), (10, 20));
+    assert_eq!(r.counters.duplicates.load(Relaxed), 0);
+    assert_eq!(r.counters.stored.load(Relaxed), 2);
 }
