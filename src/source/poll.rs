@@ -857,18 +857,18 @@ mod run_tests {
     async fn a_rejected_entry_counts_toward_its_window_and_is_kept_once() {
         let trail = Trail {
             events: [1, 2].map(event).to_vec(),
-            unusable: vec![NOW - 590 * S, NOW - 30 * S, NOW],
+            unusable: vec![NOW - 590 * S, NOW - 30 * S, NOW - 20 * S, NOW],
             ..Default::default()
         };
         let r = rig(trail).await;
         r.run(NOW).await.unwrap();
         assert_eq!(r.verified().await, Some(NOW));
-        assert_eq!(r.store.counts().await.unwrap().rejected, 2);
-        // Reads [NOW - 60 s, NOW + 30 s): the entry 30 s back again, and
-        // the one at NOW for the first time.
+        assert_eq!(r.store.counts().await.unwrap().rejected, 3);
+        // Reads [NOW - 60 s, NOW + 30 s): the entries 30 and 20 s back
+        // again, and the one at NOW for the first time.
         r.run(NOW + 30 * S).await.unwrap();
         assert_eq!(r.verified().await, Some(NOW + 30 * S));
-        assert_eq!(r.store.counts().await.unwrap().rejected, 3);
+        assert_eq!(r.store.counts().await.unwrap().rejected, 4);
     }
 
     /// A server whose pages show one event twice and leave another out
