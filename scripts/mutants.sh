@@ -7,7 +7,7 @@
 # it. The integration tests are left out: a release build per mutant would
 # take days on two cores.
 #
-#   scripts/mutants.sh            # every mutant in scope (~1 h on 2 cores)
+#   scripts/mutants.sh            # every mutant in scope (~85 min on 2 cores)
 #   scripts/mutants.sh --list     # what is in scope
 #   scripts/mutants.sh -F prune   # one function's mutants
 #
