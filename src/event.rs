@@ -409,6 +409,27 @@ impl Parsed {
     }
 }
 
+/// A released event for the sinks' unit tests.
+#[cfg(test)]
+impl StoredEvent {
+    pub(crate) fn sample(id: &str, event_type: &str, origin: &str) -> StoredEvent {
+        StoredEvent {
+            seq: 1,
+            id: id.into(),
+            origin: origin.into(),
+            occurred_at_us: 0,
+            event_type: event_type.into(),
+            subject: None,
+            payload: "{}".into(),
+            late: false,
+            ce_source: None,
+            dataschema: None,
+            validation: None,
+            retained: false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -259,18 +259,8 @@ mod tests {
     #[test]
     fn records_are_keyed_by_id_subject_or_type() {
         let mut e = StoredEvent {
-            seq: 1,
-            id: "abc".into(),
-            origin: "mqtt".into(),
-            occurred_at_us: 0,
-            event_type: "com/vmware/cloud/event/vm/create".into(),
             subject: Some("urn:vcloud:vm:1".into()),
-            payload: "{}".into(),
-            late: false,
-            ce_source: None,
-            dataschema: None,
-            validation: None,
-            retained: false,
+            ..StoredEvent::sample("abc", "com/vmware/cloud/event/vm/create", "mqtt")
         };
         assert_eq!(record_key(KafkaKey::Id, &e), "abc");
         assert_eq!(record_key(KafkaKey::Subject, &e), "urn:vcloud:vm:1");

@@ -235,20 +235,7 @@ mod tests {
     use super::*;
 
     fn event(event_type: &str, origin: &str) -> StoredEvent {
-        StoredEvent {
-            seq: 1,
-            id: "id".into(),
-            origin: origin.into(),
-            occurred_at_us: 0,
-            event_type: event_type.into(),
-            subject: None,
-            payload: "{}".into(),
-            late: false,
-            ce_source: None,
-            dataschema: None,
-            validation: None,
-            retained: false,
-        }
+        StoredEvent::sample("id", event_type, origin)
     }
 
     #[test]

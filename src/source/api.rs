@@ -454,15 +454,13 @@ mod tests {
         assert_eq!(status(404, None).retryable(), None);
     }
 
-    /// A connection the peer refuses (nothing listens on the port) is a
-    /// network error, and the poller retries it.
+    /// A connection the peer refuses is a network error, and the poller
+    /// retries it. Port 0 is never listened on, so no other process can
+    /// take it between a test's bind and connect.
     #[tokio::test]
     async fn a_refused_connection_is_retryable() {
         crate::tls::install_crypto_provider();
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = closed.local_addr().unwrap();
-        drop(closed);
-        let err = reqwest::get(format!("http://{addr}/")).await.unwrap_err();
+        let err = reqwest::get("http://127.0.0.1:0/").await.unwrap_err();
         assert_eq!(ApiError::from(err).retryable(), Some(None));
     }
 }

@@ -581,9 +581,10 @@ mod run_tests {
     use reqwest::StatusCode;
 
     use super::*;
-    use crate::config::{HumanDuration, StoreConfig};
+    use crate::config::HumanDuration;
     use crate::event::{Event, Origin, Rejected};
-    use crate::store::{Retention, StreamSettings, Writer, WriterPlan};
+    use crate::store::StreamSettings;
+    use crate::store::testing::{keep_all, running};
 
     const S: i64 = 1_000_000;
     /// The test's "now": the history's events are in the ten minutes before.
@@ -625,11 +626,13 @@ mod run_tests {
             tokio::time::sleep(self.latency).await;
             self.in_flight.fetch_sub(1, Relaxed);
             let status = if self.refusing.contains(&call) {
-                StatusCode::BAD_REQUEST
+                Some(StatusCode::BAD_REQUEST)
+            } else if self.failing.lock().unwrap().contains(&call) {
+                Some(StatusCode::SERVICE_UNAVAILABLE)
             } else {
-                StatusCode::SERVICE_UNAVAILABLE
+                None
             };
-            if self.refusing.contains(&call) || self.failing.lock().unwrap().contains(&call) {
+            if let Some(status) = status {
                 return Err(PollError::Api(ApiError::Status {
                     what: "history",
                     status,
@@ -679,19 +682,9 @@ mod run_tests {
 
     /// Event `i` of the history, `i` seconds into its ten minutes.
     fn event(i: i64) -> Event {
-        let at = NOW - 600 * S + i * S;
         Event {
-            id: format!("e{i}"),
-            occurred_at_us: at,
-            received_at_us: at,
-            event_type: "t".into(),
-            subject: None,
-            org: None,
             origin: Origin::Poll,
-            payload: format!("{{\"id\":\"e{i}\"}}"),
-            ext: None,
-            content_key: None,
-            retained: false,
+            ..crate::store::testing::event(&format!("e{i}"), NOW - 600 * S + i * S)
         }
     }
 
@@ -704,27 +697,7 @@ mod run_tests {
     /// Reads ten minutes back in windows of four, pages of two, retrying
     /// a failed request once.
     async fn rig(trail: Trail) -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        let store_config = StoreConfig {
-            path: dir.path().join("gapless.db"),
-            ..Default::default()
-        };
-        let store = Store::open(&store_config).await.unwrap();
-        let counters = Arc::new(Counters::default());
-        let plan = WriterPlan {
-            source: "test".into(),
-            queue: 64,
-            counters: counters.clone(),
-            acks: None,
-            stream: StreamSettings::arrival(),
-            retention: Retention {
-                keep_us: i64::MAX,
-                sinks: Vec::new(),
-                poll_guard_us: None,
-            },
-        };
-        let (writer, channels) = Writer::new(&store, &store_config, plan).await.unwrap();
-        tokio::spawn(writer.run());
+        let running = running(StreamSettings::arrival(), keep_all(), None).await;
         let config = PollConfig {
             initial_lookback: HumanDuration(Duration::from_secs(600)),
             visibility_lag: HumanDuration(Duration::ZERO),
@@ -736,18 +709,18 @@ mod run_tests {
         };
         let poller = Poller {
             history: Arc::new(trail),
-            store: store.clone(),
-            ingest: channels.ingest,
+            store: running.store.clone(),
+            ingest: running.channels.ingest,
             source: "test".into(),
             config,
-            counters,
+            counters: running.counters,
             live: None,
             max_skew_us: i64::MAX / 4,
             retention_us: None,
         };
         Rig {
-            _dir: dir,
-            store,
+            _dir: running.dir,
+            store: running.store,
             poller,
         }
     }

@@ -23,6 +23,8 @@ mod open;
 mod read;
 mod release;
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 mod writer;
 

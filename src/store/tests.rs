@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::sync::mpsc;
 
+use super::testing::{event, keep_all, running};
 use super::*;
-use crate::config::StoreConfig;
 use crate::event::{ContentKey, Event, Origin, Parsed};
 use crate::metrics::Counters;
 
@@ -51,59 +51,20 @@ async fn rig_by_verified_time_holding(max_hold_us: i64) -> Rig {
 }
 
 async fn rig_in(stream: StreamSettings) -> Rig {
-    rig_keeping(
-        stream,
-        Retention {
-            keep_us: i64::MAX,
-            sinks: Vec::new(),
-            poll_guard_us: None,
-        },
-    )
-    .await
+    rig_keeping(stream, keep_all()).await
 }
 
 async fn rig_keeping(stream: StreamSettings, retention: Retention) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
-        path: dir.path().join("gapless.db"),
-        ..Default::default()
-    };
-    let store = Store::open(&config).await.unwrap();
-    let counters = Arc::new(Counters::default());
     let (acks, receipts) = mpsc::unbounded_channel();
-    let plan = WriterPlan {
-        source: "test".into(),
-        queue: 64,
-        counters: counters.clone(),
-        acks: Some(acks),
-        stream,
-        retention,
-    };
-    let (writer, channels) = Writer::new(&store, &config, plan).await.unwrap();
+    let r = running(stream, retention, Some(acks)).await;
     Rig {
-        _dir: dir,
-        store,
-        ingest: channels.ingest,
+        _dir: r.dir,
+        store: r.store,
+        ingest: r.channels.ingest,
         receipts,
-        counters,
-        writer: tokio::spawn(writer.run()),
-        handle: channels.handle,
-    }
-}
-
-fn event(id: &str, at_us: i64) -> Event {
-    Event {
-        id: id.into(),
-        occurred_at_us: at_us,
-        received_at_us: at_us,
-        event_type: "t".into(),
-        subject: None,
-        org: None,
-        origin: Origin::Mqtt,
-        payload: format!("{{\"id\":\"{id}\"}}"),
-        ext: None,
-        content_key: None,
-        retained: false,
+        counters: r.counters,
+        writer: r.writer,
+        handle: r.channels.handle,
     }
 }
 
