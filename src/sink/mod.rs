@@ -124,15 +124,24 @@ impl LogTarget {
     }
 }
 
-/// Where a log sink delivers, for the log (no credentials).
-fn connect_address(config: &SinkConfig) -> String {
+/// Where a sink delivers, for the log and errors (no credentials).
+fn target_address(config: &SinkConfig) -> String {
     match config.kind {
         SinkKind::Kafka => format!(
             "{} topic {}",
             config.brokers.as_deref().unwrap_or_default(),
             config.topic.as_deref().unwrap_or_default()
         ),
-        _ => crate::net::redact(config.url.as_deref().unwrap_or_default()),
+        SinkKind::File => config
+            .path
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""))
+            .display()
+            .to_string(),
+        SinkKind::Stdout => "stdout".to_string(),
+        SinkKind::Webhook | SinkKind::Nats => {
+            crate::net::redact(config.url.as_deref().unwrap_or_default())
+        }
     }
 }
 
@@ -371,11 +380,7 @@ impl SinkTask {
                      written from another store (a new or deleted database, or a changed store.path). \
                      Nothing was written. Move the file aside to start a new one, or run \
                      `gapless replay --sink {name} --from-seq 1` to append this store's stream after it",
-                    self.config
-                        .path
-                        .as_deref()
-                        .unwrap_or(std::path::Path::new(""))
-                        .display()
+                    target_address(&self.config)
                 ),
             });
         }
@@ -407,11 +412,7 @@ impl SinkTask {
                     .await
                     .map_err(|source| SinkError::Io {
                         sink: name.clone(),
-                        target: self
-                            .config
-                            .path
-                            .as_deref()
-                            .map_or_else(|| "stdout".to_string(), |p| p.display().to_string()),
+                        target: target_address(&self.config),
                         source,
                     })?;
                 cursor = last;
@@ -439,7 +440,7 @@ impl SinkTask {
         let mut failures = 0u32;
         let mut committing = None;
         let mut fenced = None;
-        tracing::info!(sink = %name, cursor, to = %connect_address(&self.config), "sink started");
+        tracing::info!(sink = %name, cursor, to = %target_address(&self.config), "sink started");
         loop {
             self.apply_replay(&mut cursor).await?;
             let events = self.store.released_after(cursor, self.config.batch).await?;
