@@ -448,28 +448,36 @@ pub fn sink_status(config: &Path, name: &str) -> serde_json::Value {
 /// Waits until sink `name` has delivered up to a head of at least `n`
 /// and has no replay request pending.
 pub fn wait_sink_caught_up(config: &Path, name: &str, n: i64, gapless: &mut Gapless) {
+    wait_for(
+        &format!("sink {name} to catch up with seq {n}"),
+        gapless,
+        || {
+            let s = status_json(config);
+            let sink = s["sinks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["name"] == name)
+                .cloned()
+                .unwrap();
+            s["head_seq"].as_i64().unwrap_or(0) >= n
+                && sink["lag"] == 0
+                && sink["replay_from"].is_null()
+        },
+    );
+}
+
+/// Polls `done` every 100 ms until it holds; fails the test naming
+/// `what`, with gapless's log, after two minutes.
+pub fn wait_for(what: &str, gapless: &mut Gapless, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = status_json(config);
-        let sink = s["sinks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["name"] == name)
-            .cloned()
-            .unwrap();
-        if s["head_seq"].as_i64().unwrap_or(0) >= n
-            && sink["lag"] == 0
-            && sink["replay_from"].is_null()
-        {
-            return;
-        }
+    while !done() {
         assert!(
             Instant::now() < deadline,
-            "sink {name} not caught up: {s}\n{}",
+            "timed out waiting for {what}:\n{}",
             gapless.log_text()
         );
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

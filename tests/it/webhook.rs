@@ -375,26 +375,15 @@ async fn killed_between_post_and_cursor_commit_resends_with_the_same_webhook_id(
     let (rx, addr) = start_receiver(([127, 0, 0, 1], 0).into(), ok()).await;
     let (arrived, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     *rx.hold.lock().unwrap() = Some((2, arrived.clone(), release.clone()));
-    let (gapless, config) = start(dir.path(), &broker, &webhook_sink("hook", addr, "block")).await;
+    let (mut gapless, config) =
+        start(dir.path(), &broker, &webhook_sink("hook", addr, "block")).await;
     publish(&broker, 0x3e_05, 5).await;
     arrived.notified().await;
     // Seq 3 is held at the receiver; kill once the cursor has passed 1 and
     // 2 (its commits are pipelined, so wait for them).
-    let db = store_pool(dir.path()).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while sqlx::query_scalar::<_, i64>("SELECT seq FROM cursors WHERE sink = 'hook'")
-        .fetch_optional(&db)
-        .await
-        .unwrap()
-        != Some(2)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "cursor never reached 2"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    db.close().await;
+    wait_for("the cursor at seq 2", &mut gapless, || {
+        sink_status(&config, "hook")["cursor"] == 2
+    });
     gapless.kill();
     release.notify_one();
     let held = rx.hits.lock().unwrap()[2].clone();
@@ -647,7 +636,9 @@ async fn replay_re_enables_a_sink_that_410_disabled() {
     let (mut gapless, config) =
         start(dir.path(), &broker, &webhook_sink("hook", addr, "block")).await;
     publish(&broker, 0x3e_0c, 3).await;
-    wait_sink_disabled(&config, &mut gapless);
+    wait_for("sink hook disabled", &mut gapless, || {
+        !sink_status(&config, "hook")["disabled"].is_null()
+    });
     assert_eq!(rx.hits.lock().unwrap().len(), 1);
 
     run_ok(
@@ -659,17 +650,4 @@ async fn replay_re_enables_a_sink_that_410_disabled() {
     gapless.stop();
     assert_eq!(delivered(&rx, |i| i > 0), [1, 2, 3]);
     assert!(sink_status(&config, "hook")["disabled"].is_null());
-}
-
-/// Waits until `status` shows sink `hook` disabled.
-fn wait_sink_disabled(config: &Path, gapless: &mut Gapless) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while sink_status(config, "hook")["disabled"].is_null() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never disabled:\n{}",
-            gapless.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
