@@ -330,6 +330,7 @@ async fn start_sources(
     if let Some(idle) = options.exit_idle {
         let counters = counters.clone();
         let shutdown = shutdown.clone();
+        let settle_us = config.stream.settle.0.as_micros() as i64;
         tasks.spawn(async move {
             let idle_us = idle.as_micros() as i64;
             loop {
@@ -337,7 +338,7 @@ async fn start_sources(
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                     _ = shutdown.cancelled() => return ("idle watch".into(), Ok(())),
                 }
-                if is_idle(&counters.snapshot(), now_us(), idle_us) {
+                if is_idle(&counters.snapshot(), now_us(), idle_us, settle_us) {
                     tracing::info!(idle = ?idle, "no message and no delivery for the idle period; stopping");
                     shutdown.cancel();
                     return ("idle watch".into(), Ok(()));
@@ -353,8 +354,13 @@ async fn start_sources(
 /// backlog keeps the run going, so shutdown does not start with a long
 /// delivery left for `shutdown_timeout` to cut (exit 1). A sink that stopped
 /// delivering (a webhook that is down) does not.
-fn is_idle(s: &crate::metrics::Snapshot, now: i64, idle_us: i64) -> bool {
-    s.last_received_us > 0 && now - s.last_received_us.max(s.last_delivered_us) > idle_us
+///
+/// The last arrival counts from when the live watermark passes it
+/// (`settle` later): until then the stream holds it, and an idle period
+/// shorter than `settle` would stop the run with it unreleased.
+fn is_idle(s: &crate::metrics::Snapshot, now: i64, idle_us: i64, settle_us: i64) -> bool {
+    s.last_received_us > 0
+        && now - (s.last_received_us + settle_us).max(s.last_delivered_us) > idle_us
 }
 
 /// Starts the gap poller over `history`.
@@ -470,22 +476,35 @@ mod tests {
             last_delivered_us: delivered,
             ..Default::default()
         };
-        let idle = 2_000_000;
+        let (idle, settle) = (2_000_000, 0);
         let now = 100_000_000;
-        assert!(!is_idle(&s(0, 0), now, idle), "nothing arrived yet");
+        let is_idle = |s| is_idle(&s, now, idle, settle);
+        assert!(!is_idle(s(0, 0)), "nothing arrived yet");
+        assert!(!is_idle(s(now - 1_000_000, 0)), "arrived lately");
         assert!(
-            !is_idle(&s(now - 1_000_000, 0), now, idle),
-            "arrived lately"
-        );
-        assert!(
-            !is_idle(&s(now - 60_000_000, now - 500_000), now, idle),
+            !is_idle(s(now - 60_000_000, now - 500_000)),
             "a sink is still delivering the backlog"
         );
-        assert!(is_idle(&s(now - 60_000_000, now - 3_000_000), now, idle));
+        assert!(is_idle(s(now - 60_000_000, now - 3_000_000)));
         assert!(
-            is_idle(&s(now - 3_000_000, 0), now, idle),
+            is_idle(s(now - 3_000_000, 0)),
             "a sink that never delivers does not hold the run"
         );
+    }
+
+    /// The stream holds the last arrival for `settle`: the idle period
+    /// starts when it can have been released, not when it arrived.
+    #[test]
+    fn exit_idle_counts_from_when_the_last_arrival_is_released() {
+        let last = crate::metrics::Snapshot {
+            last_received_us: 10_000_000,
+            last_delivered_us: 9_000_000,
+            ..Default::default()
+        };
+        let (idle, settle) = (2_000_000, 2_000_000);
+        assert!(!is_idle(&last, 13_000_000, idle, settle), "still held");
+        assert!(!is_idle(&last, 14_000_000, idle, settle));
+        assert!(is_idle(&last, 14_000_001, idle, settle));
     }
 
     #[tokio::test]

@@ -64,6 +64,8 @@ enum Command {
         config: PathBuf,
         /// Stop once no message has arrived and no sink has delivered for
         /// this long (e.g. "2s"): drain a backlog into the sinks and exit.
+        /// The last message counts from its release (`stream.settle` after
+        /// it arrived), so it is delivered before the run stops.
         #[arg(long, value_parser = humantime::parse_duration)]
         exit_idle: Option<Duration>,
         /// Write a JSON summary of the run (counters, peak memory) to this file at exit.
