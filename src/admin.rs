@@ -39,6 +39,8 @@ pub enum AdminError {
     },
     #[error("admin endpoint: {0}")]
     Serve(std::io::Error),
+    #[error("admin endpoint: recording its address in the store: {0}")]
+    Record(#[source] StoreError),
 }
 
 /// What `/readyz` needs to know about one sink.
@@ -253,6 +255,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Completed poll runs.",
     ),
     (
+        "gapless_poll_windows_verified_total",
+        Kind::Counter,
+        "History windows the poller read whole and verified.",
+    ),
+    (
         "gapless_poll_errors_total",
         Kind::Counter,
         "Failed poll runs.",
@@ -286,6 +293,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "gapless_mqtt_connection_errors_total",
         Kind::Counter,
         "Failed MQTT connection attempts and lost connections.",
+    ),
+    (
+        "gapless_mqtt_subscriptions_total",
+        Kind::Counter,
+        "Subscriptions the broker granted (one per connection that had no session).",
     ),
     (
         "gapless_mqtt_subscribed",
@@ -378,6 +390,7 @@ pub fn render(f: &Facts) -> String {
             gauge!("gapless_sink_blocked_seconds", "sink" => name).set(blocked_s);
         }
         counter!("gapless_poll_runs_total").absolute(c.poll_runs);
+        counter!("gapless_poll_windows_verified_total").absolute(c.poll_windows);
         counter!("gapless_poll_errors_total").absolute(c.poll_errors);
         counter!("gapless_poll_events_total").absolute(c.polled);
         if let Some(v) = f.verified_until_us {
@@ -387,6 +400,7 @@ pub fn render(f: &Facts) -> String {
         counter!("gapless_mqtt_connects_total").absolute(c.connects);
         counter!("gapless_mqtt_disconnects_total").absolute(c.disconnects);
         counter!("gapless_mqtt_connection_errors_total").absolute(c.connection_errors);
+        counter!("gapless_mqtt_subscriptions_total").absolute(c.subscribed);
         gauge!("gapless_mqtt_subscribed").set(f64::from(f.mqtt_ready));
         for (reason, n, seconds) in &f.gaps {
             let labels = [("source", f.source.clone()), ("reason", reason.to_string())];
@@ -484,7 +498,8 @@ impl Admin {
         })
     }
 
-    /// Binds `addr` now (so a taken port fails start-up), then serves until
+    /// Binds `addr` now (so a taken port fails start-up), records the bound
+    /// address in the store (port 0 picks any free port), then serves until
     /// `shutdown`.
     pub async fn serve(
         self,
@@ -495,6 +510,10 @@ impl Admin {
             .await
             .map_err(|source| AdminError::Bind { addr, source })?;
         let bound = listener.local_addr().map_err(AdminError::Serve)?;
+        self.store
+            .record_admin(bound)
+            .await
+            .map_err(AdminError::Record)?;
         tracing::info!(addr = %bound, "admin endpoint listening (/healthz, /readyz, /metrics)");
         let app = axum::Router::new()
             .route("/healthz", get(healthz))

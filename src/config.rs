@@ -972,7 +972,8 @@ impl Default for StreamConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// `host:port` to listen on; `""` turns the endpoint off.
+    /// `host:port` to listen on; `""` turns the endpoint off. Port 0 takes
+    /// any free port, recorded in the store where `gapless status` finds it.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
     /// A bearer token required by `/metrics` and the details of `/readyz`,

@@ -53,6 +53,8 @@ pub struct Counters {
     pub polled: AtomicU64,
     /// Completed poll runs.
     pub poll_runs: AtomicU64,
+    /// History windows the poller read whole and verified.
+    pub poll_windows: AtomicU64,
     /// Failed poll runs.
     pub poll_errors: AtomicU64,
     /// Since when poll runs have been failing (µs since the epoch, 0 = the
@@ -118,6 +120,7 @@ pub struct Snapshot {
     pub recovered: u64,
     pub polled: u64,
     pub poll_runs: u64,
+    pub poll_windows: u64,
     pub poll_errors: u64,
     pub logins: u64,
     pub late: u64,
@@ -224,6 +227,7 @@ impl Counters {
             recovered: self.recovered.load(Relaxed),
             polled: self.polled.load(Relaxed),
             poll_runs: self.poll_runs.load(Relaxed),
+            poll_windows: self.poll_windows.load(Relaxed),
             poll_errors: self.poll_errors.load(Relaxed),
             logins: self.logins.load(Relaxed),
             late: self.late.load(Relaxed),

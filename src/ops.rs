@@ -7,6 +7,7 @@
 //! sink for its cursor.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -211,6 +212,8 @@ pub struct Status {
     /// What the running daemon's admin endpoint says (`/readyz`): MQTT
     /// connection and subscription, poller, sinks. The store cannot tell.
     pub daemon: String,
+    /// Where that endpoint answers (with port 0 asked: the port it bound).
+    pub admin: Option<AdminAddr>,
 }
 
 /// A client for the daemon's own admin endpoint: short timeout, no proxy.
@@ -240,15 +243,51 @@ pub async fn health(admin: &str) -> Result<String, String> {
     }
 }
 
-/// Asks the daemon's `/readyz` (when `admin.listen` is set) how it is: the
-/// MQTT connection, the poller and the sinks live only in its memory.
-pub(crate) async fn daemon_state(config: &Config) -> String {
-    let Ok(Some(mut addr)) = config.admin.addr() else {
-        return "unknown (admin.listen is off)".into();
+/// Where a daemon's admin endpoint answers.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct AdminAddr {
+    pub addr: SocketAddr,
+    /// With port 0 asked: the process that bound it (a restarted daemon
+    /// records its own; until then this names the previous one).
+    pub pid: Option<i64>,
+}
+
+/// Where the daemon's admin endpoint answers: `admin.listen`, or for port
+/// 0 the address the daemon recorded when it bound. `None` when it is off.
+pub(crate) async fn admin_addr(
+    config: &Config,
+    store: &Store,
+) -> Result<Option<AdminAddr>, String> {
+    let Some(mut addr) = config.admin.addr().map_err(|e| e.to_string())? else {
+        return Ok(None);
     };
+    let mut pid = None;
+    if addr.port() == 0 {
+        let (bound, by) = match store.admin_addr().await {
+            Ok(Some(row)) => row,
+            Ok(None) => return Err("admin.listen asks for any port and none is recorded".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        addr = bound.parse().map_err(|e| format!("{bound}: {e}"))?;
+        pid = Some(by);
+    }
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
+    Ok(Some(AdminAddr { addr, pid }))
+}
+
+/// Asks the daemon's `/readyz` (when `admin.listen` is set) how it is: the
+/// MQTT connection, the poller and the sinks live only in its memory.
+pub(crate) async fn daemon_state(
+    config: &Config,
+    admin: &Result<Option<AdminAddr>, String>,
+) -> String {
+    let addr = match admin {
+        Ok(Some(a)) => a.addr,
+        Ok(None) => return "unknown (admin.listen is off)".into(),
+        Err(e) => return format!("unknown ({e})"),
+    };
     let url = format!("http://{addr}/readyz");
     let client = admin_client();
     // The details need the admin token, when one is set and readable here.
@@ -310,6 +349,7 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
          disconnected are not recovered (no completeness claim)"
             .to_string()
     };
+    let admin = admin_addr(config, &store).await;
     store.close().await;
     let now = crate::event::now_us();
     Ok(Status {
@@ -328,7 +368,8 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
         rejected_by_reason,
         last_rejected,
         last_gaps,
-        daemon: daemon_state(config).await,
+        daemon: daemon_state(config, &admin).await,
+        admin: admin.ok().flatten(),
     })
 }
 

@@ -157,6 +157,7 @@ async fn frame(
             dead_letters: k.dead_letters,
         })
         .collect();
+    let admin = crate::ops::admin_addr(config, store).await;
     Ok(Frame {
         at: rfc3339_us(now),
         head_seq: head,
@@ -165,7 +166,7 @@ async fn frame(
         verified_lag_s: verified.map(|v| (now - v) as f64 / 1e6),
         sinks,
         last_gaps: store.last_gaps(3).await?,
-        daemon: crate::ops::daemon_state(config).await,
+        daemon: crate::ops::daemon_state(config, &admin).await,
     })
 }
 

@@ -394,6 +394,7 @@ impl<H: History> Poller<H> {
             }
             self.verify(window.to_us).await?;
             Counters::add(&self.counters.polled, events);
+            Counters::add(&self.counters.poll_windows, 1);
             tracing::info!(from = %rfc3339_us(window.from_us), to = %rfc3339_us(window.to_us), events, pages,
                 took = ?started.elapsed(), "poll window verified");
             stats.windows += 1;

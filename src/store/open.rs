@@ -122,6 +122,25 @@ impl Store {
     /// migrations. Its directory must exist.
     pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
         store_dir(&config.path, false)?;
+        // Two processes opening a new store at once (the daemon starting,
+        // `status` beside it) would both switch it to WAL and apply
+        // migration 1; the second fails (busy, or the table exists). One
+        // at a time, then; the lock is held for milliseconds.
+        let lock_path = PathBuf::from(format!("{}.migrate.lock", config.path.display()));
+        let failed = |source| StoreError::Lock {
+            path: lock_path.display().to_string(),
+            source,
+        };
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(failed)?;
+        let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+            .await
+            .expect("the lock task does not panic")
+            .map_err(failed)?;
         let options = connect_options(&config.path, config.synchronous);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -132,6 +151,7 @@ impl Store {
                 source,
             })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
+        drop(lock);
         Ok(Store { pool, options })
     }
 

@@ -171,6 +171,31 @@ impl Store {
         Ok(())
     }
 
+    /// Records the address the admin endpoint bound, so `status` finds a
+    /// daemon whose `admin.listen` asked for port 0.
+    pub async fn record_admin(&self, addr: std::net::SocketAddr) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO daemon (id, admin_addr, pid, started_at_us) VALUES (1, ?, ?, ?) \
+             ON CONFLICT(id) DO UPDATE SET admin_addr = excluded.admin_addr, \
+             pid = excluded.pid, started_at_us = excluded.started_at_us",
+        )
+        .bind(addr.to_string())
+        .bind(i64::from(std::process::id()))
+        .bind(now_us())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The admin address the last daemon on this store bound, and its pid.
+    pub async fn admin_addr(&self) -> Result<Option<(String, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT admin_addr, pid FROM daemon WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// Operator request (CLI): mark a sink's dead letters for another delivery.
     pub async fn dlq_retry(&self, sink: &str) -> Result<u64, StoreError> {
         Ok(
