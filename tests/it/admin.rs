@@ -68,19 +68,18 @@ async fn readyz_follows_broker_and_stuck_sink_and_metrics_count() {
     let mut broker = Mosquitto::start(bin, dir.path());
     let failing = Arc::new(AtomicBool::new(false));
     let hook = switchable_endpoint(failing.clone()).await;
-    let admin = format!("127.0.0.1:{}", free_port());
     let config = config(dir.path(), &broker.tcp_url(), true, "gapless-admin");
     let text = std::fs::read_to_string(&config).unwrap().replace(
-        "[admin]\nlisten = \"\"",
+        &format!("[admin]\nlisten = \"{ADMIN_ANY_PORT}\""),
         &format!(
-            "[admin]\nlisten = \"{admin}\"\n\n[[sink]]\nname = \"hook\"\nkind = \"webhook\"\n\
+            "[admin]\nlisten = \"{ADMIN_ANY_PORT}\"\n\n[[sink]]\nname = \"hook\"\nkind = \"webhook\"\n\
              url = \"http://{hook}/hook\"\nretry_schedule = [\"100ms\"]\nalert_after = \"1s\"\n\
              include_markers = false"
         ),
     );
     std::fs::write(&config, text).unwrap();
     let mut gapless = Gapless::start(dir.path(), &config);
-    let base = format!("http://{admin}");
+    let base = format!("http://{}", gapless.admin());
 
     wait_status(&format!("{base}/healthz"), 200, &mut gapless).await;
     wait_status(&format!("{base}/readyz"), 200, &mut gapless).await;
@@ -200,7 +199,7 @@ fn taken_admin_port_names_the_key() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let config = config(dir.path(), "mqtt://127.0.0.1:1", true, "gapless-port");
     let text = std::fs::read_to_string(&config).unwrap().replace(
-        "[admin]\nlisten = \"\"",
+        &format!("[admin]\nlisten = \"{ADMIN_ANY_PORT}\""),
         &format!("[admin]\nlisten = \"{}\"", taken.local_addr().unwrap()),
     );
     std::fs::write(&config, text).unwrap();

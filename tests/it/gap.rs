@@ -161,7 +161,7 @@ async fn the_readme_minimal_config_reconciles_with_every_default() {
         &world.config,
         &[("VCD_PASSWORD", &world.sim.config().password)],
     );
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     use std::os::unix::fs::PermissionsExt;
     let created = std::fs::metadata(world.dir.path().join("var/lib/gapless")).unwrap();
     assert_eq!(
@@ -246,13 +246,14 @@ async fn dropped_mqtt_messages_are_recovered_by_the_poller() {
         f.mqtt_reorder_rate = 0.05;
     });
     let mut gapless = world.gapless();
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     for _ in 0..10 {
         world.sim.create_events(200).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_lines(&world.file(), 2000, Duration::from_secs(60), &mut gapless);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A copy recovered twice would follow the last poll: one more window.
+    gapless.wait_one_more_window();
     let summary = gapless.stop();
     assert_ground_truth(&world.file(), &world.sim);
     let dropped = world.sim.stats().mqtt_dropped.load(Relaxed);
@@ -294,7 +295,7 @@ async fn expiring_tokens_are_renewed_and_mqtt_reconnects_with_the_new_one() {
     })
     .await;
     let mut gapless = world.gapless();
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     world.sim.create_events(100).await.unwrap();
     wait_lines(&world.file(), 100, Duration::from_secs(30), &mut gapless);
 
@@ -309,7 +310,7 @@ async fn expiring_tokens_are_renewed_and_mqtt_reconnects_with_the_new_one() {
         "the poller used an expired token"
     );
     world.restart_broker().await;
-    gapless.wait_log("subscribed", 2, Duration::from_secs(30));
+    gapless.wait_subscribed(2);
     assert_eq!(
         world.auth.refused.load(Relaxed),
         0,
@@ -351,10 +352,10 @@ fn gapless_log_has_no_token(world: &World) -> bool {
 async fn restart_resumes_from_the_persisted_watermark_without_redelivery() {
     let world = World::new(SimConfig::default()).await;
     let mut gapless = world.gapless();
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     world.sim.create_events(150).await.unwrap();
     wait_lines(&world.file(), 150, Duration::from_secs(30), &mut gapless);
-    gapless.wait_log("poll window verified", 2, Duration::from_secs(10));
+    gapless.wait_metric("gapless_poll_windows_verified_total", 2.0);
     gapless.stop();
 
     let store = gapless::store::Store::open(&gapless::config::StoreConfig {
@@ -384,7 +385,7 @@ async fn restart_resumes_from_the_persisted_watermark_without_redelivery() {
         first_window.contains(&expected_from),
         "{first_window} does not start at {expected_from}"
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gapless.wait_one_more_window();
     gapless.stop();
     assert_ground_truth(&world.file(), &world.sim);
 }
@@ -400,10 +401,10 @@ async fn debug_logs_never_show_the_password_or_tokens() {
         &[(PASSWORD_ENV, &world.sim.config().password)],
         "debug",
     );
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     world.sim.create_events(50).await.unwrap();
     wait_lines(&world.file(), 50, Duration::from_secs(30), &mut gapless);
-    gapless.wait_log("poll window verified", 1, Duration::from_secs(10));
+    gapless.wait_metric("gapless_poll_windows_verified_total", 1.0);
     let log = gapless.log_text();
     gapless.stop();
     assert!(log.contains("DEBUG"), "the run did log at debug level");
@@ -441,10 +442,10 @@ async fn an_outage_longer_than_the_history_is_one_history_expired_marker() {
         .sim
         .set_faults(|f| f.audit_retention = Some(Duration::from_secs(4)));
     let mut gapless = world.gapless();
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     world.sim.create_events(20).await.unwrap();
     wait_lines(&world.file(), 20, Duration::from_secs(30), &mut gapless);
-    gapless.wait_log("poll window verified", 2, Duration::from_secs(10));
+    gapless.wait_metric("gapless_poll_windows_verified_total", 2.0);
     gapless.stop();
 
     // Nobody subscribed: MQTT loses these, and the audit trail prunes them.
@@ -453,10 +454,10 @@ async fn an_outage_longer_than_the_history_is_one_history_expired_marker() {
     // Lost on MQTT too, but still in the audit trail at the restart.
     let kept = world.sim.create_events(3).await.unwrap();
     let mut gapless = world.gapless();
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     world.sim.create_events(10).await.unwrap();
     wait_lines(&world.file(), 33, Duration::from_secs(30), &mut gapless);
-    std::thread::sleep(Duration::from_millis(1500));
+    gapless.wait_one_more_window();
     gapless.stop();
 
     let marker = match markers(&world.file()).as_slice() {
@@ -515,13 +516,13 @@ async fn a_failing_poller_past_max_hold_is_unverified_then_verified() {
     })
     .await;
     let mut gapless = world.gapless();
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     world.sim.create_events(10).await.unwrap();
     wait_lines(&world.file(), 10, Duration::from_secs(30), &mut gapless);
 
     world.sim.set_faults(|f| f.http_5xx_rate = 1.0);
     world.restart_broker().await;
-    gapless.wait_log("subscribed", 2, Duration::from_secs(30));
+    gapless.wait_subscribed(2);
     world.sim.set_faults(|f| f.mqtt_drop_rate = 0.34);
     world.sim.create_events(30).await.unwrap();
     world.sim.set_faults(|f| f.mqtt_drop_rate = 0.0);
@@ -536,8 +537,12 @@ async fn a_failing_poller_past_max_hold_is_unverified_then_verified() {
 
     world.sim.set_faults(|f| f.http_5xx_rate = 0.0);
     wait_lines(&world.file(), 40, Duration::from_secs(90), &mut gapless);
-    gapless.wait_log("io.gapless.verified", 1, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(500));
+    let file = world.file();
+    wait_for("the io.gapless.verified marker", &mut gapless, || {
+        markers(&file)
+            .iter()
+            .any(|m| m["type"] == "io.gapless.verified")
+    });
     gapless.stop();
 
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(world.file())
@@ -579,26 +584,10 @@ async fn a_failing_poller_past_max_hold_is_unverified_then_verified() {
 /// simulator, poller, file sink) serves on `/metrics`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_rules_query_only_exported_metrics() {
-    let world = World::with_config(SimConfig::default(), |dir, sim, broker| {
-        let path = write_config(dir, sim, broker);
-        let admin = format!("127.0.0.1:{}", free_port());
-        let text = std::fs::read_to_string(&path).unwrap().replace(
-            "[admin]\nlisten = \"\"",
-            &format!("[admin]\nlisten = \"{admin}\""),
-        );
-        std::fs::write(&path, text).unwrap();
-        path
-    })
-    .await;
-    let text = std::fs::read_to_string(&world.config).unwrap();
-    let admin = text
-        .split("listen = \"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap()
-        .to_string();
+    let world = World::new(SimConfig::default()).await;
     let mut gapless = world.gapless();
-    gapless.wait_log("poll window verified", 1, Duration::from_secs(30));
+    let admin = gapless.admin();
+    gapless.wait_metric("gapless_poll_windows_verified_total", 1.0);
     let (status, page) = http_get(&format!("http://{admin}/metrics")).await;
     assert_eq!(status, 200, "{page}");
     gapless.stop();
@@ -663,7 +652,7 @@ async fn verified_release_never_flags_an_event_late_under_mqtt_loss() {
     let world = World::with_config(SimConfig::default(), verified_release_config).await;
     world.sim.set_faults(|f| f.mqtt_drop_rate = 0.2);
     let mut gapless = world.gapless();
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     for _ in 0..10 {
         world.sim.create_events(100).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -55,7 +55,7 @@ async fn a_file_from_another_store_is_refused_until_replayed() {
             .arg(&config),
     );
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     publish(&broker, event_messages(0x40_01, 0..5)).await;
     wait_lines(&file, 7, Duration::from_secs(30), &mut gapless);
     gapless.stop();
@@ -98,7 +98,7 @@ async fn an_event_from_the_future_is_rejected() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let config = config(dir.path(), &broker.url(), true, "gapless-future");
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let now = gapless::event::now_us();
     let salt = 0x40_02;
     let message = |i: u64, at: i64| {
@@ -148,7 +148,7 @@ async fn identical_bytes_without_ids_repeat_after_the_dedup_window() {
     )
     .unwrap();
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let reading = || ("s/1".to_string(), br#"{"celsius":21}"#.to_vec());
     publish(&broker, vec![reading(), reading()]).await;
     let file = dir.path().join("events.jsonl");
@@ -267,7 +267,7 @@ on_failure = "dead-letter"
         ("IT_HOOK_HEADER", SECRETS[6]),
     ];
     let mut gapless = Gapless::start_env_level(dir.path(), &config, &env, "debug");
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     publish(
         &broker,
         vec![(
@@ -278,8 +278,13 @@ on_failure = "dead-letter"
     .await;
     let file = dir.path().join("events.jsonl");
     wait_lines(&file, 1, Duration::from_secs(30), &mut gapless);
-    gapless.wait_log("dead-lettered", 1, Duration::from_secs(30));
-    gapless.wait_log("poll run", 2, Duration::from_secs(30));
+    gapless.wait_metric("gapless_sink_dead_letters_total{sink=\"hook\"}", 1.0);
+    let admin = gapless.admin();
+    wait_for("two poll runs", &mut gapless, || {
+        metric_at(&admin, "gapless_poll_runs_total")
+            + metric_at(&admin, "gapless_poll_errors_total")
+            >= 2.0
+    });
     gapless.stop();
 
     // Each secret went where it was meant to go.
@@ -419,16 +424,14 @@ async fn the_admin_token_guards_metrics_and_health_answers() {
         true,
         "gapless-admin-token",
     );
-    let port = free_port();
     let text = std::fs::read_to_string(&config).unwrap().replace(
-        "[admin]\nlisten = \"\"",
-        &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken_env = \"IT_ADMIN_TOKEN\""),
+        &format!("[admin]\nlisten = \"{ADMIN_ANY_PORT}\""),
+        &format!("[admin]\nlisten = \"{ADMIN_ANY_PORT}\"\ntoken_env = \"IT_ADMIN_TOKEN\""),
     );
     std::fs::write(&config, text).unwrap();
     let token = "s3cret-admin-token";
     let mut gapless = Gapless::start_env(dir.path(), &config, &[("IT_ADMIN_TOKEN", token)]);
-    gapless.wait_log("admin endpoint listening", 1, Duration::from_secs(20));
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("http://{}", gapless.admin());
     let client = reqwest::Client::new();
     let get = |path: &str, auth: Option<&str>| {
         let mut r = client.get(format!("{base}{path}"));

@@ -22,7 +22,7 @@ async fn ten_thousand_with_duplicates_and_noise(test: &str, websocket: bool) {
     };
     let config = config(dir.path(), &url, true, "gapless-it");
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
 
     let salt = 0x5eed_0001 + websocket as u64;
     let n = 10_000u64;

@@ -24,49 +24,52 @@ fn tansu_bin(test: &str) -> Option<PathBuf> {
     )
 }
 
-/// tansu on 127.0.0.1. It cannot report a port it picked (it advertises
-/// the one it was given), so a port taken between the pick and the bind
-/// makes it exit: then it is started again on another.
+/// tansu on 127.0.0.1, on a port reserved for its whole life (see
+/// [`Reserved`]): it cannot report a port it picked, because it advertises
+/// the one it was given.
 struct Tansu {
     child: Child,
     port: u16,
+    _reserved: Reserved,
 }
 
 impl Tansu {
-    /// Starts tansu on `port`, or on a free one (retried) when `None`.
-    fn start(bin: &Path, dir: &Path, port: Option<u16>) -> Tansu {
-        let attempts = if port.is_some() { 1 } else { 5 };
-        for attempt in 0..attempts {
-            let port = port.unwrap_or_else(free_port);
-            let url = format!("tcp://127.0.0.1:{port}");
-            let mut child = Command::new(bin)
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ])
-                .args(["--storage-engine", "memory://tansu/"])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join(format!("tansu-{attempt}.log"))).unwrap())
-                .spawn()
-                .expect("spawn tansu");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Tansu { child, port };
-                }
-                std::thread::sleep(Duration::from_millis(20));
+    /// Starts tansu on `port`, or on a newly reserved one when `None`.
+    fn start(bin: &Path, dir: &Path, port: Option<Reserved>) -> Tansu {
+        let reserved = port.unwrap_or_else(reserve_port);
+        let port = reserved.port;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = dir.join("tansu.log");
+        let mut child = Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn tansu");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "tansu exited ({status}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("tansu did not start");
+        Tansu {
+            child,
+            port,
+            _reserved: reserved,
+        }
     }
 
     fn brokers(&self) -> String {
@@ -184,7 +187,7 @@ async fn a_sigkill_mid_send_leaves_every_event_in_the_topic_and_resends_keep_the
     std::fs::write(&config, text).unwrap();
 
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let salt = 0x5eed_0a00;
     let n = 10_000u64;
     let mut publisher = broker.publisher("pub-kafka").await;
@@ -274,14 +277,15 @@ async fn a_kafka_outage_blocks_the_sink_until_the_broker_is_there() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(mosq, dir.path());
     let config = config(dir.path(), &broker.tcp_url(), false, "gapless-kafka-outage");
-    let port = free_port();
+    let reserved = reserve_port();
+    let port = reserved.port;
     let text = std::fs::read_to_string(&config).unwrap()
         + &format!(
             "\n[[sink]]\nname = \"kafka\"\nkind = \"kafka\"\nbrokers = \"127.0.0.1:{port}\"\ntopic = \"t\"\n"
         );
     std::fs::write(&config, text).unwrap();
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let salt = 0x5eed_0a01;
     let mut publisher = broker.publisher("pub-kafka-outage").await;
     publisher
@@ -293,7 +297,7 @@ async fn a_kafka_outage_blocks_the_sink_until_the_broker_is_there() {
     let lag = sink_status(&config, "kafka")["lag"].as_i64().unwrap();
     assert_eq!(lag, 100, "nothing reached a broker that is not there");
 
-    let kafka = Tansu::start(&tansu, dir.path(), Some(port));
+    let kafka = Tansu::start(&tansu, dir.path(), Some(reserved));
     kafka.create_topic(&tansu, "t");
     wait_sink_caught_up(&config, "kafka", 100, &mut gapless);
     gapless.stop();
@@ -330,7 +334,7 @@ async fn a_successor_with_the_same_transactional_id_fences_gapless() {
         );
     std::fs::write(&config, text).unwrap();
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let salt = 0x5eed_0a02;
     let mut publisher = broker.publisher("pub-kafka-fence").await;
     publisher

@@ -40,7 +40,7 @@ async fn exit_idle_drains_the_stdout_sink_and_logs_json() {
         &[],
         Stdio::from(std::fs::File::create(&printed).unwrap()),
     );
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let salt = 0x5eed_0500;
     let mut publisher = broker.publisher("pub-idle").await;
     publisher
@@ -70,7 +70,7 @@ async fn sigint_drains_and_exits_0_while_tail_follows_the_stream() {
     let broker = Mosquitto::start(bin, dir.path());
     let config = config(dir.path(), &broker.tcp_url(), false, "gapless-sigint");
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let followed = dir.path().join("tail.jsonl");
     let mut tail = Command::new(env!("CARGO_BIN_EXE_gapless"))
         .args(["tail", "--follow", "--config"])
@@ -127,7 +127,7 @@ async fn shutdown_timeout_cuts_a_drain_that_cannot_finish() {
     )
     .unwrap();
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let mut publisher = broker.publisher("pub-cut").await;
     publisher
         .publish_all(event_messages(0x5eed_0700, 0..3), None)

@@ -139,7 +139,7 @@ async fn qos_2_crash_between_pubrec_and_pubcomp_loses_and_repeats_nothing() {
     let proxy = PubrelWithholder::start(broker.tcp_port).await;
     let config = config_with(dir.path(), &proxy.url(), false, "gapless-qos2", "qos = 2");
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let salt = 0x5eed_2000;
     let n = 300u64;
     let file = dir.path().join("events.jsonl");
@@ -154,16 +154,17 @@ async fn qos_2_crash_between_pubrec_and_pubcomp_loses_and_repeats_nothing() {
         .unwrap();
     // The broker's window (20) fills with exchanges awaiting PUBCOMP.
     wait_lines(&file, 20, Duration::from_secs(30), &mut gapless);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for("a PUBREL withheld", &mut gapless, || {
+        proxy.withheld.load(Ordering::Acquire) >= 1
+    });
     let stored = count_lines(&file);
     assert!(stored < n as usize, "the window must hold the rest back");
-    assert!(proxy.withheld.load(Ordering::Acquire) >= 1);
     gapless.kill();
 
     proxy.withhold.store(false, Ordering::Release);
     let mut gapless = Gapless::start(dir.path(), &config);
     wait_lines(&file, n as usize, Duration::from_secs(60), &mut gapless);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_sink_caught_up(&config, "file", n as i64, &mut gapless);
     let summary = gapless.stop();
     assert_exactly_once(&file, salt, n);
     assert_eq!(
@@ -185,29 +186,20 @@ async fn a_qos_downgrade_is_warned_once_and_shown_in_status() {
     let dir = tempfile::tempdir().unwrap();
     // Appended after the WebSocket listener, so it caps that one.
     let mut broker = Mosquitto::start_with(bin, dir.path(), "max_qos 1\n");
-    let admin = format!("127.0.0.1:{}", free_port());
     let config = config_with(dir.path(), &broker.ws_url(), true, "gapless-cap", "qos = 2");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "[admin]\nlisten = \"\"",
-        &format!("[admin]\nlisten = \"{admin}\""),
-    );
-    std::fs::write(&config, text).unwrap();
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let warning = "the broker granted a lower QoS than mqtt.qos";
-    gapless.wait_log(warning, 1, Duration::from_secs(5));
-    let status = status_json(&config);
-    assert!(
-        status["daemon"]
+    wait_for("status to show the granted QoS", &mut gapless, || {
+        status_json(&config)["daemon"]
             .as_str()
             .unwrap()
-            .contains("granted QoS 1 where mqtt.qos = 2"),
-        "{status}"
-    );
+            .contains("granted QoS 1 where mqtt.qos = 2")
+    });
 
     broker.kill();
     broker.restart();
-    gapless.wait_log("subscribed", 2, Duration::from_secs(30));
+    gapless.wait_subscribed(2);
     let salt = 0x5eed_2100;
     let mut publisher = broker.publisher("pub-cap").await;
     publisher
@@ -263,12 +255,23 @@ async fn a_retained_message_is_one_event_across_restarts() {
         let mut skipped = 0;
         for run in 1..=3 {
             let mut gapless = Gapless::start(&dir, &config);
-            gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+            gapless.wait_subscribed(1);
             if want >= run {
                 wait_lines(&file, run, Duration::from_secs(20), &mut gapless);
             }
-            // Time for a copy that should not be there to show up.
-            std::thread::sleep(Duration::from_millis(500));
+            // The retained copy has arrived and gone through the writer.
+            let admin = gapless.admin();
+            wait_for("the retained copy written", &mut gapless, || {
+                [
+                    "gapless_events_stored_total{origin=\"mqtt\"}",
+                    "gapless_duplicates_total{origin=\"mqtt\"}",
+                    "gapless_skipped_total",
+                ]
+                .iter()
+                .map(|series| metric_at(&admin, series))
+                .sum::<f64>()
+                    >= 1.0
+            });
             let summary = gapless.stop();
             skipped += summary["counters"]["skipped"].as_u64().unwrap();
             std::thread::sleep(Duration::from_millis(1100));
@@ -346,7 +349,7 @@ async fn status_topic_says_online_then_offline_on_stop_and_on_kill() {
     assert_eq!(online["state"], "online", "{online}");
     assert_eq!(online["source"], "plant");
     assert_eq!(online["version"], env!("CARGO_PKG_VERSION"));
-    gapless.wait_log("subscribed", 1, soon);
+    gapless.wait_subscribed(1);
     gapless.stop();
     let offline = next_state(&mut states, soon).await;
     assert_eq!(offline["state"], "offline", "{offline}");
@@ -381,7 +384,7 @@ async fn arrival_order_keeps_one_publishers_order_through_duplicates() {
         "[stream]\norder = \"arrival\"",
     );
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let n = 10_000u64;
     let message = |i: u64| {
         (
@@ -400,7 +403,8 @@ async fn arrival_order_keeps_one_publishers_order_through_duplicates() {
     publisher.publish_all(messages, None).await.unwrap();
     let file = dir.path().join("events.jsonl");
     wait_lines(&file, n as usize, Duration::from_secs(120), &mut gapless);
-    std::thread::sleep(Duration::from_millis(500));
+    // Positive first: every repeated copy went through the writer.
+    gapless.wait_metric("gapless_duplicates_total{origin=\"mqtt\"}", (n / 10) as f64);
     let summary = gapless.stop();
     let numbers: Vec<u64> = std::fs::read_to_string(&file)
         .unwrap()
@@ -437,8 +441,9 @@ async fn qos_0_is_warned_at_start_and_still_delivers() {
         "qos = 0",
     );
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("lost for good", 1, Duration::from_secs(20));
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
+    // Start-up warnings come before the source connects.
+    assert!(gapless.log_text().contains("lost for good"));
     let salt = 0x5eed_2200;
     let mut publisher = broker.publisher("pub-qos0").await;
     publisher
@@ -472,7 +477,7 @@ async fn a_lost_session_without_history_is_one_gap_marker_between_its_neighbours
         ),
     );
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let batch = |range: std::ops::Range<u64>| -> Vec<(String, Vec<u8>)> {
         range
             .map(|i| {
@@ -493,11 +498,11 @@ async fn a_lost_session_without_history_is_one_gap_marker_between_its_neighbours
     std::thread::sleep(Duration::from_secs(5));
     broker.restart();
     let up_at = gapless::event::now_us();
-    gapless.wait_log("subscribed", 2, Duration::from_secs(60));
+    gapless.wait_subscribed(2);
     let mut publisher = broker.publisher("pub-after").await;
     publisher.publish_all(batch(50..100), None).await.unwrap();
     wait_lines(&file, 100, Duration::from_secs(30), &mut gapless);
-    std::thread::sleep(Duration::from_millis(2500));
+    wait_for("the gap marker", &mut gapless, || markers(&file).len() == 1);
     gapless.stop();
 
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)
@@ -541,11 +546,15 @@ async fn a_lost_session_without_history_is_one_gap_marker_between_its_neighbours
     let stopped_at = gapless::event::now_us();
     std::thread::sleep(Duration::from_secs(1));
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let mut publisher = broker.publisher("pub-restart").await;
     publisher.publish_all(batch(100..110), None).await.unwrap();
     wait_lines(&file, 110, Duration::from_secs(30), &mut gapless);
-    std::thread::sleep(Duration::from_millis(2500));
+    wait_for("the second gap marker", &mut gapless, || {
+        markers(&file).len() == 2
+    });
+    let quiet = dir.path().join("quiet.jsonl");
+    wait_lines(&quiet, 110, Duration::from_secs(30), &mut gapless);
     gapless.stop();
     let found = markers(&file);
     assert_eq!(found.len(), 2, "{found:?}");
@@ -558,7 +567,6 @@ async fn a_lost_session_without_history_is_one_gap_marker_between_its_neighbours
 
     // The sink with `include_markers = false`: every event, no marker, and
     // its cursor went past the markers to the head.
-    let quiet = dir.path().join("quiet.jsonl");
     assert_eq!(count_lines(&quiet), 110);
     assert!(markers(&quiet).is_empty());
     let status = status_json(&config);

@@ -176,7 +176,7 @@ async fn a_sigkill_mid_publish_leaves_each_event_once_in_the_stream() {
     std::fs::write(&config, text).unwrap();
 
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let salt = 0x5eed_0900;
     let n = 10_000u64;
     let mut publisher = broker.publisher("pub-nats").await;
@@ -266,7 +266,7 @@ async fn a_nats_outage_blocks_the_sink_until_the_server_is_back() {
         );
     std::fs::write(&config, text).unwrap();
     let mut gapless = Gapless::start_env(dir.path(), &config, &[("NATS_PASSWORD", password)]);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let salt = 0x5eed_0901;
     let mut publisher = broker.publisher("pub-nats-outage").await;
     publisher

@@ -37,7 +37,7 @@ async fn status_reports_head_cursors_counts_and_rejections() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let config = config_with(dir.path(), &broker, "");
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let mut messages = event_messages(0x0b_01, 0..40);
     messages.push(("publish/x/y".into(), Noise::BrokenJson.body(1)));
     messages.push(("publish/x/y".into(), Noise::MissingId.body(2)));
@@ -88,7 +88,7 @@ async fn retention_prunes_delivered_events_and_seq_continues() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let config = config_with(dir.path(), &broker, "retention = \"1s\"\n");
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let file = dir.path().join("events.jsonl");
     publish(&broker, event_messages(0x0b_02, 0..200)).await;
     wait_lines(&file, 200, Duration::from_secs(30), &mut gapless);
@@ -108,7 +108,7 @@ async fn retention_prunes_delivered_events_and_seq_continues() {
     // New events continue the stream after the kept head.
     publish(&broker, event_messages(0x0b_02, 200..220)).await;
     wait_lines(&file, 220, Duration::from_secs(30), &mut gapless);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_sink_caught_up(&config, "file", 220, &mut gapless);
     let summary = gapless.stop();
     assert_exactly_once(&file, 0x0b_02, 220);
     assert!(
@@ -127,7 +127,7 @@ async fn status_watch_shows_ingest_rate_sinks_and_head_every_second() {
     let broker = EmbeddedBroker::start().await.unwrap();
     let config = config(dir.path(), &broker.url(), true, "gapless-watch");
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let addr = broker.addr();
     let publishing = tokio::spawn(async move {
         let mut publisher = Publisher::connect("127.0.0.1", addr.port(), "pub-watch")

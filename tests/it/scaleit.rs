@@ -148,7 +148,7 @@ async fn rig(test: &str, down: bool, extra: &str) -> Option<Rig> {
     let service = schema_service(down).await;
     let config = scaleit_config(dir.path(), &broker.tcp_url(), &service.url, extra);
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let file = dir.path().join("events.jsonl");
     Some(Rig {
         dir,
@@ -362,8 +362,10 @@ async fn schema_service_down_queues_then_validates() {
         )
         .await
         .unwrap();
-    gapless.wait_log("schema not available", 1, Duration::from_secs(20));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Positive first: all three are stored and held for validation.
+    wait_for("3 messages held for their schema", &mut gapless, || {
+        status_json(&config)["pending_validation"] == 3
+    });
     assert_eq!(
         count_lines(&file),
         0,
@@ -372,7 +374,9 @@ async fn schema_service_down_queues_then_validates() {
 
     service.down.store(false, Ordering::SeqCst);
     wait_lines(&file, 2, Duration::from_secs(30), &mut gapless);
-    gapless.wait_log("moved to rejected", 1, Duration::from_secs(20));
+    wait_for("the invalid message in rejected", &mut gapless, || {
+        status_json(&config)["rejected"] == 1
+    });
     let summary = gapless.stop();
     assert_eq!(summary["counters"]["rejected"], 1, "{summary}");
     assert_eq!(summary["counters"]["validation_queued"], 3, "{summary}");
@@ -384,7 +388,7 @@ async fn schema_service_down_queues_then_validates() {
 
     // Restart: the stored copy is checked with its ETag (304), not re-sent.
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     publisher
         .publish_all(
             vec![msg(
@@ -427,7 +431,7 @@ async fn a_schema_missing_at_first_is_retried_not_rejected() {
         )
         .await
         .unwrap();
-    gapless.wait_log("schema not available", 2, Duration::from_secs(30));
+    gapless.wait_metric("gapless_schema_fetches_total", 2.0);
     assert_eq!(
         count_lines(&file),
         0,
@@ -591,7 +595,7 @@ async fn history_endpoint_recovers_what_mqtt_missed() {
     else {
         return;
     };
-    gapless.wait_log("poll window verified", 1, Duration::from_secs(20));
+    gapless.wait_metric("gapless_poll_windows_verified_total", 1.0);
     wait_lines(&file, 2, Duration::from_secs(30), &mut gapless);
 
     // Over MQTT, then in the history as the app saw it 200 ms earlier.
@@ -607,8 +611,8 @@ async fn history_endpoint_recovers_what_mqtt_missed() {
         r#"{"isHighscore":true,"score":2,"$schema":"gameover.json"}"#,
     ));
     wait_lines(&file, 3, Duration::from_secs(30), &mut gapless);
-    let runs = gapless.log_text().matches("poll window verified").count();
-    gapless.wait_log("poll window verified", runs + 3, Duration::from_secs(20));
+    let windows = gapless.metric("gapless_poll_windows_verified_total");
+    gapless.wait_metric("gapless_poll_windows_verified_total", windows + 3.0);
     let summary = gapless.stop();
 
     let events = lines(&file);
@@ -690,7 +694,7 @@ async fn history_endpoint_down_then_back_loses_nothing() {
     else {
         return;
     };
-    gapless.wait_log("poll run failed", 2, Duration::from_secs(20));
+    gapless.wait_metric("gapless_poll_errors_total", 2.0);
     assert_eq!(count_lines(&file), 0);
     let status = status_json(&config);
     assert!(status["verified_until"].is_null(), "{status}");

@@ -83,7 +83,7 @@ async fn a_month_of_steady_load_keeps_wal_memory_and_database_bounded() {
     let start_us = gapless::event::now_us();
     let clock = format!("{start_us}:{compression}");
     let mut gapless = Gapless::start_env(dir.path(), &config, &[("GAPLESS_TEST_CLOCK", &clock)]);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
 
     // Sampler: every second, until told to stop.
     let pid = gapless.pid();

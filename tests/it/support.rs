@@ -3,7 +3,7 @@
 //! binary run against it with a config file in a temporary directory.
 
 use std::collections::HashSet;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,20 +40,46 @@ pub fn mosquitto_bin(test: &str) -> Option<PathBuf> {
     )
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port held for a server the test starts later: bound with
+/// `SO_REUSEADDR` and not listening, so connections to it are refused and
+/// no other process is given it (neither by `bind` to port 0 nor as a
+/// connection's local port), while a server that sets `SO_REUSEADDR`
+/// (mosquitto, tokio, tansu) can still listen on it. A port found free and
+/// released instead can be taken by another test before its server binds.
+pub struct Reserved {
+    socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+pub fn reserve_port() -> Reserved {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    Reserved { socket, port }
+}
+
+impl Reserved {
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// Starts listening on the held port itself.
+    pub fn listen(self) -> tokio::net::TcpListener {
+        self.socket.listen(1024).unwrap()
+    }
 }
 
 /// A mosquitto broker with a TCP and a WebSocket listener on 127.0.0.1.
+/// Its ports stay reserved for its whole life, so a restart finds them free.
 pub struct Mosquitto {
     bin: PathBuf,
     conf: PathBuf,
     pub tcp_port: u16,
     pub ws_port: u16,
+    /// The port `{port}` stood for in the extra config.
+    pub extra_port: u16,
+    _ports: [Reserved; 3],
     child: Option<Child>,
 }
 
@@ -62,11 +88,13 @@ impl Mosquitto {
         Self::start_with(bin, dir, "")
     }
 
-    /// Starts mosquitto with `extra` appended to its config (more listeners).
+    /// Starts mosquitto with `extra` appended to its config (more
+    /// listeners: `{port}` stands for one more reserved port).
     pub fn start_with(bin: PathBuf, dir: &Path, extra: &str) -> Mosquitto {
-        let tcp_port = free_port();
-        let ws_port = free_port();
+        let ports = [reserve_port(), reserve_port(), reserve_port()];
+        let [tcp_port, ws_port, extra_port] = [ports[0].port, ports[1].port, ports[2].port];
         let conf = dir.join("mosquitto.conf");
+        let extra = extra.replace("{port}", &extra_port.to_string());
         // Unlimited queue: the persistent-session tests park thousands of
         // messages for an offline client.
         std::fs::write(
@@ -85,6 +113,8 @@ impl Mosquitto {
             conf,
             tcp_port,
             ws_port,
+            extra_port,
+            _ports: ports,
             child: None,
         };
         m.restart();
@@ -93,17 +123,19 @@ impl Mosquitto {
 
     /// (Re)starts the broker on the same ports and waits until it listens.
     pub fn restart(&mut self) {
-        let child = Command::new(&self.bin)
+        let mut child = Command::new(&self.bin)
             .arg("-c")
             .arg(&self.conf)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn mosquitto");
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         for port in [self.tcp_port, self.ws_port] {
             while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("mosquitto exited ({status}) before it listened on {port}");
+                }
                 assert!(
                     Instant::now() < deadline,
                     "mosquitto did not start on port {port}"
@@ -111,6 +143,7 @@ impl Mosquitto {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        self.child = Some(child);
     }
 
     /// Kills the broker hard (its in-memory state is lost).
@@ -143,17 +176,21 @@ impl Drop for Mosquitto {
 }
 
 /// The `[store]` and file `[[sink]]` tables every test config ends with,
-/// on the defaults but one: the admin endpoint is off, because tests run
-/// side by side and its default port would collide (the README-config test
-/// in `gap.rs` and the admin tests cover it).
+/// on the defaults but one: the admin endpoint takes any free port (port
+/// 0), because tests run side by side and its default port would collide;
+/// [`Gapless::admin`] finds the port it took (the README-config test in
+/// `gap.rs` covers the default).
 pub fn store_and_file_sink(dir: &Path) -> String {
     format!(
-        "[store]\npath = \"{}\"\n\n[admin]\nlisten = \"\"\n\n\
+        "[store]\npath = \"{}\"\n\n[admin]\nlisten = \"{ADMIN_ANY_PORT}\"\n\n\
          [[sink]]\nname = \"file\"\nkind = \"file\"\npath = \"{}\"\n",
         dir.join("gapless.db").display(),
         dir.join("events.jsonl").display(),
     )
 }
+
+/// The test configs' `admin.listen`.
+pub const ADMIN_ANY_PORT: &str = "127.0.0.1:0";
 
 /// A gapless config for tests: a VCD source (MQTT only), one file sink;
 /// the client id and session kind are what the tests vary.
@@ -183,6 +220,9 @@ clean_session = {clean_session}
 /// The real gapless binary, running.
 pub struct Gapless {
     child: Child,
+    config: PathBuf,
+    /// The admin endpoint's address, once [`Gapless::admin`] found it.
+    admin: Option<String>,
     pub log: PathBuf,
     pub summary: PathBuf,
 }
@@ -245,9 +285,65 @@ impl Gapless {
             .expect("spawn gapless");
         Gapless {
             child,
+            config: config.to_path_buf(),
+            admin: None,
             log,
             summary,
         }
+    }
+
+    /// The admin endpoint's `host:port`, from `status --json`: for the test
+    /// configs' port 0, the one this process recorded when it bound it.
+    pub fn admin(&mut self) -> String {
+        if let Some(a) = &self.admin {
+            return a.clone();
+        }
+        let (config, pid) = (self.config.clone(), i64::from(self.pid()));
+        let mut found = None;
+        wait_for("the admin endpoint's address", self, || {
+            // Before the daemon creates the store, status has nothing to read.
+            let out = gapless_cmd()
+                .args(["status", "--json", "--config"])
+                .arg(&config)
+                .output()
+                .unwrap();
+            let Ok(status) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                return false;
+            };
+            let admin = &status["admin"];
+            if admin["pid"].is_null() || admin["pid"].as_i64() == Some(pid) {
+                found = admin["addr"].as_str().map(String::from);
+            }
+            found.is_some()
+        });
+        self.admin = found;
+        self.admin.clone().unwrap()
+    }
+
+    /// One sample of `/metrics` (`series` as exposed, labels and all), 0
+    /// when it is not there.
+    pub fn metric(&mut self, series: &str) -> f64 {
+        metric_at(&self.admin(), series)
+    }
+
+    /// Waits until `series` on `/metrics` reaches `at_least`.
+    pub fn wait_metric(&mut self, series: &str, at_least: f64) {
+        let admin = self.admin();
+        wait_for(&format!("{series} >= {at_least}"), self, || {
+            metric_at(&admin, series) >= at_least
+        });
+    }
+
+    /// Waits until the poller verifies one more history window than it had:
+    /// what it was going to recover up to now is in.
+    pub fn wait_one_more_window(&mut self) {
+        let windows = self.metric("gapless_poll_windows_verified_total");
+        self.wait_metric("gapless_poll_windows_verified_total", windows + 1.0);
+    }
+
+    /// Waits until the broker has granted the `n`-th subscription.
+    pub fn wait_subscribed(&mut self, n: usize) {
+        self.wait_metric("gapless_mqtt_subscriptions_total", n as f64);
     }
 
     pub fn pid(&self) -> u32 {
@@ -256,25 +352,6 @@ impl Gapless {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the log says `needle` at least `n` times.
-    pub fn wait_log(&mut self, needle: &str, n: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.log_text().matches(needle).count() < n {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "gapless exited ({status}) while waiting for {needle:?}:\n{}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {n}× {needle:?} in the log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// SIGTERM, then waits for the exit; returns the summary JSON.
@@ -468,10 +545,17 @@ pub fn wait_sink_caught_up(config: &Path, name: &str, n: i64, gapless: &mut Gapl
 }
 
 /// Polls `done` every 100 ms until it holds; fails the test naming
-/// `what`, with gapless's log, after two minutes.
+/// `what`, with gapless's log, when gapless exits first or after two
+/// minutes.
 pub fn wait_for(what: &str, gapless: &mut Gapless, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !done() {
+        if let Ok(Some(status)) = gapless.child.try_wait() {
+            panic!(
+                "gapless exited ({status}) while waiting for {what}:\n{}",
+                gapless.log_text()
+            );
+        }
         assert!(
             Instant::now() < deadline,
             "timed out waiting for {what}:\n{}",
@@ -487,6 +571,37 @@ pub async fn http_get(url: &str) -> (u16, String) {
         Ok(r) => (r.status().as_u16(), r.text().await.unwrap()),
         Err(e) => (0, e.to_string()),
     }
+}
+
+/// One sample of the `/metrics` page at `admin` (see [`Gapless::metric`]).
+pub fn metric_at(admin: &str, series: &str) -> f64 {
+    get_blocking(admin, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// A plain HTTP/1.0 GET of `path` at `addr` from a synchronous wait: its
+/// body, or "" when nothing answers (yet).
+pub fn get_blocking(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut response = String::new();
+    if stream.write_all(request.as_bytes()).is_err()
+        || stream.read_to_string(&mut response).is_err()
+    {
+        return String::new();
+    }
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
 }
 
 /// A second connection pool on the store in `dir` (`gapless.db`), for a

@@ -32,16 +32,16 @@ async fn mqtts_with_a_private_ca_from_ca_file() {
     };
     let dir = tempfile::tempdir().unwrap();
     let ca = make_certs(dir.path());
-    let tls_port = free_port();
     let broker = Mosquitto::start_with(
         bin,
         dir.path(),
         &format!(
-            "listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
+            "listener {{port}} 127.0.0.1\ncafile {ca}\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
             ca = ca.display(),
             d = dir.path().display()
         ),
     );
+    let tls_port = broker.extra_port;
     let config = config(
         dir.path(),
         &format!("mqtts://127.0.0.1:{tls_port}"),
@@ -51,8 +51,8 @@ async fn mqtts_with_a_private_ca_from_ca_file() {
 
     // Without the CA the handshake fails and gapless keeps retrying.
     let mut untrusting = Gapless::start(dir.path(), &config);
-    untrusting.wait_log("MQTT connection failed", 1, Duration::from_secs(20));
-    assert!(!untrusting.log_text().contains("subscribed"));
+    untrusting.wait_metric("gapless_mqtt_connection_errors_total", 1.0);
+    assert_eq!(untrusting.metric("gapless_mqtt_subscriptions_total"), 0.0);
     drop(untrusting);
 
     let text = std::fs::read_to_string(&config).unwrap();
@@ -62,7 +62,7 @@ async fn mqtts_with_a_private_ca_from_ca_file() {
     );
     std::fs::write(&config, with_ca).unwrap();
     let mut gapless = Gapless::start(dir.path(), &config);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let salt = 0x5eed_0300;
     let mut publisher = broker.publisher("tls-pub").await;
     publisher
@@ -156,7 +156,7 @@ async fn a_webhook_with_a_private_ca_from_its_ca_file() {
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("[store]", &sink(""))).unwrap();
     let mut untrusting = Gapless::start(dir.path(), &config);
-    untrusting.wait_log("subscribed", 1, Duration::from_secs(20));
+    untrusting.wait_subscribed(1);
     let mut p =
         gapless::sim::publisher::Publisher::connect("127.0.0.1", broker.addr().port(), "tls-hook")
             .await
@@ -164,7 +164,7 @@ async fn a_webhook_with_a_private_ca_from_its_ca_file() {
     p.publish_all(event_messages(0x5eed_0400, 0..3), None)
         .await
         .unwrap();
-    untrusting.wait_log("delivery failed", 2, Duration::from_secs(20));
+    untrusting.wait_metric("gapless_sink_retries_total{sink=\"hook\"}", 2.0);
     assert!(
         untrusting.log_text().contains("UnknownIssuer"),
         "{}",
@@ -187,6 +187,6 @@ async fn a_webhook_with_a_private_ca_from_its_ca_file() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    gapless.wait_log("subscribed", 1, Duration::from_secs(5));
+    gapless.wait_subscribed(1);
     gapless.stop();
 }

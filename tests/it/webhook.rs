@@ -96,13 +96,21 @@ async fn receive(State(rx): State<Arc<Receiver>>, headers: HeaderMap, body: Byte
 
 /// Starts a receiver on `addr` (port 0: any).
 async fn start_receiver(addr: SocketAddr, script: Script) -> (Arc<Receiver>, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    serve_receiver(listener, script)
+}
+
+/// A receiver on `listener`, run by `script`.
+fn serve_receiver(
+    listener: tokio::net::TcpListener,
+    script: Script,
+) -> (Arc<Receiver>, SocketAddr) {
     let rx = Arc::new(Receiver {
         hits: Mutex::new(Vec::new()),
         followed: Default::default(),
         script: Mutex::new(script),
         hold: Mutex::new(None),
     });
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = Router::new()
         .route("/hook", post(receive))
@@ -150,7 +158,7 @@ fn write_config(dir: &Path, broker: &EmbeddedBroker, sinks: &str) -> PathBuf {
 async fn start(dir: &Path, broker: &EmbeddedBroker, sinks: &str) -> (Gapless, PathBuf) {
     let config = write_config(dir, broker, sinks);
     let mut g = Gapless::start_env(dir, &config, &[(SECRET_ENV, SECRET)]);
-    g.wait_log("subscribed", 1, Duration::from_secs(20));
+    g.wait_subscribed(1);
     (g, config)
 }
 
@@ -205,14 +213,15 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
 async fn every_event_arrives_once_in_order_signed_after_the_receiver_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let broker = EmbeddedBroker::start().await.unwrap();
-    let port = free_port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let (mut gapless, _) = start(dir.path(), &broker, &webhook_sink("hook", addr, "block")).await;
+    // Held, not listening: the sink's requests are refused until it listens.
+    let reserved = reserve_port();
+    let addr = reserved.addr();
+    let (mut gapless, config) =
+        start(dir.path(), &broker, &webhook_sink("hook", addr, "block")).await;
     publish(&broker, 0x3e_01, 60).await;
-    gapless.wait_log("delivery failed", 2, Duration::from_secs(20));
-    let (rx, _) = start_receiver(addr, ok()).await;
-    wait_hits(&rx, |h| h.len() >= 60, "60 deliveries").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    gapless.wait_metric("gapless_sink_retries_total{sink=\"hook\"}", 2.0);
+    let (rx, _) = serve_receiver(reserved.listen(), ok());
+    wait_sink_caught_up(&config, "hook", 60, &mut gapless);
     gapless.stop();
 
     let hits = rx.hits.lock().unwrap().clone();
@@ -285,7 +294,7 @@ async fn a_refused_event_is_dead_lettered_and_dlq_retry_delivers_it() {
         }),
     )
     .await;
-    let (gapless, config) = start(
+    let (mut gapless, config) = start(
         dir.path(),
         &broker,
         &webhook_sink("hook", addr, "dead-letter"),
@@ -322,8 +331,11 @@ async fn a_refused_event_is_dead_lettered_and_dlq_retry_delivers_it() {
     assert!(cli(&["dlq", "retry"]).contains("1 dead letter(s)"));
     wait_hits(&rx, |h| h.len() >= 6, "the dead letter's redelivery").await;
     assert_eq!(rx.hits.lock().unwrap()[5].seq(), 2);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(cli(&["dlq", "list"]).contains("0 dead letter(s)"));
+    wait_for(
+        "the redelivered dead letter to be cleared",
+        &mut gapless,
+        || cli(&["dlq", "list"]).contains("0 dead letter(s)"),
+    );
     let summary = gapless.stop();
     assert_eq!(summary["counters"]["dead_letters"], 1);
 }
@@ -343,7 +355,7 @@ async fn gone_disables_the_sink_and_other_sinks_carry_on() {
         webhook_sink("failing", failing_addr, "block"),
         webhook_sink("fine", fine_addr, "block")
     );
-    let (mut gapless, _) = start(dir.path(), &broker, &sinks).await;
+    let (mut gapless, config) = start(dir.path(), &broker, &sinks).await;
     publish(&broker, 0x3e_04, 200).await;
     wait_hits(
         &fine,
@@ -351,19 +363,21 @@ async fn gone_disables_the_sink_and_other_sinks_carry_on() {
         "200 deliveries to the healthy sink",
     )
     .await;
-    gapless.wait_log("sink disabled", 1, Duration::from_secs(10));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for("the gone sink to be disabled", &mut gapless, || {
+        !sink_status(&config, "gone")["disabled"].is_null()
+    });
+    gapless.wait_metric("gapless_sink_retries_total{sink=\"failing\"}", 2.0);
+    gapless.stop();
     assert_eq!(
         gone.hits.lock().unwrap().len(),
         1,
-        "a disabled sink sends nothing more"
+        "a disabled sink sends nothing more, up to the drained stop"
     );
     assert!(
         failing.hits.lock().unwrap().iter().all(|h| h.seq() == 1),
         "the failing sink retries its first event"
     );
     assert!(failing.hits.lock().unwrap().len() >= 2);
-    gapless.stop();
     assert_eq!(delivered(&fine, |_| true), (1..=200).collect::<Vec<_>>());
     assert_exactly_once(&dir.path().join("events.jsonl"), 0x3e_04, 200);
 }
@@ -390,7 +404,7 @@ async fn killed_between_post_and_cursor_commit_resends_with_the_same_webhook_id(
     assert_eq!(held.seq(), 3);
 
     let mut restarted = Gapless::start_env(dir.path(), &config, &[(SECRET_ENV, SECRET)]);
-    restarted.wait_log("subscribed", 1, Duration::from_secs(20));
+    restarted.wait_subscribed(1);
     wait_hits(&rx, |h| h.len() >= 6, "the re-sent event and the rest").await;
     restarted.stop();
     let hits = rx.hits.lock().unwrap().clone();
@@ -477,7 +491,7 @@ async fn a_redirect_is_a_refusal_naming_its_location() {
     .await;
     publish(&broker, 0x3e_51, 3).await;
     wait_hits(&rx, |h| h.len() >= 3, "3 requests").await;
-    gapless.wait_log("dead-lettered", 1, Duration::from_secs(20));
+    gapless.wait_metric("gapless_sink_dead_letters_total{sink=\"hook\"}", 1.0);
     gapless.stop();
     assert_eq!(rx.followed.load(std::sync::atomic::Ordering::SeqCst), 0);
     let out = run_ok(
@@ -513,7 +527,7 @@ async fn an_id_that_is_no_header_value_is_sent_encoded() {
     )
     .unwrap();
     let mut gapless = Gapless::start_env(dir.path(), &config, &[(SECRET_ENV, SECRET)]);
-    gapless.wait_log("subscribed", 1, Duration::from_secs(20));
+    gapless.wait_subscribed(1);
     let mut p =
         gapless::sim::publisher::Publisher::connect("127.0.0.1", broker.addr().port(), "ids-pub")
             .await
