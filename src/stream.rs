@@ -10,27 +10,7 @@
 //!   `late = true`; `max_hold` bounds how long an event can wait.
 //! - `arrival`: every new event is released at once, in commit order.
 
-use serde::Deserialize;
-
-/// How the stream is ordered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Order {
-    #[default]
-    EventTime,
-    Arrival,
-}
-
-/// Which watermark releases events in `event-time` order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ReleaseMode {
-    /// `max(verified, live)`: low latency while MQTT is unbroken.
-    #[default]
-    Live,
-    /// Only what the poller verified against the REST history (strict).
-    Verified,
-}
+pub use crate::config::{Order, ReleaseMode};
 
 /// Facts about the MQTT subscription, published by the MQTT source.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -149,7 +149,7 @@ fn target_address(config: &SinkConfig) -> String {
 /// read, the subject template parsed).
 enum LogConnect {
     Nats {
-        subject: nats::SubjectTemplate,
+        subject: crate::config::SubjectTemplate,
         auth: crate::config::NatsAuth,
     },
     Kafka {
@@ -164,12 +164,12 @@ impl LogConnect {
                 password: config.kafka_password(index)?,
             },
             _ => LogConnect::Nats {
-                subject: nats::SubjectTemplate::parse(config.nats_subject()).map_err(|m| {
-                    SinkError::Corrupt {
+                subject: crate::config::SubjectTemplate::parse(config.nats_subject()).map_err(
+                    |m| SinkError::Corrupt {
                         sink: config.name.clone(),
                         message: m,
-                    }
-                })?,
+                    },
+                )?,
                 auth: config.nats_auth(index)?,
             },
         })

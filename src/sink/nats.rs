@@ -15,94 +15,8 @@ use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMes
 use super::window::{Ack, AckWindow};
 use super::{Published, SinkTargetError};
 
-use crate::config::NatsAuth;
+use crate::config::{NatsAuth, SubjectTemplate};
 use crate::event::StoredEvent;
-
-/// One piece of a subject template.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Part {
-    Text(String),
-    Source,
-    Type,
-    Origin,
-}
-
-/// A subject with `{source}`, `{type}` and `{origin}` placeholders, parsed
-/// once at start so a bad template fails the config check, not a publish.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SubjectTemplate(Vec<Part>);
-
-impl SubjectTemplate {
-    pub fn parse(template: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Text(rest[..open].to_string()));
-            }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("`{template}` has a `{{` without its `}}`"))?;
-            parts.push(match &rest[open + 1..open + close] {
-                "source" => Part::Source,
-                "type" => Part::Type,
-                "origin" => Part::Origin,
-                other => return Err(format!("`{{{other}}}` is not a placeholder")),
-            });
-            rest = &rest[open + close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_string()));
-        }
-        let t = SubjectTemplate(parts);
-        let sample = t.render_with("s", "t", "o");
-        let bad_token = sample.split('.').find(|tok| {
-            tok.is_empty() || *tok == "*" || *tok == ">" || tok.chars().any(unsafe_char)
-        });
-        if let Some(tok) = bad_token {
-            return Err(format!(
-                "`{template}` makes a subject with the token `{tok}`: tokens must be non-empty, \
-                 without spaces or wildcards"
-            ));
-        }
-        Ok(t)
-    }
-
-    /// The subject of one event (`{type}` is its CloudEvent `type`).
-    pub fn render(&self, source: &str, event: &StoredEvent) -> String {
-        self.render_with(source, &event.ce_type(), &event.origin)
-    }
-
-    fn render_with(&self, source: &str, event_type: &str, origin: &str) -> String {
-        let mut out = String::new();
-        for part in &self.0 {
-            match part {
-                Part::Text(t) => out.push_str(t),
-                Part::Source => push_token(&mut out, source),
-                Part::Type => push_token(&mut out, event_type),
-                Part::Origin => push_token(&mut out, origin),
-            }
-        }
-        out
-    }
-}
-
-fn unsafe_char(c: char) -> bool {
-    c.is_whitespace() || c.is_control() || c == '*' || c == '>'
-}
-
-/// Appends a value as one subject token: dots, spaces and wildcards
-/// become `_`, and an empty value is `_`.
-fn push_token(out: &mut String, value: &str) {
-    if value.is_empty() {
-        out.push('_');
-    }
-    out.extend(
-        value
-            .chars()
-            .map(|c| if c == '.' || unsafe_char(c) { '_' } else { c }),
-    );
-}
 
 /// How a NATS sink reaches its server.
 pub struct NatsSpec<'a> {
@@ -180,7 +94,7 @@ impl NatsTarget {
             let ack = if event.is_marker() && !self.include_markers {
                 None
             } else {
-                let subject = self.subject.render(source, event);
+                let subject = self.subject.render(source, &event.ce_type(), &event.origin);
                 let message = PublishMessage::build()
                     .payload(event.to_cloudevent(uri).into())
                     .message_id(&event.id)
@@ -238,27 +152,37 @@ mod tests {
         StoredEvent::sample("id", event_type, origin)
     }
 
+    /// The subject the sink publishes `e` under.
+    fn subject(t: &SubjectTemplate, source: &str, e: &StoredEvent) -> String {
+        t.render(source, &e.ce_type(), &e.origin)
+    }
+
     #[test]
     fn the_default_subject_makes_one_token_of_each_value() {
         let t = SubjectTemplate::parse(crate::config::SinkConfig::DEFAULT_NATS_SUBJECT).unwrap();
         assert_eq!(
-            t.render(
+            subject(
+                &t,
                 "vcd-prod",
                 &event("com.vmware.vcloud.event.vm.create", "mqtt")
             ),
             "gapless.vcd-prod.com_vmware_vcloud_event_vm_create"
         );
         assert_eq!(
-            t.render("vcd", &event("com/vmware/cloud/event/vm/poweroff", "poll")),
+            subject(
+                &t,
+                "vcd",
+                &event("com/vmware/cloud/event/vm/poweroff", "poll")
+            ),
             "gapless.vcd.com_vmware_cloud_event_vm_poweroff"
         );
         assert_eq!(
-            t.render("a b", &event("x*y>z\tw", "mqtt")),
+            subject(&t, "a b", &event("x*y>z\tw", "mqtt")),
             "gapless.a_b.x_y_z_w"
         );
-        assert_eq!(t.render("", &event("", "mqtt")), "gapless._._");
+        assert_eq!(subject(&t, "", &event("", "mqtt")), "gapless._._");
         let o = SubjectTemplate::parse("events.{origin}").unwrap();
-        assert_eq!(o.render("s", &event("t", "poll")), "events.poll");
+        assert_eq!(subject(&o, "s", &event("t", "poll")), "events.poll");
     }
 
     #[test]

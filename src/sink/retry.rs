@@ -6,19 +6,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
-/// What to do with an event whose target refused it for good (4xx other
-/// than 408, 410 and 429).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnFailure {
-    /// Keep retrying: the stream waits (strict order, nothing skipped).
-    #[default]
-    Block,
-    /// Record it in `dead_letters` and go on with the next event.
-    DeadLetter,
-}
+pub use crate::config::OnFailure;
 
 /// The meaning of one delivery attempt's result.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Parsed;
 use super::api::{ApiError, Window};
-use crate::config::PollConfig;
+use crate::config::{PollConfig, parse_schedule};
 use crate::event::{now_us, rfc3339_us};
 use crate::gap::{Gap, Reason};
 use crate::metrics::Counters;
@@ -57,21 +57,6 @@ impl PollError {
             _ => None,
         }
     }
-}
-
-/// A 6-field cron expression (seconds first, UTC), parsed.
-pub fn parse_schedule(expr: &str) -> Result<croner::Cron, String> {
-    if expr.split_whitespace().count() != 6 {
-        return Err(format!(
-            "`{expr}` must have 6 fields (sec min hour day month weekday)"
-        ));
-    }
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .dom_and_dow(true)
-        .build()
-        .parse(expr)
-        .map_err(|e| format!("`{expr}`: {e}"))
 }
 
 /// How long until the schedule's next tick after `now`. Computed in the
