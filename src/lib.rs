@@ -1,7 +1,7 @@
 //! gapless: every event of an MQTT source, once and in order, with the gaps
 //! filled from the source's REST history.
 //!
-//! The modules follow the data flow (see DESIGN.md): [`source`] turns wire
+//! The modules follow the data flow (see docs/ARCHITECTURE.md): [`source`] turns wire
 //! messages into [`event::Event`]s, [`store`] keeps each once and commits in
 //! batches through one writer, [`stream`] numbers released events, and
 //! [`sink`] delivers them from the store, each sink from its own cursor.

@@ -3,7 +3,7 @@
 //! Sans-IO. The writer owns the only write connection and asks this module,
 //! inside its transaction, which events to release and in what order, so a
 //! `seq` exists only once it is committed together with its event
-//! (DESIGN.md, "Sequencer"). Two orders:
+//! (docs/ARCHITECTURE.md). Two orders:
 //! - `event-time` (default): events whose time is at or below the watermark
 //!   `max(verified, live)` are released sorted by (time, id); an event found
 //!   later below what was already released gets the next `seq` with

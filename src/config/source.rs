@@ -11,11 +11,11 @@ use super::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
-    /// VMware Cloud Director: envelope + audit event (reference/vcd.md).
+    /// VMware Cloud Director: envelope + audit event (docs/wire-formats.md §2–§3).
     Vcd,
     /// Any JSON over MQTT; identity and time found by JSON pointers.
     Mqtt,
-    /// ScaleIT app-to-app messages (reference/scaleit.md).
+    /// ScaleIT app-to-app messages (docs/wire-formats.md §6).
     Scaleit,
 }
 

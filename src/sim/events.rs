@@ -1,5 +1,5 @@
-//! VCD-shaped sample traffic: audit events in the shape of reference/vcd.md
-//! §3, wrapped in the MQTT envelope of §2, plus the noise a real broker
+//! VCD-shaped sample traffic: audit events in the shape of
+//! docs/wire-formats.md §3, wrapped in the MQTT envelope of §2, plus the noise a real broker
 //! carries (other envelope types, broken JSON, events without id, oversized
 //! bodies). Deterministic for a given `(salt, index)`, so a test can rebuild
 //! its ground truth.

@@ -2,7 +2,7 @@
 //! (sessions, API-token login, the audit trail) and the MQTT side (each new
 //! event published in the VCD envelope), with fault knobs.
 //!
-//! Honest to reference/vcd.md where it matters to gapless: JWTs that
+//! Honest to docs/wire-formats.md where it matters to gapless: JWTs that
 //! expire, `401` on an expired token, FIQL `timestamp` filters with
 //! `ge/gt/le/lt/==`, `sortAsc`/`sortDesc`, 1-based pages of at most 128 with
 //! `pageCount` and a `Link: rel="nextPage"` header, a visibility lag (an

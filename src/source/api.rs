@@ -1,4 +1,4 @@
-//! The VCD REST client: login and the audit trail (reference/vcd.md §4–§5),
+//! The VCD REST client: login and the audit trail (docs/wire-formats.md §4–§5),
 //! and the HTTP error type every history source shares.
 //!
 //! One client per source, shared by the poller and the credential

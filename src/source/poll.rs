@@ -1,6 +1,6 @@
 //! The gap poller: reads the source's REST history for every window gapless
 //! has not yet verified and writes what it finds through the same writer as
-//! MQTT (DESIGN.md, "Gap poller").
+//! MQTT (docs/ARCHITECTURE.md).
 //!
 //! The window arithmetic is sans-IO ([`plan`]); the [`Poller`] task pages
 //! through each window, retries transient failures, and moves the verified

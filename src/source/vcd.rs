@@ -1,5 +1,5 @@
 //! VMware Cloud Director messages: the envelope and the audit event inside
-//! it (reference/vcd.md §2–§3).
+//! it (docs/wire-formats.md §2–§3).
 //!
 //! Tolerant by design: the envelope carries many message types (only the
 //! configured event types are ingested, the rest are skipped), the payload is

@@ -2,6 +2,7 @@
 //! (mosquitto, the gapless binary, SQLite files on disk).
 
 mod admin;
+mod architecture;
 mod cli;
 mod dist;
 mod faults;
