@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use gapless::sim::vcd::{SimConfig, VcdSim};
+use gapless_sim::vcd::{SimConfig, VcdSim};
 
 mod common;
 

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gapless::sim::broker::EmbeddedBroker;
-use gapless::sim::events;
-use gapless::sim::publisher::Publisher;
 use gapless::store::Store;
+use gapless_sim::broker::EmbeddedBroker;
+use gapless_sim::events;
+use gapless_sim::publisher::Publisher;
 
 mod common;
 

@@ -16,9 +16,9 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
-use gapless::sim::broker::EmbeddedBroker;
-use gapless::sim::events;
-use gapless::sim::publisher::Publisher;
+use gapless_sim::broker::EmbeddedBroker;
+use gapless_sim::events;
+use gapless_sim::publisher::Publisher;
 
 mod common;
 

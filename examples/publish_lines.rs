@@ -28,7 +28,7 @@ async fn main() {
         .map(|l| (topic.clone(), l.expect("stdin is readable").into_bytes()))
         .collect();
     let mut publisher =
-        gapless::sim::publisher::Publisher::connect("127.0.0.1", port, "bench-publisher")
+        gapless_sim::publisher::Publisher::connect("127.0.0.1", port, "bench-publisher")
             .await
             .expect("connect to the broker")
             .with_qos(qos);

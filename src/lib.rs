@@ -11,13 +11,13 @@ pub mod admin;
 pub mod app;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod event;
 pub mod gap;
 pub mod metrics;
 pub mod net;
 pub mod ops;
-pub mod sim;
 pub mod sink;
 pub mod source;
 pub mod store;

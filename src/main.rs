@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use gapless::app::{self, RunOptions};
 use gapless::config::Config;
+#[cfg(feature = "demo")]
 use gapless::demo::{self, DemoOptions};
 use gapless::metrics::Counters;
 use gapless::ops;
@@ -159,6 +160,7 @@ enum Command {
     /// and watch the poller fill the gaps; then check the output against the
     /// simulator's ground truth (exit 0 only if it passes). Needs no config
     /// and no external service.
+    #[cfg(feature = "demo")]
     Demo {
         /// Events the simulator creates.
         #[arg(long, default_value_t = 3000)]
@@ -281,6 +283,7 @@ where
     }
 }
 
+#[cfg(feature = "demo")]
 async fn run_demo(opts: DemoOptions) -> anyhow::Result<ExitCode> {
     let outcome = demo::run(opts).await?;
     println!("{}", outcome.summary());
@@ -294,6 +297,7 @@ async fn run_demo(opts: DemoOptions) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
+        #[cfg(feature = "demo")]
         Command::Demo { .. } => "warn",
         _ => "info,mqtt5=warn",
     };
@@ -343,6 +347,7 @@ fn main() -> ExitCode {
                 exit_idle,
                 summary,
             } => run(config, exit_idle, summary).await,
+            #[cfg(feature = "demo")]
             Command::Demo {
                 events,
                 rate,

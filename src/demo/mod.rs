@@ -25,17 +25,17 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{self, RunOptions, RunReport};
 use crate::config::Config;
 use crate::metrics::Counters;
-use crate::sim::broker::{EmbeddedBroker, TokenAuth};
-use crate::sim::events::Noise;
-use crate::sim::publisher::Publisher;
-use crate::sim::vcd::{SimConfig, VcdSim};
+use gapless_sim::broker::{EmbeddedBroker, TokenAuth};
+use gapless_sim::events::Noise;
+use gapless_sim::publisher::Publisher;
+use gapless_sim::vcd::{SimConfig, VcdSim};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error(transparent)]
-    Broker(#[from] crate::sim::broker::BrokerError),
+    Broker(#[from] gapless_sim::broker::BrokerError),
     #[error(transparent)]
-    Publish(#[from] crate::sim::publisher::PublishError),
+    Publish(#[from] gapless_sim::publisher::PublishError),
     #[error(transparent)]
     App(#[from] app::AppError),
     #[error("demo: {0}")]

@@ -412,6 +412,12 @@ impl History for VcdClient {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_simulators_tokens_carry_their_expiry() {
+        let jwt = gapless_sim::vcd::make_jwt("u", 1_800_000_000, 1);
+        assert_eq!(super::jwt_expiry_us(&jwt), Some(1_800_000_000_000_000));
+    }
+
     use super::*;
 
     #[test]

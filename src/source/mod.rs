@@ -181,7 +181,7 @@ mod tests {
         let p = Parser::Vcd(vcd::VcdParser::new(vec!["EVENT".into()]));
         let now = 1_795_428_000_000_000;
         let at = |us: i64| {
-            let env = crate::sim::events::envelope(&crate::sim::events::audit_event(1, 0, us));
+            let env = gapless_sim::events::envelope(&gapless_sim::events::audit_event(1, 0, us));
             p.parse("publish/o/u", &env, now)
                 .bound_time("publish/o/u", now, 300_000_000)
         };

@@ -38,7 +38,7 @@ fn parsers() -> Vec<Parser> {
 
 /// Valid messages of every profile, to mutate.
 fn seeds() -> Vec<(String, Vec<u8>)> {
-    let vcd = crate::sim::events::envelope(&crate::sim::events::audit_event(
+    let vcd = gapless_sim::events::envelope(&gapless_sim::events::audit_event(
         3,
         1,
         1_795_428_000_000_000,

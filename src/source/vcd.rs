@@ -500,3 +500,40 @@ mod tests {
         assert_eq!(at("{"), 7);
     }
 }
+
+#[cfg(test)]
+/// The simulator's sample traffic parses to the ground truth it promises.
+mod sim_traffic {
+    use crate::source::{Parsed, Parser};
+    use gapless_sim::events::{Noise, audit_event, envelope, event_id, topic};
+
+    #[test]
+    fn samples_parse_to_their_ground_truth() {
+        let parser = Parser::Vcd(crate::source::vcd::VcdParser::new(vec!["EVENT".into()]));
+        for i in 0..4 {
+            let ev = audit_event(7, i, 1_795_428_000_123_456);
+            match parser.parse(&topic(7, i), &envelope(&ev), 0) {
+                Parsed::Event(e) => {
+                    assert_eq!(e.id, event_id(7, i));
+                    assert_eq!(e.occurred_at_us, 1_795_428_000_123_000);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_ne!(event_id(7, 1), event_id(8, 1));
+    }
+
+    #[test]
+    fn noise_is_classified_as_promised() {
+        let parser = Parser::Vcd(crate::source::vcd::VcdParser::new(vec!["EVENT".into()]));
+        for noise in [Noise::Task, Noise::BrokenJson, Noise::MissingId] {
+            let parsed = parser.parse("publish/a/b", &noise.body(1), 0);
+            assert_eq!(
+                matches!(parsed, Parsed::Rejected(_)),
+                noise.is_rejected(),
+                "{noise:?}"
+            );
+        }
+        assert_eq!(Noise::Oversized(4096).body(0).len(), 4098);
+    }
+}

@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use gapless::sim::broker::EmbeddedBroker;
-use gapless::sim::events;
+use gapless_sim::broker::EmbeddedBroker;
+use gapless_sim::events;
 
 use crate::support::*;
 
 async fn publish(broker: &EmbeddedBroker, messages: Vec<(String, Vec<u8>)>) {
     let mut p =
-        gapless::sim::publisher::Publisher::connect("127.0.0.1", broker.addr().port(), "hostile")
+        gapless_sim::publisher::Publisher::connect("127.0.0.1", broker.addr().port(), "hostile")
             .await
             .unwrap();
     p.publish_all(messages, None).await.unwrap();

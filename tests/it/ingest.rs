@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gapless::sim::events::Noise;
+use gapless_sim::events::Noise;
 
 use crate::support::*;
 

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use gapless::sim::broker::EmbeddedBroker;
-use gapless::sim::events::Noise;
-use gapless::sim::publisher::Publisher;
+use gapless_sim::broker::EmbeddedBroker;
+use gapless_sim::events::Noise;
+use gapless_sim::publisher::Publisher;
 
 use crate::support::*;
 

@@ -9,10 +9,10 @@ use gapless::config::{
     HumanDuration, PollConfig, Secret, SourceTls, StoreConfig, VcdLogin, VcdSecret,
 };
 use gapless::metrics::Counters;
-use gapless::sim::vcd::{SimConfig, VcdSim};
 use gapless::source::api::VcdClient;
 use gapless::source::poll::{Poller, Rules, plan};
 use gapless::store::{Retention, Store, StreamSettings, Writer, WriterPlan};
+use gapless_sim::vcd::{SimConfig, VcdSim};
 use tokio_util::sync::CancellationToken;
 
 /// A poller wired to a store, a running writer and the simulator.

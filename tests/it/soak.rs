@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gapless::sim::events;
+use gapless_sim::events;
 
 use crate::support::*;
 

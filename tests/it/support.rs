@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use gapless::sim::events;
-use gapless::sim::publisher::Publisher;
+use gapless_sim::events;
+use gapless_sim::publisher::Publisher;
 
 /// Returns the first of `paths` that exists. Its absence fails the test
 /// (a skipped server test would pass unseen), unless `skip_var=1` says to

@@ -145,7 +145,7 @@ async fn a_webhook_with_a_private_ca_from_its_ca_file() {
     let dir = tempfile::tempdir().unwrap();
     let ca = make_certs(dir.path());
     let (port, hits) = https_endpoint(dir.path());
-    let broker = gapless::sim::broker::EmbeddedBroker::start().await.unwrap();
+    let broker = gapless_sim::broker::EmbeddedBroker::start().await.unwrap();
     let config = config(dir.path(), &broker.url(), true, "gapless-hook-tls");
     let sink = |ca_line: &str| {
         format!(
@@ -158,7 +158,7 @@ async fn a_webhook_with_a_private_ca_from_its_ca_file() {
     let mut untrusting = Gapless::start(dir.path(), &config);
     untrusting.wait_subscribed(1);
     let mut p =
-        gapless::sim::publisher::Publisher::connect("127.0.0.1", broker.addr().port(), "tls-hook")
+        gapless_sim::publisher::Publisher::connect("127.0.0.1", broker.addr().port(), "tls-hook")
             .await
             .unwrap();
     p.publish_all(event_messages(0x5eed_0400, 0..3), None)

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
-use gapless::sim::broker::EmbeddedBroker;
+use gapless_sim::broker::EmbeddedBroker;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
@@ -164,7 +164,7 @@ async fn start(dir: &Path, broker: &EmbeddedBroker, sinks: &str) -> (Gapless, Pa
 
 async fn publish(broker: &EmbeddedBroker, salt: u64, n: u64) {
     let mut p =
-        gapless::sim::publisher::Publisher::connect("127.0.0.1", broker.addr().port(), "wh-pub")
+        gapless_sim::publisher::Publisher::connect("127.0.0.1", broker.addr().port(), "wh-pub")
             .await
             .unwrap();
     p.publish_all(event_messages(salt, 0..n), None)
@@ -529,7 +529,7 @@ async fn an_id_that_is_no_header_value_is_sent_encoded() {
     let mut gapless = Gapless::start_env(dir.path(), &config, &[(SECRET_ENV, SECRET)]);
     gapless.wait_subscribed(1);
     let mut p =
-        gapless::sim::publisher::Publisher::connect("127.0.0.1", broker.addr().port(), "ids-pub")
+        gapless_sim::publisher::Publisher::connect("127.0.0.1", broker.addr().port(), "ids-pub")
             .await
             .unwrap();
     let bodies = [r#"{"id":"a\u0001b"}"#, r#"{"id":"Plain-ID"}"#];

@@ -7,3 +7,9 @@ pub mod broker;
 pub mod events;
 pub mod publisher;
 pub mod vcd;
+
+/// Now, in µs since the Unix epoch (wall time: the simulator does not
+/// follow gapless's test clock).
+pub fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 
+/// The largest packet the MQTT protocol can express (remaining length).
+const MQTT_MAX_PACKET: usize = 268_435_455;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("publisher: {0}")]
@@ -43,10 +46,8 @@ impl Publisher {
         if let Some((user, password)) = login {
             o.set_credentials(user, password);
         }
-        o.set_max_packet_size(
-            crate::config::MQTT_MAX_PACKET,
-            crate::config::MQTT_MAX_PACKET,
-        );
+        // The largest packet MQTT can express: the publisher never limits.
+        o.set_max_packet_size(MQTT_MAX_PACKET, MQTT_MAX_PACKET);
         o.set_keep_alive(Duration::from_secs(30));
         o.set_inflight(100);
         let (client, mut eventloop) = AsyncClient::new(o, 256);
