@@ -213,6 +213,20 @@ fn taken_admin_port_names_the_key() {
     assert!(stderr.contains("`admin.listen`"), "{stderr}");
 }
 
+/// The metric names are a contract with dashboards and alerts: the ones
+/// the endpoint declares are exactly `tests/it/metric-names.txt`. A rename
+/// fails here; an addition is one line there.
+#[test]
+fn metric_names_are_unchanged() {
+    let fixture = include_str!("metric-names.txt");
+    let want: std::collections::BTreeSet<&str> = fixture.lines().collect();
+    let have: std::collections::BTreeSet<&str> = gapless::admin::METRICS
+        .iter()
+        .map(|(name, _, _)| *name)
+        .collect();
+    assert_eq!(have, want);
+}
+
 /// Every metric the endpoint serves is documented in the README.
 #[test]
 fn readme_documents_every_metric() {

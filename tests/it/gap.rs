@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use gapless::sim::broker::{EmbeddedBroker, TokenAuth};
-use gapless::sim::vcd::{SimConfig, VcdSim};
+use gapless_sim::broker::{EmbeddedBroker, TokenAuth};
+use gapless_sim::vcd::{SimConfig, VcdSim};
 
 use crate::support::*;
 
@@ -596,6 +596,16 @@ async fn dashboard_and_rules_query_only_exported_metrics() {
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split(' ').next())
         .collect();
+    let declared: std::collections::HashSet<&str> =
+        include_str!("metric-names.txt").lines().collect();
+    let undeclared: Vec<&&str> = exported
+        .iter()
+        .filter(|n| !declared.contains(**n))
+        .collect();
+    assert!(
+        undeclared.is_empty(),
+        "served but not declared: {undeclared:?}"
+    );
     let root = env!("CARGO_MANIFEST_DIR");
     let mut queried = std::collections::BTreeSet::new();
     for file in [
