@@ -153,7 +153,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    gapless::tls::install_crypto_provider();
+    gapless::net::tls::install_crypto_provider();
     let (n, runs) = common::args(100_000);
     let gapless = common::gapless_binary();
     let dir = tempfile::tempdir().unwrap();

@@ -22,7 +22,6 @@ pub mod sink;
 pub mod source;
 pub mod store;
 pub mod stream;
-pub mod tls;
 pub mod watch;
 
 /// An error with every cause behind it (`a: b: c`), for logs: a transport

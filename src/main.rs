@@ -305,7 +305,7 @@ fn main() -> ExitCode {
         cli.log_level.as_deref().unwrap_or(default_level),
         cli.log_format,
     );
-    gapless::tls::install_crypto_provider();
+    gapless::net::tls::install_crypto_provider();
     gapless::clock::warn_if_compressed();
     if let Command::CheckConfig { config } = &cli.command {
         let c = match load(config) {

@@ -63,7 +63,7 @@ pub enum SinkTargetError {
     #[error("cannot connect to {url}: {reason}")]
     Connect { url: String, reason: String },
     #[error("{0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::net::tls::TlsError),
     #[error("publish to `{to}` failed: {reason}")]
     Publish { to: String, reason: String },
     /// A Kafka transaction failed; the producer is made anew.

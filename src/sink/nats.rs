@@ -59,7 +59,7 @@ impl NatsTarget {
                 .await
                 .map_err(|e| connect_error(format!("{}: {e}", path.display())))?,
         };
-        let tls = (*crate::tls::client_config(spec.ca_file)?).clone();
+        let tls = (*crate::net::tls::client_config(spec.ca_file)?).clone();
         let servers = spec
             .url
             .split(',')

@@ -465,7 +465,7 @@ mod tests {
     /// take it between a test's bind and connect.
     #[tokio::test]
     async fn a_refused_connection_is_retryable() {
-        crate::tls::install_crypto_provider();
+        crate::net::tls::install_crypto_provider();
         let err = reqwest::get("http://127.0.0.1:0/").await.unwrap_err();
         assert_eq!(ApiError::from(err).retryable(), Some(None));
     }

@@ -31,7 +31,7 @@ use crate::stream::{Live, QosDowngrade};
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::net::tls::TlsError),
     #[error("mqtt.headers: {0}")]
     Header(#[from] crate::net::NetError),
     /// The task that sends acks and subscriptions ended while reading went on.
@@ -124,16 +124,6 @@ impl Credentials {
     pub fn refused(&self) -> Arc<Notify> {
         self.refused.clone()
     }
-}
-
-/// Reconnect delay for the `attempt`-th consecutive failure (1-based):
-/// exponential from 100 ms, capped at `max`, scaled by `jitter` ∈ [0, 1)
-/// into its upper half so many clients do not reconnect in lockstep.
-pub fn backoff(attempt: u32, max: Duration, jitter: f64) -> Duration {
-    let base = Duration::from_millis(100)
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-        .min(max);
-    base.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
 }
 
 /// The client library's QoS for the configured one.
@@ -257,7 +247,7 @@ fn options(config: &MqttConfig, auth: &MqttAuth) -> Result<MqttOptions, SourceEr
     };
     let mut o = MqttOptions::new(config.client_id(), host, broker.port);
     let tls = || -> Result<TlsConfiguration, SourceError> {
-        Ok(TlsConfiguration::Rustls(crate::tls::client_config(
+        Ok(TlsConfiguration::Rustls(crate::net::tls::client_config(
             config.ca_file.as_deref(),
         )?))
     };
@@ -455,7 +445,11 @@ impl MqttSource {
                     {
                         self.credentials.refused().notify_one();
                     }
-                    let delay = backoff(attempt, self.config.reconnect_max.0, rand::random());
+                    let delay = crate::net::backoff::backoff(
+                        attempt,
+                        self.config.reconnect_max.0,
+                        rand::random(),
+                    );
                     tracing::warn!(attempt, error = %crate::error_chain(&e), retry_in = ?delay, "MQTT connection failed; reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -748,19 +742,6 @@ mod tests {
             state.handle_incoming_packet(pubrel()).unwrap(),
             Some(Packet::PubComp(rumqttc::PubComp::new(7)))
         );
-    }
-
-    #[test]
-    fn backoff_grows_and_caps_with_jitter_in_the_upper_half() {
-        let max = Duration::from_secs(30);
-        assert_eq!(backoff(1, max, 1.0), Duration::from_millis(100));
-        assert_eq!(backoff(1, max, 0.0), Duration::from_millis(50));
-        assert_eq!(backoff(4, max, 1.0), Duration::from_millis(800));
-        assert_eq!(backoff(30, max, 1.0), max);
-        assert_eq!(backoff(u32::MAX, max, 0.0), max / 2);
-        for attempt in 1..12 {
-            assert!(backoff(attempt, max, 0.3) <= backoff(attempt + 1, max, 0.3));
-        }
     }
 
     /// The WebSocket upgrade carries `mqtt.headers` and, in bearer mode,

@@ -153,16 +153,6 @@ pub fn catch_up_at(since_us: i64, rules: Rules) -> i64 {
     since_us + rules.visibility_lag_us + 1000
 }
 
-/// Delay before retry `attempt` (1-based): the server's `Retry-After` when
-/// it gave one, else exponential from 500 ms to 30 s, with jitter.
-pub fn retry_delay(attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
-    let backoff = super::mqtt::backoff(attempt + 2, Duration::from_secs(30), jitter);
-    match retry_after {
-        Some(ra) => ra + backoff.mul_f64(0.1),
-        None => backoff,
-    }
-}
-
 /// A REST history the poller can read, window by window and page by page.
 pub trait History: Send + Sync + 'static {
     /// Page `page` (1-based) of the messages in `window`, parsed the way
@@ -314,7 +304,11 @@ impl<H: History> Poller<H> {
                     Err(e) => match e.retryable() {
                         Some(retry_after) if attempt < self.config.max_retries => {
                             attempt += 1;
-                            let delay = retry_delay(attempt, retry_after, rand::random());
+                            let delay = crate::net::backoff::retry_delay(
+                                attempt,
+                                retry_after,
+                                rand::random(),
+                            );
                             tracing::warn!(error = %crate::error_chain(&e), attempt, retry_in = ?delay, "history request failed; retrying");
                             tokio::select! {
                                 _ = tokio::time::sleep(delay) => continue,
@@ -538,13 +532,6 @@ mod tests {
             )
             .is_empty()
         );
-    }
-
-    #[test]
-    fn retry_delay_honours_retry_after() {
-        assert!(retry_delay(1, Some(Duration::from_secs(2)), 0.0) >= Duration::from_secs(2));
-        assert!(retry_delay(1, None, 0.0) >= Duration::from_millis(200));
-        assert!(retry_delay(30, None, 1.0) <= Duration::from_secs(30));
     }
 
     #[test]

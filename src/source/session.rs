@@ -52,8 +52,11 @@ pub async fn login_until_ok(
             Ok(t) => return Ok(Some(t)),
             Err(e) if e.retryable().is_some() => {
                 attempt += 1;
-                let delay =
-                    super::poll::retry_delay(attempt, e.retryable().flatten(), rand::random());
+                let delay = crate::net::backoff::retry_delay(
+                    attempt,
+                    e.retryable().flatten(),
+                    rand::random(),
+                );
                 tracing::warn!(error = %crate::error_chain(&e), attempt, retry_in = ?delay, "VCD login failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

@@ -63,7 +63,7 @@ async fn readyz_follows_broker_and_stuck_sink_and_metrics_count() {
     let Some(bin) = mosquitto_bin("admin_endpoint") else {
         return;
     };
-    gapless::tls::install_crypto_provider();
+    gapless::net::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Mosquitto::start(bin, dir.path());
     let failing = Arc::new(AtomicBool::new(false));

@@ -69,12 +69,16 @@ impl World {
     /// Stops the broker and starts a new one on the same port (all MQTT state lost).
     async fn restart_broker(&mut self) {
         let addr = self.broker.take().unwrap().addr();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        self.broker = Some(
-            EmbeddedBroker::start_on(addr, Some(self.auth.clone()))
-                .await
-                .unwrap(),
-        );
+        // The old listener closes as its task ends: bind again until it has.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let broker = loop {
+            match EmbeddedBroker::start_on(addr, Some(self.auth.clone())).await {
+                Ok(broker) => break broker,
+                Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        self.broker = Some(broker);
         self.sim
             .connect_mqtt("127.0.0.1", addr.port())
             .await

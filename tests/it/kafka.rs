@@ -169,7 +169,7 @@ fn read_all(c: &BaseConsumer, min: usize) -> Vec<Record> {
 /// The sink has only `brokers` and `topic`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sigkill_mid_send_leaves_every_event_in_the_topic_and_resends_keep_their_seq() {
-    gapless::tls::install_crypto_provider();
+    gapless::net::tls::install_crypto_provider();
     let (Some(mosq), Some(tansu)) = (mosquitto_bin("kafka_sigkill"), tansu_bin("kafka_sigkill"))
     else {
         return;
@@ -269,7 +269,7 @@ async fn a_sigkill_mid_send_leaves_every_event_in_the_topic_and_resends_keep_the
 /// there.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kafka_outage_blocks_the_sink_until_the_broker_is_there() {
-    gapless::tls::install_crypto_provider();
+    gapless::net::tls::install_crypto_provider();
     let (Some(mosq), Some(tansu)) = (mosquitto_bin("kafka_outage"), tansu_bin("kafka_outage"))
     else {
         return;
@@ -317,7 +317,7 @@ async fn a_kafka_outage_blocks_the_sink_until_the_broker_is_there() {
 /// Only the committed events are visible to a read-committed consumer.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_successor_with_the_same_transactional_id_fences_gapless() {
-    gapless::tls::install_crypto_provider();
+    gapless::net::tls::install_crypto_provider();
     let (Some(mosq), Some(tansu)) = (mosquitto_bin("kafka_fence"), tansu_bin("kafka_fence")) else {
         return;
     };

@@ -182,7 +182,7 @@ async fn a_qos_downgrade_is_warned_once_and_shown_in_status() {
     let Some(bin) = mosquitto_bin("qos_downgrade") else {
         return;
     };
-    gapless::tls::install_crypto_provider();
+    gapless::net::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     // Appended after the WebSocket listener, so it caps that one.
     let mut broker = Mosquitto::start_with(bin, dir.path(), "max_qos 1\n");

@@ -37,7 +37,7 @@ fn login(sim: &VcdSim) -> VcdLogin {
 }
 
 async fn rig(sim: &VcdSim, poll: PollConfig) -> Rig {
-    gapless::tls::install_crypto_provider();
+    gapless::net::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig {
         path: dir.path().join("poll.db"),

@@ -81,7 +81,7 @@ fn https_endpoint(dir: &std::path::Path) -> (u16, std::sync::Arc<std::sync::atom
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use std::io::{Read, Write};
-    gapless::tls::install_crypto_provider();
+    gapless::net::tls::install_crypto_provider();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("server.pem"))
         .unwrap()
         .collect::<Result<_, _>>()

@@ -6,6 +6,9 @@
 //! a task to sleep for years, a body must not fill the memory, and a URL
 //! that carries a token must not reach a log line, a table or an event.
 
+pub mod backoff;
+pub mod tls;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,7 +19,7 @@ use crate::config::{Config, Secret, SourceKind};
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] tls::TlsError),
     #[error("HTTP client: {0}")]
     Client(#[source] reqwest::Error),
     #[error("header `{0}` is not a valid HTTP header")]
@@ -60,7 +63,7 @@ pub struct ClientSpec<'a> {
 /// A client that never follows redirects (a 3xx is an answer the caller
 /// reports), with timeouts and the configured trust.
 pub fn client(spec: &ClientSpec<'_>) -> Result<reqwest::Client, NetError> {
-    crate::tls::install_crypto_provider();
+    tls::install_crypto_provider();
     let builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(spec.timeout)
@@ -72,7 +75,7 @@ pub fn client(spec: &ClientSpec<'_>) -> Result<reqwest::Client, NetError> {
         );
         builder.tls_danger_accept_invalid_certs(true)
     } else {
-        builder.tls_backend_preconfigured((*crate::tls::client_config(spec.ca_file)?).clone())
+        builder.tls_backend_preconfigured((*tls::client_config(spec.ca_file)?).clone())
     };
     builder.build().map_err(NetError::Client)
 }
