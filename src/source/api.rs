@@ -1,5 +1,5 @@
-//! The VCD REST client: login and the audit trail (docs/wire-formats.md §4–§5),
-//! and the HTTP error type every history source shares.
+//! The VCD REST client: login and the audit trail (docs/wire-formats.md §4–§5)
+//! (the HTTP pieces every history shares are in [`super::history`]).
 //!
 //! One client per source, shared by the poller and the credential
 //! refresher: whoever logs in publishes the new token on a watch channel,
@@ -7,7 +7,6 @@
 //! expired: the client logs in once more and retries the call once.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use reqwest::StatusCode;
@@ -15,73 +14,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{Mutex, watch};
 
+pub use super::history::{ApiError, Window};
+use super::history::{json_body, rest_client, success};
 use super::poll::{History, HistoryPage, PollError};
-use crate::config::{Secret, SourceTls, VcdLogin, VcdSecret};
+use crate::config::{Secret, VcdLogin, VcdSecret};
 use crate::event::rfc3339_us;
 use crate::metrics::Counters;
 use crate::net::Limits;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// Without the URL, which may carry a token.
-    #[error("request failed: {0}")]
-    Http(#[source] reqwest::Error),
-    #[error("{what}: {detail}")]
-    Redirect { what: &'static str, detail: String },
-    #[error("{what}: {source}")]
-    Body {
-        what: &'static str,
-        source: crate::net::NetError,
-    },
-    #[error(transparent)]
-    Net(#[from] crate::net::NetError),
-    #[error("{what} answered {status}{}", retry_after.map(|d| format!(" (Retry-After {d:?})")).unwrap_or_default())]
-    Status {
-        what: &'static str,
-        status: StatusCode,
-        retry_after: Option<Duration>,
-    },
-    #[error(
-        "VCD refused the login of `{who}` ({status}): check source.org, source.user and the password or API token"
-    )]
-    LoginRefused { who: String, status: StatusCode },
-    #[error("VCD login answered without a token: {0}")]
-    NoToken(String),
-    #[error("unexpected response from {what}: {message}")]
-    BadResponse { what: &'static str, message: String },
-}
-
-impl From<reqwest::Error> for ApiError {
-    fn from(e: reqwest::Error) -> Self {
-        ApiError::Http(e.without_url())
-    }
-}
-
-impl ApiError {
-    /// `Some(retry_after)` when the call may succeed if tried again later
-    /// (429, 5xx, network errors); `None` when retrying cannot help.
-    pub fn retryable(&self) -> Option<Option<Duration>> {
-        match self {
-            ApiError::Http(e)
-                if e.is_timeout() || e.is_connect() || e.is_request() || e.is_body() =>
-            {
-                Some(None)
-            }
-            ApiError::Body {
-                source: crate::net::NetError::Body(_),
-                ..
-            } => Some(None),
-            ApiError::Status {
-                status,
-                retry_after,
-                ..
-            } if *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => {
-                Some(*retry_after)
-            }
-            _ => None,
-        }
-    }
-}
 
 /// A session token and, when known, when it expires.
 #[derive(Clone, PartialEq, Eq)]
@@ -108,24 +47,6 @@ pub fn jwt_expiry_us(jwt: &str) -> Option<i64> {
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     claims.get("exp")?.as_i64()?.checked_mul(1_000_000)
-}
-
-/// A half-open time window `[from, to)` in µs (whole milliseconds).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Window {
-    pub from_us: i64,
-    pub to_us: i64,
-}
-
-impl Window {
-    /// The FIQL filter selecting this window (`;` is AND).
-    pub fn filter(&self) -> String {
-        format!(
-            "timestamp=ge={};timestamp=lt={}",
-            rfc3339_us(self.from_us),
-            rfc3339_us(self.to_us)
-        )
-    }
 }
 
 /// One page of the audit trail.
@@ -168,54 +89,13 @@ pub struct VcdClient {
     limits: Limits,
 }
 
-/// The response itself when it is a 2xx, else the error for `what` (a
-/// redirect is not followed: it names where it pointed).
-pub(crate) fn success(
-    resp: reqwest::Response,
-    what: &'static str,
-    limits: Limits,
-) -> Result<reqwest::Response, ApiError> {
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(resp);
-    }
-    if status.is_redirection() {
-        return Err(ApiError::Redirect {
-            what,
-            detail: crate::net::redirect_error(status.as_u16(), resp.headers()),
-        });
-    }
-    Err(ApiError::Status {
-        what,
-        status,
-        retry_after: crate::net::retry_after(resp.headers(), limits.retry_after_max),
-    })
-}
-
-/// A successful response's body as JSON, read up to `limits.max_body`.
-pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
-    resp: reqwest::Response,
-    what: &'static str,
-    limits: Limits,
-) -> Result<T, ApiError> {
-    let body = crate::net::read_limited(resp, limits.max_body)
-        .await
-        .map_err(|source| ApiError::Body { what, source })?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::BadResponse {
-        what,
-        message: e.to_string(),
-    })
-}
-
-/// The HTTP client of a REST history (`[source] tls` applies), with
-/// timeouts so a hung server fails the run instead of stalling it.
-pub fn rest_client(tls: &SourceTls) -> Result<reqwest::Client, ApiError> {
-    Ok(crate::net::client(&crate::net::ClientSpec {
-        key: "source.tls",
-        timeout: Duration::from_secs(60),
-        ca_file: tls.ca_file.as_deref(),
-        insecure_skip_verify: tls.insecure_skip_verify,
-    })?)
+/// The audit trail's FIQL filter selecting `window` (`;` is AND).
+fn fiql(window: &Window) -> String {
+    format!(
+        "timestamp=ge={};timestamp=lt={}",
+        rfc3339_us(window.from_us),
+        rfc3339_us(window.to_us)
+    )
 }
 
 impl VcdClient {
@@ -356,7 +236,7 @@ impl VcdClient {
                 .bearer_auth(token.jwt.expose())
                 .header(reqwest::header::ACCEPT, &self.accept)
                 .query(&[
-                    ("filter", window.filter()),
+                    ("filter", fiql(&window)),
                     ("sortAsc", "timestamp".into()),
                     ("page", page.to_string()),
                     ("pageSize", page_size.to_string()),
@@ -412,6 +292,8 @@ impl History for VcdClient {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     #[test]
     fn the_simulators_tokens_carry_their_expiry() {
         let jwt = gapless_sim::vcd::make_jwt("u", 1_800_000_000, 1);
@@ -439,7 +321,7 @@ mod tests {
             to_us: 1_795_428_060_123_000,
         };
         assert_eq!(
-            w.filter(),
+            fiql(&w),
             "timestamp=ge=2026-11-23T10:00:00.000Z;timestamp=lt=2026-11-23T10:01:00.123Z"
         );
     }

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod generic;
+pub mod history;
 pub mod mqtt;
 pub mod poll;
 pub mod scaleit;

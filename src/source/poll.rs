@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Parsed;
-use super::api::{ApiError, Window};
+use super::history::{ApiError, Window};
 use crate::config::{PollConfig, parse_schedule};
 use crate::event::{now_us, rfc3339_us};
 use crate::gap::{Gap, Reason};

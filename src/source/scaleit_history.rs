@@ -12,7 +12,7 @@
 
 use serde_json::Value;
 
-use super::api::{ApiError, Window, rest_client, success};
+use super::history::{ApiError, Window, rest_client, success};
 use super::poll::{History, HistoryPage, PollError};
 use super::scaleit::ScaleitParser;
 use super::schema::Settler;
