@@ -462,3 +462,11 @@ fn a_zero_clock_skew_is_refused() {
     ));
     assert!(e.contains("source.max_clock_skew"), "{e}");
 }
+
+#[test]
+fn schedules_are_checked() {
+    assert!(parse_schedule("0 * * * * *").is_ok());
+    assert!(parse_schedule("*/10 * * * * *").is_ok());
+    assert!(parse_schedule("* * * * *").is_err());
+    assert!(parse_schedule("0 * * * * nope").is_err());
+}

@@ -51,18 +51,7 @@ pub struct StoreLock {
 impl StoreLock {
     fn take(store: &Path) -> Result<Self, StoreError> {
         use std::io::{Read, Seek, Write};
-        let path = PathBuf::from(format!("{}.lock", store.display()));
-        let failed = |source| StoreError::Lock {
-            path: path.display().to_string(),
-            source,
-        };
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(failed)?;
+        let (mut file, failed) = lock_file(store, "lock")?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -75,11 +64,31 @@ impl StoreLock {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
         }
-        file.set_len(0).map_err(failed)?;
-        file.rewind().map_err(failed)?;
-        writeln!(file, "{}", std::process::id()).map_err(failed)?;
+        file.set_len(0).map_err(&failed)?;
+        file.rewind().map_err(&failed)?;
+        writeln!(file, "{}", std::process::id()).map_err(&failed)?;
         Ok(StoreLock { _file: file })
     }
+}
+
+/// Opens (creating it) the lock file `<store>.<suffix>`, with the error
+/// a failure on it maps to.
+fn lock_file(
+    store: &Path,
+    suffix: &str,
+) -> Result<(std::fs::File, impl Fn(std::io::Error) -> StoreError), StoreError> {
+    let path = format!("{}.{suffix}", store.display());
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path);
+    let failed = move |source| StoreError::Lock {
+        path: path.clone(),
+        source,
+    };
+    Ok((opened.map_err(&failed)?, failed))
 }
 
 /// The store's directory: it must exist for every command but `run`, which
@@ -126,17 +135,7 @@ impl Store {
         // `status` beside it) would both switch it to WAL and apply
         // migration 1; the second fails (busy, or the table exists). One
         // at a time, then; the lock is held for milliseconds.
-        let lock_path = PathBuf::from(format!("{}.migrate.lock", config.path.display()));
-        let failed = |source| StoreError::Lock {
-            path: lock_path.display().to_string(),
-            source,
-        };
-        let lock = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(failed)?;
+        let (lock, failed) = lock_file(&config.path, "migrate.lock")?;
         let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
             .await
             .expect("the lock task does not panic")

@@ -49,13 +49,9 @@ async fn wait_status(url: &str, want: u16, gapless: &mut Gapless) -> String {
     }
 }
 
-/// The value of one sample line (`name{labels} value`) in a metrics page.
+/// [`sample_in`], failing the test when the page lacks the series.
 fn sample(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no `{series}` in\n{page}"))
-        .parse()
-        .unwrap()
+    sample_in(page, series).unwrap_or_else(|| panic!("no `{series}` in\n{page}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

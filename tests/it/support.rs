@@ -302,11 +302,7 @@ impl Gapless {
         let mut found = None;
         wait_for("the admin endpoint's address", self, || {
             // Before the daemon creates the store, status has nothing to read.
-            let out = gapless_cmd()
-                .args(["status", "--json", "--config"])
-                .arg(&config)
-                .output()
-                .unwrap();
+            let out = status_cmd(&config).output().unwrap();
             let Ok(status) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
                 return false;
             };
@@ -501,25 +497,32 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `gapless status --json` for `config`.
+fn status_cmd(config: &Path) -> Command {
+    let mut cmd = gapless_cmd();
+    cmd.args(["status", "--json", "--config"]).arg(config);
+    cmd
+}
+
 /// `gapless status --json` for `config`, parsed.
 pub fn status_json(config: &Path) -> serde_json::Value {
-    serde_json::from_str(&run_ok(
-        gapless_cmd()
-            .args(["status", "--json", "--config"])
-            .arg(config),
-    ))
-    .unwrap()
+    serde_json::from_str(&run_ok(&mut status_cmd(config))).unwrap()
 }
 
 /// Sink `name`'s row of `gapless status --json`.
 pub fn sink_status(config: &Path, name: &str) -> serde_json::Value {
-    status_json(config)["sinks"]
+    sink_in(&status_json(config), name)
+}
+
+/// Sink `name`'s row of a parsed `status --json`.
+fn sink_in(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["sinks"]
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["name"] == name)
         .cloned()
-        .unwrap_or_else(|| panic!("no sink {name} in status"))
+        .unwrap_or_else(|| panic!("no sink {name} in {status}"))
 }
 
 /// Waits until sink `name` has delivered up to a head of at least `n`
@@ -530,13 +533,7 @@ pub fn wait_sink_caught_up(config: &Path, name: &str, n: i64, gapless: &mut Gapl
         gapless,
         || {
             let s = status_json(config);
-            let sink = s["sinks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|x| x["name"] == name)
-                .cloned()
-                .unwrap();
+            let sink = sink_in(&s, name);
             s["head_seq"].as_i64().unwrap_or(0) >= n
                 && sink["lag"] == 0
                 && sink["replay_from"].is_null()
@@ -575,10 +572,14 @@ pub async fn http_get(url: &str) -> (u16, String) {
 
 /// One sample of the `/metrics` page at `admin` (see [`Gapless::metric`]).
 pub fn metric_at(admin: &str, series: &str) -> f64 {
-    get_blocking(admin, "/metrics")
-        .lines()
+    sample_in(&get_blocking(admin, "/metrics"), series).unwrap_or(0.0)
+}
+
+/// The value of one sample line (`name{labels} value`) in a metrics page.
+pub fn sample_in(page: &str, series: &str) -> Option<f64> {
+    page.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+        .map(|v| v.trim().parse().unwrap())
 }
 
 /// A plain HTTP/1.0 GET of `path` at `addr` from a synchronous wait: its
