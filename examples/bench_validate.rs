@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use gapless::source::schema::describe_errors;
+use gapless::source::profile::scaleit::schema::describe_errors;
 use serde_json::{Value, json};
 
 fn main() {

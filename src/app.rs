@@ -15,16 +15,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Admin, SinkWatch};
 use crate::config::Config;
+use crate::config::SourceKind;
 use crate::event::now_us;
 use crate::gap::Continuity;
 use crate::metrics::{Counters, Snapshot};
 use crate::sink::SinkTask;
 use crate::source::Parser;
-use crate::source::api::VcdClient;
 use crate::source::mqtt::{Credentials, MqttAuth, MqttSource};
 use crate::source::poll::{History, Poller};
-use crate::source::scaleit_history::ScaleitHistory;
-use crate::source::schema::{SchemaRegistry, Settler};
+use crate::source::profile::scaleit::history::ScaleitHistory;
+use crate::source::profile::scaleit::schema::{SchemaRegistry, Settler};
+use crate::source::profile::vcd::api::VcdClient;
 use crate::source::session;
 use crate::store::{Retention, Store, StoreError, StreamSettings, Writer, WriterPlan};
 use crate::stream::{Live, Rule};
@@ -36,7 +37,7 @@ pub enum AppError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Api(#[from] crate::source::api::ApiError),
+    Api(#[from] crate::source::history::ApiError),
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
     #[error("schema registry: {0}")]
@@ -185,7 +186,7 @@ pub async fn run(
                     alert_after: s.alert_after.0,
                 })
                 .collect(),
-            token: config.admin.token()?,
+            token: config.admin.token.clone(),
         };
         let server = admin.serve(addr, shutdown.clone()).await?;
         tasks.spawn(async move {
@@ -227,10 +228,10 @@ async fn start_sources(
 ) -> Result<(), AppError> {
     let writer_handle = channels.handle;
     // With a VCD login, MQTT uses the session's token; log in before anything connects.
-    let credentials = match config.vcd_login()? {
+    let credentials = match config.vcd_login() {
         Some(login) => {
             let client = Arc::new(VcdClient::new(
-                login,
+                login.clone(),
                 counters.clone(),
                 (&config.http).into(),
             )?);
@@ -259,14 +260,19 @@ async fn start_sources(
         }
         None => Credentials::fixed(MqttAuth {
             username: config.mqtt.username.clone(),
-            password: config.mqtt.password()?,
+            password: config.mqtt.password.clone(),
             bearer: None,
         }),
     };
-    // ScaleIT's history and schema requests share these.
-    let source_headers = config.source.secret_headers()?;
-    let schemas = SchemaRegistry::from_config(&config.source, counters.clone(), &source_headers)
-        .map_err(|e| AppError::Schema(e.to_string()))?;
+    let scaleit = match &config.source.kind {
+        SourceKind::Scaleit(s) => Some(s),
+        _ => None,
+    };
+    let schemas = match scaleit {
+        Some(s) => SchemaRegistry::from_config(s, counters.clone())
+            .map_err(|e| AppError::Schema(e.to_string()))?,
+        None => None,
+    };
     if let Some(registry) = &schemas {
         let registry = registry.clone();
         let (store, writer, shutdown) = (store.clone(), writer_handle.clone(), shutdown.clone());
@@ -278,21 +284,15 @@ async fn start_sources(
             )
         });
     }
-    let parser = Parser::from_config(&config.source);
+    let parser = Parser::from_config(&config.source, schemas.clone());
     let settler = schemas.clone().map(|registry| Settler {
         registry,
         store: store.clone(),
         writer: writer_handle.clone(),
     });
     drop(writer_handle);
-    if let Parser::Scaleit(p) = &parser
-        && let Some(history) = ScaleitHistory::from_config(
-            &config.source,
-            p.clone(),
-            settler,
-            (&config.http).into(),
-            &source_headers,
-        )?
+    if let Some(s) = scaleit
+        && let Some(history) = ScaleitHistory::from_config(s, settler, (&config.http).into())?
     {
         spawn_poller(
             tasks,
@@ -316,7 +316,6 @@ async fn start_sources(
         counters: counters.clone(),
         ingest: channels.ingest,
         live: live_tx,
-        schemas,
         max_skew_us: config.source.max_skew_us(),
         name: config.source.uri().to_string(),
         started_at_us: crate::event::now_us(),

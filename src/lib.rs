@@ -22,6 +22,7 @@ pub mod sink;
 pub mod source;
 pub mod store;
 pub mod stream;
+pub mod telemetry;
 pub mod watch;
 
 /// An error with every cause behind it (`a: b: c`), for logs: a transport

@@ -291,7 +291,7 @@ pub(crate) async fn daemon_state(
     let url = format!("http://{addr}/readyz");
     let client = admin_client();
     // The details need the admin token, when one is set and readable here.
-    let token = config.admin.token().ok().flatten();
+    let token = config.admin.read_token().ok().flatten();
     let answer = match client {
         Ok(c) => {
             let request = c.get(&url);

@@ -19,6 +19,9 @@ pub struct AdminConfig {
     /// from an environment variable or a file.
     pub token_env: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// The token, read at load.
+    #[serde(skip)]
+    pub token: Option<Secret>,
 }
 
 pub(super) fn default_admin_listen() -> String {
@@ -32,8 +35,15 @@ impl Default for AdminConfig {
 }
 
 impl AdminConfig {
-    /// The bearer token the endpoint requires, if configured.
-    pub fn token(&self) -> Result<Option<Secret>, ConfigError> {
+    pub(super) fn resolve_token(&mut self) -> Result<(), ConfigError> {
+        self.token = self.read_token()?;
+        Ok(())
+    }
+
+    /// The bearer token the endpoint requires, if configured: read at
+    /// load by the daemon, and by `status` (which loads no secrets) only
+    /// to ask the daemon.
+    pub fn read_token(&self) -> Result<Option<Secret>, ConfigError> {
         read_secret(
             "admin.token_env",
             "admin.token_file",

@@ -45,6 +45,7 @@ mod poll;
 mod sink;
 mod source;
 mod store;
+mod tagged;
 mod types;
 
 pub use admin::*;
@@ -53,12 +54,14 @@ pub use poll::*;
 pub use sink::*;
 pub use source::*;
 pub use store::*;
+use tagged::{Tagged, keys_of};
 pub use types::*;
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    #[serde(deserialize_with = "source_table")]
     pub source: SourceConfig,
     #[serde(default)]
     pub mqtt: MqttConfig,
@@ -68,7 +71,7 @@ pub struct Config {
     pub stream: StreamConfig,
     #[serde(default)]
     pub store: StoreConfig,
-    #[serde(default, rename = "sink")]
+    #[serde(default, rename = "sink", deserialize_with = "sink_tables")]
     pub sinks: Vec<SinkConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
@@ -77,6 +80,20 @@ pub struct Config {
     /// How long shutdown may take to drain before gapless gives up.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,
+}
+
+fn source_table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SourceConfig, D::Error> {
+    SourceConfig::from_table(toml::Table::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn sink_tables<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SinkConfig>, D::Error> {
+    let tables = Vec::<toml::Table>::deserialize(d)?;
+    tables
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| SinkConfig::from_table(i, t))
+        .collect::<Result<_, _>>()
+        .map_err(serde::de::Error::custom)
 }
 
 fn default_shutdown_timeout() -> HumanDuration {
@@ -120,7 +137,12 @@ impl Config {
             message: e.to_string(),
         })?;
         config.derive_mqtt()?;
-        config.validate(secrets)?;
+        config.validate()?;
+        // Read secrets now so a missing variable fails at start, not at
+        // first connect; offline commands never connect.
+        if secrets {
+            config.resolve_secrets()?;
+        }
         Ok(config)
     }
 
@@ -128,9 +150,9 @@ impl Config {
     /// (`wss://<host>/messaging/mqtt`) unless `[mqtt] url` says otherwise.
     fn derive_mqtt(&mut self) -> Result<(), ConfigError> {
         if self.mqtt.topics.is_empty() {
-            self.mqtt.topics = match (self.source.kind, self.source.apps.as_slice()) {
-                (SourceKind::Scaleit, []) => vec!["app/#".into()],
-                (SourceKind::Scaleit, apps) => apps.iter().map(|a| format!("app/{a}/#")).collect(),
+            self.mqtt.topics = match &self.source.kind {
+                SourceKind::Scaleit(s) if s.apps.is_empty() => vec!["app/#".into()],
+                SourceKind::Scaleit(s) => s.apps.iter().map(|a| format!("app/{a}/#")).collect(),
                 _ => vec!["publish/#".into()],
             };
         }
@@ -138,12 +160,9 @@ impl Config {
             return Ok(());
         }
         // The URL alone: commands that read no secrets (status, tail) get here too.
-        let url = match &self.source.url {
-            Some(raw) => Some(vcd_url(self.source.kind, raw)?),
-            None => None,
-        };
-        match (&self.source.kind, url) {
-            (SourceKind::Vcd, Some(url)) => {
+        match &self.source.kind {
+            SourceKind::Vcd(VcdSource { url: Some(raw), .. }) => {
+                let url = vcd_url(raw)?;
                 let host = url.host_str().unwrap_or_default();
                 let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
                 let scheme = if url.scheme() == "http" { "ws" } else { "wss" };
@@ -164,8 +183,8 @@ impl Config {
     pub fn check_paths(&self) -> Result<Vec<PathBuf>, ConfigError> {
         let mut files = vec![("store.path".to_string(), &self.store.path)];
         for (i, sink) in self.sinks.iter().enumerate() {
-            if let Some(path) = &sink.path {
-                files.push((format!("sink[{i}].path"), path));
+            if let SinkKind::File(f) = &sink.kind {
+                files.push((format!("sink[{i}].path"), &f.path));
             }
         }
         let mut created = Vec::new();
@@ -218,136 +237,44 @@ impl Config {
     /// audit trail (90 days unless the provider changed it); a ScaleIT
     /// app's history endpoint states no limit. `None` = unbounded.
     pub fn history_retention(&self) -> Option<Duration> {
-        let retention = match (self.poll.history_retention, self.source.kind) {
+        let retention = match (self.poll.history_retention, &self.source.kind) {
             (Some(r), _) => r.0,
-            (None, SourceKind::Vcd) => Duration::from_secs(90 * 24 * 3600),
+            (None, SourceKind::Vcd(_)) => Duration::from_secs(90 * 24 * 3600),
             (None, _) => Duration::ZERO,
         };
         (!retention.is_zero()).then_some(retention)
     }
 
     pub fn has_history(&self) -> bool {
-        match self.source.kind {
-            SourceKind::Vcd => self.source.url.is_some(),
-            SourceKind::Scaleit => self.source.history_url.is_some(),
-            SourceKind::Mqtt => false,
+        match &self.source.kind {
+            SourceKind::Vcd(v) => v.url.is_some(),
+            SourceKind::Scaleit(s) => s.history_url.is_some(),
+            SourceKind::Mqtt(_) => false,
         }
     }
 
-    /// The VCD login, when `[source] url` is set.
-    pub fn vcd_login(&self) -> Result<Option<VcdLogin>, ConfigError> {
-        let s = &self.source;
-        let Some(raw) = &s.url else {
-            for (key, set) in [
-                ("source.org", s.org.is_some()),
-                ("source.user", s.user.is_some()),
-                ("source.password_env", s.password_env.is_some()),
-                ("source.api_token_env", s.api_token_env.is_some()),
-            ] {
-                if set {
-                    return Err(ConfigError::invalid(
-                        key,
-                        "has no effect without source.url",
-                        "set source.url = \"https://<vcd-host>\", or remove the key",
-                    ));
-                }
-            }
-            return Ok(None);
-        };
-        let url = vcd_url(s.kind, raw)?;
-        let need = |key: &str, v: &Option<String>, example: &str| {
-            v.clone().filter(|v| !v.is_empty()).ok_or_else(|| {
-                ConfigError::invalid(
-                    key,
-                    "is required with source.url",
-                    format!("e.g. {example}"),
-                )
-            })
-        };
-        let org = need(
-            "source.org",
-            &s.org,
-            "org = \"System\" (provider) or your tenant org",
-        )?;
-        let secret = match (
-            read_secret(
-                "source.password_env",
-                "source.password_file",
-                &s.password_env,
-                &s.password_file,
-            )?,
-            read_secret(
-                "source.api_token_env",
-                "source.api_token_file",
-                &s.api_token_env,
-                &s.api_token_file,
-            )?,
-        ) {
-            (Some(p), None) => VcdSecret::Password(p),
-            (None, Some(t)) => VcdSecret::ApiToken(t),
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::invalid(
-                    "source.api_token_env",
-                    "both a password and an API token are configured",
-                    "keep one way to log in",
-                ));
-            }
-            (None, None) => {
-                return Err(ConfigError::invalid(
-                    "source.password_env",
-                    "no credentials for the VCD login",
-                    "set password_env (with user) or api_token_env",
-                ));
-            }
-        };
-        let user = match &secret {
-            VcdSecret::Password(_) => need("source.user", &s.user, "user = \"administrator\"")?,
-            VcdSecret::ApiToken(_) => s.user.clone().unwrap_or_default(),
-        };
-        Ok(Some(VcdLogin {
-            url,
-            org,
-            user,
-            secret,
-            api_version: s.api_version.clone(),
-            tls: s.tls.clone(),
-        }))
+    /// The VCD login, when `[source] url` is set (read at load).
+    pub fn vcd_login(&self) -> Option<&VcdLogin> {
+        match &self.source.kind {
+            SourceKind::Vcd(v) => v.login.as_ref(),
+            _ => None,
+        }
     }
 
-    fn validate(&self, secrets: bool) -> Result<(), ConfigError> {
+    /// Reads every secret the config names, once.
+    fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        self.mqtt.resolve_password()?;
+        self.source.resolve_secrets()?;
+        self.admin.resolve_token()?;
+        for (i, sink) in self.sinks.iter_mut().enumerate() {
+            sink.resolve_secrets(i)?;
+        }
+        Ok(())
+    }
+
+    /// The checks that span sections; each section checked its own keys.
+    fn validate(&self) -> Result<(), ConfigError> {
         self.admin.addr()?;
-        self.validate_scaleit()?;
-        if self.source.name.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                "source.name",
-                "is empty",
-                "name the source, e.g. name = \"vcd-lab\"",
-            ));
-        }
-        let generic_only = [
-            ("source.id_pointer", &self.source.id_pointer),
-            ("source.time_pointer", &self.source.time_pointer),
-            ("source.type_pointer", &self.source.type_pointer),
-        ];
-        for (key, value) in generic_only {
-            match (self.source.kind, value) {
-                (SourceKind::Vcd, Some(_)) => {
-                    return Err(ConfigError::invalid(
-                        key,
-                        "only applies to kind = \"mqtt\"",
-                        "remove it, or set source.kind = \"mqtt\"",
-                    ));
-                }
-                (SourceKind::Mqtt, Some(p)) if !p.is_empty() && !p.starts_with('/') => {
-                    return Err(ConfigError::invalid(
-                        key,
-                        format!("`{p}` is not a JSON pointer"),
-                        "a JSON pointer starts with '/', e.g. \"/id\" or \"/data/id\"",
-                    ));
-                }
-                _ => {}
-            }
-        }
         let url = BrokerUrl::parse(&self.mqtt.url).map_err(|m| {
             ConfigError::invalid(
                 "mqtt.url",
@@ -370,7 +297,7 @@ impl Config {
             ));
         }
         if let Some(topic) = &self.mqtt.status_topic {
-            if self.source.kind == SourceKind::Vcd {
+            if let SourceKind::Vcd(_) = self.source.kind {
                 return Err(ConfigError::invalid(
                     "mqtt.status_topic",
                     "VCD's broker is not a general-purpose one: gapless may not publish there",
@@ -420,33 +347,6 @@ impl Config {
                 "keep it at most \"16MiB\" with ws:// and wss://",
             ));
         }
-        if let (true, Some(ca)) = (
-            self.source.tls.insecure_skip_verify,
-            &self.source.tls.ca_file,
-        ) {
-            return Err(ConfigError::invalid(
-                "source.tls.insecure_skip_verify",
-                format!(
-                    "is true, so source.tls.ca_file {} would be ignored",
-                    ca.display()
-                ),
-                "keep ca_file (verification against your CA) and remove insecure_skip_verify",
-            ));
-        }
-        if self.source.dedup_window.0.is_zero() {
-            return Err(ConfigError::invalid(
-                "source.dedup_window",
-                "is 0: QoS 1 redeliveries would become new events",
-                "the default, \"10m\", outlasts any redelivery",
-            ));
-        }
-        if self.source.max_clock_skew.0.is_zero() {
-            return Err(ConfigError::invalid(
-                "source.max_clock_skew",
-                "is 0: every event stamped a moment ahead of this host's clock would be rejected",
-                "the default, \"5m\", allows for clocks that drift apart",
-            ));
-        }
         if self.mqtt.max_packet_size.0 < 1024 || self.mqtt.max_packet_size.0 > MQTT_MAX_PACKET {
             return Err(ConfigError::invalid(
                 "mqtt.max_packet_size",
@@ -476,146 +376,17 @@ impl Config {
             ));
         }
         let mut names = std::collections::HashSet::new();
-        for (i, sink) in self.sinks.iter().enumerate() {
-            let key = |k: &str| format!("sink[{i}].{k}");
-            if sink.name.is_empty() || !names.insert(sink.name.as_str()) {
-                return Err(ConfigError::invalid(
-                    &key("name"),
-                    format!("`{}` is empty or used twice", sink.name),
-                    "give every sink a unique name: it keys the sink's cursor in the store",
-                ));
-            }
-            if sink.batch == 0 {
-                return Err(ConfigError::invalid(
-                    &key("batch"),
-                    "must be at least 1",
-                    "the default is 512",
-                ));
-            }
-            match (sink.kind, &sink.path) {
-                (SinkKind::File, None) => {
-                    return Err(ConfigError::invalid(
-                        &key("path"),
-                        "a file sink needs a path",
-                        "add path = \"events.jsonl\"",
-                    ));
-                }
-                (
-                    SinkKind::Stdout | SinkKind::Webhook | SinkKind::Nats | SinkKind::Kafka,
-                    Some(_),
-                ) => {
-                    return Err(ConfigError::invalid(
-                        &key("path"),
-                        "only a file sink takes a path",
-                        "remove path, or set kind = \"file\"",
-                    ));
-                }
-                _ => {}
-            }
-            use SinkKind::{Kafka, Nats, Webhook};
-            let kind_keys: [(&str, bool, &[SinkKind]); 18] = [
-                ("url", sink.url.is_some(), &[Webhook, Nats]),
-                (
-                    "secret_env",
-                    sink.secret_env.is_some() || sink.secret_file.is_some(),
-                    &[Webhook],
-                ),
-                ("headers", !sink.headers.is_empty(), &[Webhook]),
-                ("headers_env", !sink.headers_env.is_empty(), &[Webhook]),
-                (
-                    "bearer_env",
-                    sink.bearer_env.is_some() || sink.bearer_file.is_some(),
-                    &[Webhook],
-                ),
-                ("ca_file", sink.ca_file.is_some(), &[Webhook, Nats, Kafka]),
-                (
-                    "retry_schedule",
-                    sink.retry_schedule.is_some(),
-                    &[Webhook, Nats, Kafka],
-                ),
-                ("subject", sink.subject.is_some(), &[Nats]),
-                ("user", sink.user.is_some(), &[Nats, Kafka]),
-                (
-                    "password_env",
-                    sink.password_env.is_some() || sink.password_file.is_some(),
-                    &[Nats, Kafka],
-                ),
-                (
-                    "token_env",
-                    sink.token_env.is_some() || sink.token_file.is_some(),
-                    &[Nats],
-                ),
-                ("creds_file", sink.creds_file.is_some(), &[Nats]),
-                (
-                    "max_in_flight",
-                    sink.max_in_flight.is_some(),
-                    &[Nats, Kafka],
-                ),
-                ("brokers", sink.brokers.is_some(), &[Kafka]),
-                ("topic", sink.topic.is_some(), &[Kafka]),
-                ("key", sink.key.is_some(), &[Kafka]),
-                ("properties", !sink.properties.is_empty(), &[Kafka]),
-                (
-                    "transactional_id",
-                    sink.transactional_id.is_some(),
-                    &[Kafka],
-                ),
-            ];
-            if let Some((k, _, kinds)) = kind_keys
-                .iter()
-                .find(|(_, set, kinds)| *set && !kinds.contains(&sink.kind))
-            {
-                let owners: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
-                return Err(ConfigError::invalid(
-                    &key(k),
-                    format!("only a {} sink takes it", owners.join(" or ")),
-                    format!("remove it, or set kind = \"{}\"", owners[0]),
-                ));
-            }
-            if sink.max_in_flight == Some(0) {
-                return Err(ConfigError::invalid(
-                    &key("max_in_flight"),
-                    "must be at least 1",
-                    format!("the default is {}", SinkConfig::DEFAULT_IN_FLIGHT),
-                ));
-            }
-            if sink.retry_schedule.as_ref().is_some_and(|s| s.is_empty()) {
-                return Err(ConfigError::invalid(
-                    &key("retry_schedule"),
-                    "is empty",
-                    "e.g. [\"1s\", \"5s\", \"30s\", \"2m\", \"10m\", \"30m\"], or remove it for that default",
-                ));
-            }
-            match sink.kind {
-                SinkKind::Webhook => {
-                    let url = sink.url.as_deref().unwrap_or_default();
-                    if !(url.starts_with("http://") || url.starts_with("https://"))
-                        || url::Url::parse(url).is_err()
-                    {
-                        return Err(ConfigError::invalid(
-                            &key("url"),
-                            format!("`{url}` is not an http(s) URL"),
-                            "e.g. url = \"https://siem.example.com/hooks/vcd\"",
-                        ));
-                    }
-                    if secrets {
-                        sink.secret(i)?;
-                    }
-                }
-                SinkKind::Nats => {
-                    sink.nats_check(i)?;
-                    if secrets {
-                        sink.nats_auth(i)?;
-                    }
-                }
-                SinkKind::Kafka => {
-                    sink.kafka_check(i)?;
-                    if secrets {
-                        sink.kafka_password(i)?;
-                    }
-                }
-                SinkKind::File | SinkKind::Stdout => {}
-            }
+        if let Some((i, sink)) = self
+            .sinks
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name.is_empty() || !names.insert(s.name.as_str()))
+        {
+            return Err(ConfigError::invalid(
+                &format!("sink[{i}].name"),
+                format!("`{}` is empty or used twice", sink.name),
+                "give every sink a unique name: it keys the sink's cursor in the store",
+            ));
         }
         if self.stream.release == ReleaseMode::Verified && !self.has_history() {
             return Err(ConfigError::invalid(
@@ -643,111 +414,6 @@ impl Config {
                 "poll.schedule",
                 e,
                 "six fields with seconds, UTC: \"0 * * * * *\" is every minute, \"*/10 * * * * *\" every 10 s",
-            ));
-        }
-        // Resolve secrets now so a missing variable fails at start, not at first connect.
-        if secrets {
-            self.mqtt.password()?;
-            self.vcd_login()?;
-            self.source.secret_headers()?;
-            self.admin.token()?;
-            for (i, sink) in self.sinks.iter().enumerate() {
-                sink.secret_headers(i)?;
-            }
-        } else if self.source.url.is_some() && self.source.kind != SourceKind::Vcd {
-            return Err(ConfigError::invalid(
-                "source.url",
-                "the REST poller exists only for kind = \"vcd\"",
-                "remove source.url, or set source.kind = \"vcd\"",
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Config {
-    /// The ScaleIT keys belong to `kind = "scaleit"`, and validation needs
-    /// somewhere to find schemas.
-    fn validate_scaleit(&self) -> Result<(), ConfigError> {
-        let s = &self.source;
-        if s.kind != SourceKind::Scaleit {
-            for (key, set) in [
-                ("source.apps", !s.apps.is_empty()),
-                ("source.schema_base_url", s.schema_base_url.is_some()),
-                ("source.schema_dir", s.schema_dir.is_some()),
-                ("source.history_url", s.history_url.is_some()),
-                ("source.schema_allow", !s.schema_allow.is_empty()),
-                ("source.headers_env", !s.headers_env.is_empty()),
-                (
-                    "source.bearer_env",
-                    s.bearer_env.is_some() || s.bearer_file.is_some(),
-                ),
-            ] {
-                if set {
-                    return Err(ConfigError::invalid(
-                        key,
-                        "only applies to kind = \"scaleit\"",
-                        "remove it, or set source.kind = \"scaleit\"",
-                    ));
-                }
-            }
-            return Ok(());
-        }
-        if s.url.is_some() {
-            return Err(ConfigError::invalid(
-                "source.url",
-                "is the VCD REST URL; a ScaleIT source has none",
-                "remove source.url; schemas come from source.schema_base_url or source.schema_dir",
-            ));
-        }
-        if let Some(app) = s
-            .apps
-            .iter()
-            .find(|a| a.is_empty() || a.contains(['/', '+', '#']))
-        {
-            return Err(ConfigError::invalid(
-                "source.apps",
-                format!("`{app}` is not an app name"),
-                "list app names as they appear in topics, e.g. apps = [\"de-ondics-pacman\"]",
-            ));
-        }
-        if let Some(base) = &s.schema_base_url {
-            app_url_template(
-                "source.schema_base_url",
-                base,
-                "http://{app}.apps.example.com",
-            )?;
-        }
-        if let Some(bad) = s.schema_allow.iter().find(|p| {
-            !(p.starts_with("http://") || p.starts_with("https://"))
-                || !p.ends_with('/')
-                || url::Url::parse(p).is_err()
-        }) {
-            return Err(ConfigError::invalid(
-                "source.schema_allow",
-                format!("`{bad}` is not an http(s) URL prefix ending in `/`"),
-                "e.g. schema_allow = [\"https://schemas.example.com/shared/\"]; the `/` keeps `example.com.evil.net` out",
-            ));
-        }
-        if let Some(history) = &s.history_url {
-            app_url_template(
-                "source.history_url",
-                history,
-                "http://{app}.apps.example.com/api/history",
-            )?;
-            if history.contains("{app}") && s.apps.is_empty() {
-                return Err(ConfigError::invalid(
-                    "source.history_url",
-                    "names `{app}`, but source.apps is empty, so there is no app to ask",
-                    "list the apps, e.g. apps = [\"de-ondics-pacman\"], or give one URL for all apps",
-                ));
-            }
-        }
-        if s.require_schema && s.schema_base_url.is_none() && s.schema_dir.is_none() {
-            return Err(ConfigError::invalid(
-                "source.schema_base_url",
-                "is missing: bodies must name a $schema (require_schema = true), but there is nowhere to find schemas",
-                "set schema_base_url = \"http://{app}.apps.example.com\" or schema_dir = \"/etc/gapless/schemas\", or require_schema = false",
             ));
         }
         Ok(())

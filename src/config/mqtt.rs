@@ -37,6 +37,9 @@ pub struct MqttConfig {
     pub username: Option<String>,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// The password, read at load.
+    #[serde(skip)]
+    pub password: Option<Secret>,
     #[serde(default = "default_keep_alive")]
     pub keep_alive: HumanDuration,
     #[serde(default = "default_max_packet_size")]
@@ -213,13 +216,14 @@ impl MqttConfig {
         BrokerUrl::parse(&self.url).expect("validated at load")
     }
 
-    /// The MQTT password, from its environment variable or file.
-    pub fn password(&self) -> Result<Option<Secret>, ConfigError> {
-        read_secret(
+    /// Reads the MQTT password from its environment variable or file.
+    pub(super) fn resolve_password(&mut self) -> Result<(), ConfigError> {
+        self.password = read_secret(
             "mqtt.password_env",
             "mqtt.password_file",
             &self.password_env,
             &self.password_file,
-        )
+        )?;
+        Ok(())
     }
 }

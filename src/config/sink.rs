@@ -7,28 +7,188 @@ use serde::Deserialize;
 
 use super::*;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// One `[[sink]]`: the keys every sink has, and its kind with its own.
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    pub name: String,
+    /// Events read from the store and written per batch.
+    pub batch: u32,
+    /// `/readyz` fails once the sink has been stuck on one event this long.
+    pub alert_after: HumanDuration,
+    /// Deliver gap markers (`io.gapless.gap`, `io.gapless.verified`); when
+    /// false the cursor still passes them.
+    pub include_markers: bool,
+    pub kind: SinkKind,
+}
+
+/// The keys every sink has.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinkCommon {
+    name: String,
+    #[serde(default = "default_sink_batch")]
+    batch: u32,
+    #[serde(default = "default_sink_alert_after")]
+    alert_after: HumanDuration,
+    #[serde(default = "default_true")]
+    include_markers: bool,
+}
+
+/// Where a sink delivers, with the keys only that kind takes.
+#[derive(Clone, Debug)]
 pub enum SinkKind {
-    File,
-    Stdout,
-    Webhook,
+    File(FileSink),
+    Stdout(StdoutSink),
+    Webhook(WebhookSink),
     /// A NATS JetStream stream (publish acks, `Nats-Msg-Id` dedup).
-    Nats,
+    Nats(NatsSink),
     /// A Kafka topic (idempotent producer, delivery reports).
-    Kafka,
+    Kafka(KafkaSink),
 }
 
 impl SinkKind {
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
-            SinkKind::File => "file",
-            SinkKind::Stdout => "stdout",
-            SinkKind::Webhook => "webhook",
-            SinkKind::Nats => "nats",
-            SinkKind::Kafka => "kafka",
+            SinkKind::File(_) => "file",
+            SinkKind::Stdout(_) => "stdout",
+            SinkKind::Webhook(_) => "webhook",
+            SinkKind::Nats(_) => "nats",
+            SinkKind::Kafka(_) => "kafka",
         }
     }
+
+    /// The webhook, NATS or Kafka sink's delays between retries.
+    pub fn retry_schedule(&self) -> Option<&[HumanDuration]> {
+        match self {
+            SinkKind::Webhook(w) => w.retry_schedule.as_deref(),
+            SinkKind::Nats(n) => n.retry_schedule.as_deref(),
+            SinkKind::Kafka(k) => k.retry_schedule.as_deref(),
+            SinkKind::File(_) | SinkKind::Stdout(_) => None,
+        }
+    }
+}
+
+/// `kind = "file"`: the JSON Lines file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSink {
+    #[serde(default)]
+    pub path: PathBuf,
+}
+
+/// `kind = "stdout"`: `json` (default) or `compact` lines.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSink {
+    #[serde(default)]
+    pub format: LineFormat,
+}
+
+/// `kind = "webhook"`: signed POSTs, one event each.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSink {
+    #[serde(default)]
+    pub url: String,
+    /// The signing secret (`whsec_<base64>` or plain), from an env var or a file.
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+    /// Per-request timeout.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: HumanDuration,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Headers whose values come from environment variables.
+    #[serde(default)]
+    pub headers_env: BTreeMap<String, String>,
+    /// `Authorization: Bearer` from an environment variable or a file.
+    pub bearer_env: Option<String>,
+    pub bearer_file: Option<PathBuf>,
+    /// Extra PEM CAs trusted besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// What a refused event (4xx) does: `block` or `dead-letter`.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Delays between retries; the last repeats forever.
+    pub retry_schedule: Option<Vec<HumanDuration>>,
+    /// The signing secret, read at load.
+    #[serde(skip)]
+    pub secret: Option<Secret>,
+    /// `headers_env` and the bearer token, read at load.
+    #[serde(skip)]
+    pub secret_headers: Vec<(String, Secret)>,
+}
+
+/// `kind = "nats"`: a JetStream stream.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSink {
+    /// The server (`nats://host:4222`, or `tls://` for TLS), several
+    /// separated by commas.
+    #[serde(default)]
+    pub url: String,
+    /// The subject of each event; `{source}` (the source's name), `{type}`
+    /// and `{origin}` are replaced by the event's values with `.`, spaces
+    /// and wildcards made `_`.
+    #[serde(default = "default_nats_subject")]
+    pub subject: String,
+    /// User name, with `password_env` or `password_file`.
+    pub user: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    /// An auth token from an environment variable or a file.
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+    /// A `.creds` file (JWT and NKey seed) for decentralised auth.
+    pub creds_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    /// The wait for a publish ack.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: HumanDuration,
+    pub retry_schedule: Option<Vec<HumanDuration>>,
+    /// Publishes awaiting their ack at once.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: u32,
+    /// How it authenticates, resolved at load.
+    #[serde(skip)]
+    pub auth: NatsAuth,
+}
+
+/// `kind = "kafka"`: one topic, idempotent producer.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSink {
+    /// The bootstrap servers, `host:port` separated by commas.
+    #[serde(default)]
+    pub brokers: String,
+    /// The topic every event goes to.
+    #[serde(default)]
+    pub topic: String,
+    /// What keys a record (and so picks its partition).
+    #[serde(default)]
+    pub key: KafkaKey,
+    /// Further librdkafka producer settings (`security.protocol`,
+    /// `sasl.mechanisms`, `compression.type`, ...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// One transaction per batch under this id; a successor with the same
+    /// id fences this producer.
+    pub transactional_id: Option<String>,
+    /// SASL user, with `password_env` or `password_file`.
+    pub user: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    /// The wait for a delivery report.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: HumanDuration,
+    pub retry_schedule: Option<Vec<HumanDuration>>,
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: u32,
+    /// The SASL password, read at load.
+    #[serde(skip)]
+    pub password: Option<Secret>,
 }
 
 /// How the stdout sink prints an event.
@@ -42,96 +202,119 @@ pub enum LineFormat {
     Compact,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkConfig {
-    pub name: String,
-    pub kind: SinkKind,
-    /// File sink: the JSON Lines file.
-    pub path: Option<PathBuf>,
-    /// Stdout sink: `json` (default) or `compact`.
-    #[serde(default)]
-    pub format: LineFormat,
-    /// Events read from the store and written per batch.
-    #[serde(default = "default_sink_batch")]
-    pub batch: u32,
-    /// Webhook: the endpoint. NATS: the server (`nats://host:4222`, or
-    /// `tls://` for TLS), several separated by commas.
-    pub url: Option<String>,
-    /// Webhook: the signing secret (`whsec_<base64>` or plain), from an env var or a file.
-    pub secret_env: Option<String>,
-    pub secret_file: Option<PathBuf>,
-    /// Webhook: per-request timeout. NATS: the wait for a publish ack.
-    #[serde(default = "default_webhook_timeout")]
-    pub timeout: HumanDuration,
-    /// Webhook: extra request headers.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Webhook: headers whose values come from environment variables.
-    #[serde(default)]
-    pub headers_env: BTreeMap<String, String>,
-    /// Webhook: `Authorization: Bearer` from an environment variable or a file.
-    pub bearer_env: Option<String>,
-    pub bearer_file: Option<PathBuf>,
-    /// Webhook and NATS: extra PEM CAs trusted besides the system roots.
-    pub ca_file: Option<PathBuf>,
-    /// Webhook: what a refused event (4xx) does: `block` or `dead-letter`.
-    #[serde(default)]
-    pub on_failure: OnFailure,
-    /// Webhook and NATS: delays between retries; the last repeats forever.
-    pub retry_schedule: Option<Vec<HumanDuration>>,
-    /// NATS: the subject of each event; `{source}` (the source's name),
-    /// `{type}` and `{origin}` are replaced by the event's values with
-    /// `.`, spaces and wildcards made `_`.
-    pub subject: Option<String>,
-    /// NATS: user name, with `password_env` or `password_file`.
-    pub user: Option<String>,
-    pub password_env: Option<String>,
-    pub password_file: Option<PathBuf>,
-    /// NATS: an auth token from an environment variable or a file.
-    pub token_env: Option<String>,
-    pub token_file: Option<PathBuf>,
-    /// NATS: a `.creds` file (JWT and NKey seed) for decentralised auth.
-    pub creds_file: Option<PathBuf>,
-    /// NATS, Kafka: publishes awaiting their ack at once.
-    pub max_in_flight: Option<u32>,
-    /// Kafka: the bootstrap servers, `host:port` separated by commas.
-    pub brokers: Option<String>,
-    /// Kafka: the topic every event goes to.
-    pub topic: Option<String>,
-    /// Kafka: what keys a record (and so picks its partition).
-    pub key: Option<KafkaKey>,
-    /// Kafka: further librdkafka producer settings (`security.protocol`,
-    /// `sasl.mechanisms`, `compression.type`, ...).
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
-    /// Kafka: one transaction per batch under this id; a successor with
-    /// the same id fences this producer.
-    pub transactional_id: Option<String>,
-    /// `/readyz` fails once the sink has been stuck on one event this long.
-    #[serde(default = "default_sink_alert_after")]
-    pub alert_after: HumanDuration,
-    /// Deliver gap markers (`io.gapless.gap`, `io.gapless.verified`); when
-    /// false the cursor still passes them.
-    #[serde(default = "default_true")]
-    pub include_markers: bool,
-}
-
 pub(super) fn default_sink_alert_after() -> HumanDuration {
     HumanDuration(Duration::from_secs(5 * 60))
 }
 pub(super) fn default_webhook_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
 }
+fn default_nats_subject() -> String {
+    NatsSink::DEFAULT_SUBJECT.into()
+}
+fn default_in_flight() -> u32 {
+    256
+}
 
 impl SinkConfig {
-    /// The webhook signing secret, if configured; a `whsec_` secret must be base64.
-    pub fn secret(&self, i: usize) -> Result<Option<Secret>, ConfigError> {
-        let (env_key, file_key) = (
-            format!("sink[{i}].secret_env"),
-            format!("sink[{i}].secret_file"),
-        );
-        let key = if self.secret_file.is_some() {
+    /// Reads `[[sink]]` number `i` from its table: a key of another kind
+    /// is refused with its name, then the kind's own checks run.
+    pub(super) fn from_table(i: usize, table: toml::Table) -> Result<Self, ConfigError> {
+        let tagged = Tagged {
+            at: format!("sink[{i}]"),
+            what: "sink",
+            kinds: vec![
+                ("file", keys_of::<FileSink>()),
+                ("stdout", keys_of::<StdoutSink>()),
+                ("webhook", keys_of::<WebhookSink>()),
+                ("nats", keys_of::<NatsSink>()),
+                ("kafka", keys_of::<KafkaSink>()),
+            ],
+        };
+        let (common, kind, own): (SinkCommon, _, _) = tagged.split(table)?;
+        let kind = match kind {
+            "file" => SinkKind::File(tagged.de(own)?),
+            "stdout" => SinkKind::Stdout(tagged.de(own)?),
+            "webhook" => SinkKind::Webhook(tagged.de(own)?),
+            "nats" => SinkKind::Nats(tagged.de(own)?),
+            _ => SinkKind::Kafka(tagged.de(own)?),
+        };
+        let key = |k: &str| format!("sink[{i}].{k}");
+        if common.batch == 0 {
+            return Err(ConfigError::invalid(
+                &key("batch"),
+                "must be at least 1",
+                "the default is 512",
+            ));
+        }
+        if kind.retry_schedule().is_some_and(|s| s.is_empty()) {
+            return Err(ConfigError::invalid(
+                &key("retry_schedule"),
+                "is empty",
+                "e.g. [\"1s\", \"5s\", \"30s\", \"2m\", \"10m\", \"30m\"], or remove it for that default",
+            ));
+        }
+        match &kind {
+            SinkKind::File(f) if f.path.as_os_str().is_empty() => {
+                return Err(ConfigError::invalid(
+                    &key("path"),
+                    "a file sink needs a path",
+                    "add path = \"events.jsonl\"",
+                ));
+            }
+            SinkKind::Webhook(w) => w.check(&key)?,
+            SinkKind::Nats(n) => n.check(&key)?,
+            SinkKind::Kafka(k) => k.check(&key)?,
+            SinkKind::File(_) | SinkKind::Stdout(_) => {}
+        }
+        Ok(SinkConfig {
+            name: common.name,
+            batch: common.batch,
+            alert_after: common.alert_after,
+            include_markers: common.include_markers,
+            kind,
+        })
+    }
+
+    /// Reads the sink's secrets from their variables and files.
+    pub(super) fn resolve_secrets(&mut self, i: usize) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("sink[{i}].{k}");
+        match &mut self.kind {
+            SinkKind::Webhook(w) => w.resolve(&key),
+            SinkKind::Nats(n) => n.resolve(&key),
+            SinkKind::Kafka(k) => {
+                k.password = read_secret(
+                    &key("password_env"),
+                    &key("password_file"),
+                    &k.password_env,
+                    &k.password_file,
+                )?;
+                Ok(())
+            }
+            SinkKind::File(_) | SinkKind::Stdout(_) => Ok(()),
+        }
+    }
+}
+
+impl WebhookSink {
+    fn check(&self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let url = &self.url;
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url::Url::parse(url).is_err()
+        {
+            return Err(ConfigError::invalid(
+                &key("url"),
+                format!("`{url}` is not an http(s) URL"),
+                "e.g. url = \"https://siem.example.com/hooks/vcd\"",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The signing secret (a `whsec_` secret must be base64) and the
+    /// secret headers.
+    fn resolve(&mut self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let (env_key, file_key) = (key("secret_env"), key("secret_file"));
+        let at = if self.secret_file.is_some() {
             &file_key
         } else {
             &env_key
@@ -139,25 +322,21 @@ impl SinkConfig {
         let secret = read_secret(&env_key, &file_key, &self.secret_env, &self.secret_file)?;
         if let Some(Err(e)) = secret.as_ref().map(Secret::signing_key) {
             return Err(ConfigError::invalid(
-                key,
+                at,
                 e,
                 "a Standard Webhooks secret is `whsec_` + base64 of the key bytes; or give a plain secret without the prefix",
             ));
         }
-        Ok(secret)
-    }
-
-    /// The webhook's secret request headers (`headers_env`, `bearer_env`/`bearer_file`).
-    pub fn secret_headers(&self, i: usize) -> Result<Vec<(String, Secret)>, ConfigError> {
-        secret_headers(
-            &format!("sink[{i}]"),
+        self.secret = secret;
+        self.secret_headers = secret_headers(
+            key("").trim_end_matches('.'),
             &self.headers_env,
             &self.bearer_env,
             &self.bearer_file,
-        )
+        )?;
+        Ok(())
     }
 }
-
 /// Headers whose values are secrets: each of `headers_env` from its
 /// variable, and `Authorization: Bearer` from `bearer_env` or `bearer_file`.
 pub(super) fn secret_headers(
@@ -200,34 +379,24 @@ pub enum KafkaKey {
 }
 
 /// How a NATS sink authenticates, resolved from its keys at load.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub enum NatsAuth {
+    #[default]
     Anonymous,
-    UserPassword { user: String, password: Secret },
+    UserPassword {
+        user: String,
+        password: Secret,
+    },
     Token(Secret),
     CredsFile(PathBuf),
 }
 
-impl SinkConfig {
-    /// The NATS subject template when `subject` is not set.
-    pub const DEFAULT_NATS_SUBJECT: &'static str = "gapless.{source}.{type}";
-    pub(super) const DEFAULT_IN_FLIGHT: u32 = 256;
+impl NatsSink {
+    /// The subject template when `subject` is not set.
+    pub const DEFAULT_SUBJECT: &'static str = "gapless.{source}.{type}";
 
-    pub fn nats_subject(&self) -> &str {
-        self.subject
-            .as_deref()
-            .unwrap_or(Self::DEFAULT_NATS_SUBJECT)
-    }
-
-    pub fn in_flight_limit(&self) -> usize {
-        self.max_in_flight.unwrap_or(Self::DEFAULT_IN_FLIGHT) as usize
-    }
-
-    /// The checks of a NATS sink's keys that need no secret.
-    pub(super) fn nats_check(&self, i: usize) -> Result<(), ConfigError> {
-        let key = |k: &str| format!("sink[{i}].{k}");
-        let url = self.url.as_deref().unwrap_or_default();
-        let bad = url.split(',').map(str::trim).find(|u| {
+    fn check(&self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let bad = self.url.split(',').map(str::trim).find(|u| {
             !(u.starts_with("nats://") || u.starts_with("tls://")) || url::Url::parse(u).is_err()
         });
         if let Some(u) = bad {
@@ -237,16 +406,17 @@ impl SinkConfig {
                 "e.g. url = \"nats://127.0.0.1:4222\" (several servers separated by commas)",
             ));
         }
-        if let Err(e) = SubjectTemplate::parse(self.nats_subject()) {
+        if let Err(e) = SubjectTemplate::parse(&self.subject) {
             return Err(ConfigError::invalid(
                 &key("subject"),
                 e,
                 format!(
                     "tokens separated by dots, with {{source}}, {{type}} or {{origin}}; the default is \"{}\"",
-                    Self::DEFAULT_NATS_SUBJECT
+                    Self::DEFAULT_SUBJECT
                 ),
             ));
         }
+        at_least_one(key, self.max_in_flight)?;
         let password = self.password_env.is_some() || self.password_file.is_some();
         if self.user.is_some() != password {
             return Err(ConfigError::invalid(
@@ -267,17 +437,74 @@ impl SinkConfig {
         Ok(())
     }
 
-    /// The checks of a Kafka sink's keys that need no secret.
-    pub(super) fn kafka_check(&self, i: usize) -> Result<(), ConfigError> {
-        let key = |k: &str| format!("sink[{i}].{k}");
-        if self.brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
+    /// Whether a password or token would cross the connection.
+    pub fn sends_secret(&self) -> bool {
+        self.password_env.is_some()
+            || self.password_file.is_some()
+            || self.token_env.is_some()
+            || self.token_file.is_some()
+    }
+
+    /// Reads the credentials from their variables or files.
+    fn resolve(&mut self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        if let Some(path) = &self.creds_file {
+            if let Err(e) = std::fs::metadata(path) {
+                return Err(ConfigError::invalid(
+                    &key("creds_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                    "point it at the .creds file `nsc` or your NATS operator issued",
+                ));
+            }
+            self.auth = NatsAuth::CredsFile(path.clone());
+            return Ok(());
+        }
+        if let Some(token) = read_secret(
+            &key("token_env"),
+            &key("token_file"),
+            &self.token_env,
+            &self.token_file,
+        )? {
+            self.auth = NatsAuth::Token(token);
+            return Ok(());
+        }
+        let password = read_secret(
+            &key("password_env"),
+            &key("password_file"),
+            &self.password_env,
+            &self.password_file,
+        )?;
+        self.auth = match (&self.user, password) {
+            (Some(user), Some(password)) => NatsAuth::UserPassword {
+                user: user.clone(),
+                password,
+            },
+            _ => NatsAuth::Anonymous,
+        };
+        Ok(())
+    }
+}
+
+fn at_least_one(key: &dyn Fn(&str) -> String, max_in_flight: u32) -> Result<(), ConfigError> {
+    if max_in_flight == 0 {
+        return Err(ConfigError::invalid(
+            &key("max_in_flight"),
+            "must be at least 1",
+            format!("the default is {}", default_in_flight()),
+        ));
+    }
+    Ok(())
+}
+
+impl KafkaSink {
+    fn check(&self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        if self.brokers.trim().is_empty() {
             return Err(ConfigError::invalid(
                 &key("brokers"),
                 "a kafka sink needs its bootstrap servers",
                 "e.g. brokers = \"kafka1:9092,kafka2:9092\"",
             ));
         }
-        let topic = self.topic.as_deref().unwrap_or_default();
+        let topic = &self.topic;
         let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
         if topic.is_empty() || topic.len() > 249 || !topic.chars().all(legal) {
             return Err(ConfigError::invalid(
@@ -286,6 +513,7 @@ impl SinkConfig {
                 "1 to 249 of a-z, A-Z, 0-9, `.`, `_` and `-`, e.g. topic = \"vcd-events\"",
             ));
         }
+        at_least_one(key, self.max_in_flight)?;
         for fixed in [
             "enable.idempotence",
             "acks",
@@ -311,52 +539,6 @@ impl SinkConfig {
             ));
         }
         Ok(())
-    }
-
-    /// The Kafka sink's SASL password, read from its variable or file.
-    pub fn kafka_password(&self, i: usize) -> Result<Option<Secret>, ConfigError> {
-        read_secret(
-            &format!("sink[{i}].password_env"),
-            &format!("sink[{i}].password_file"),
-            &self.password_env,
-            &self.password_file,
-        )
-    }
-
-    /// The NATS sink's credentials, read from their variables or files.
-    pub fn nats_auth(&self, i: usize) -> Result<NatsAuth, ConfigError> {
-        let key = |k: &str| format!("sink[{i}].{k}");
-        if let Some(path) = &self.creds_file {
-            if let Err(e) = std::fs::metadata(path) {
-                return Err(ConfigError::invalid(
-                    &key("creds_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                    "point it at the .creds file `nsc` or your NATS operator issued",
-                ));
-            }
-            return Ok(NatsAuth::CredsFile(path.clone()));
-        }
-        if let Some(token) = read_secret(
-            &key("token_env"),
-            &key("token_file"),
-            &self.token_env,
-            &self.token_file,
-        )? {
-            return Ok(NatsAuth::Token(token));
-        }
-        let password = read_secret(
-            &key("password_env"),
-            &key("password_file"),
-            &self.password_env,
-            &self.password_file,
-        )?;
-        Ok(match (&self.user, password) {
-            (Some(user), Some(password)) => NatsAuth::UserPassword {
-                user: user.clone(),
-                password,
-            },
-            _ => NatsAuth::Anonymous,
-        })
     }
 }
 

@@ -21,7 +21,10 @@ fn minimal_config_takes_defaults() {
     assert!(c.mqtt.clean_session);
     assert_eq!(c.store.path, PathBuf::from("gapless.db"));
     assert_eq!(c.source.uri(), "vcd-lab");
-    assert_eq!(c.source.event_types, vec!["EVENT", "EXTERNAL_EVENT"]);
+    let SourceKind::Vcd(vcd) = &c.source.kind else {
+        panic!("a vcd source")
+    };
+    assert_eq!(vcd.event_types, vec!["EVENT", "EXTERNAL_EVENT"]);
 }
 
 #[test]
@@ -64,8 +67,11 @@ fn assert_named(kind: &str, (keys, key, says): (&str, &str, &str)) {
 fn nats_sink_keys_are_checked_and_named() {
     let nats = |keys: &str| with_sink("nats", keys);
     let ok = Config::parse(&nats("url = \"nats://127.0.0.1:4222\"")).unwrap();
-    assert_eq!(ok.sinks[0].nats_subject(), SinkConfig::DEFAULT_NATS_SUBJECT);
-    assert_eq!(ok.sinks[0].in_flight_limit(), 256);
+    let SinkKind::Nats(n) = &ok.sinks[0].kind else {
+        panic!("a nats sink")
+    };
+    assert_eq!(n.subject, NatsSink::DEFAULT_SUBJECT);
+    assert_eq!(n.max_in_flight, 256);
     [
         ("url = \"http://x:4222\"", "sink[0].url", "nats://"),
         ("", "sink[0].url", "nats://"),
@@ -115,7 +121,10 @@ fn nats_sink_keys_are_checked_and_named() {
 fn kafka_sink_keys_are_checked_and_named() {
     let kafka = |keys: &str| with_sink("kafka", keys);
     let ok = Config::parse(&kafka("brokers = \"a:9092\"\ntopic = \"vcd-events\"")).unwrap();
-    assert_eq!(ok.sinks[0].key.unwrap_or_default(), KafkaKey::Id);
+    let SinkKind::Kafka(k) = &ok.sinks[0].kind else {
+        panic!("a kafka sink")
+    };
+    assert_eq!(k.key, KafkaKey::Id);
     [
         ("topic = \"t\"", "sink[0].brokers", "bootstrap"),
         ("brokers = \"a:1\"", "sink[0].topic", "not a Kafka topic"),
@@ -205,7 +214,7 @@ fn a_vcd_source_alone_derives_the_broker() {
     assert_eq!(c.mqtt.url, "wss://vcd.example.com/messaging/mqtt");
     assert_eq!(c.mqtt.topics, vec!["publish/#"]);
     assert_eq!(c.mqtt.auth, MqttAuthMode::Password);
-    let login = c.vcd_login().unwrap().unwrap();
+    let login = c.vcd_login().unwrap();
     assert!(login.is_provider());
     assert_eq!(login.api_version, "38.0");
     assert_eq!(c.poll.schedule, "0 * * * * *");

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{Config, Secret, SourceKind};
+use crate::config::{Config, Secret, SinkKind, SourceKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -208,77 +208,77 @@ pub fn exposure_warnings(config: &Config) -> Vec<String> {
         url::Url::parse(&url.replace("{app}", "app"))
             .is_ok_and(|u| !u.username().is_empty() || u.password().is_some())
     };
+    let vcd_url = match &config.source.kind {
+        SourceKind::Vcd(v) => v.url.as_deref(),
+        _ => None,
+    };
     let mqtt_credentials = config.mqtt.username.is_some()
         || config.mqtt.password_env.is_some()
         || config.mqtt.password_file.is_some()
-        || (config.source.kind == SourceKind::Vcd && config.source.url.is_some());
+        || vcd_url.is_some();
     if plain(&config.mqtt.url) && mqtt_credentials {
         out.push(format!(
             "mqtt.url: `{}` sends the MQTT credentials unencrypted; use mqtts:// or wss://",
             redact(&config.mqtt.url)
         ));
     }
-    if let Some(url) = config.source.url.as_deref().filter(|u| plain(u)) {
+    if let Some(url) = vcd_url.filter(|u| plain(u)) {
         out.push(format!(
             "source.url: `{}` sends the VCD password or token unencrypted; use https://",
             redact(url)
         ));
     }
-    let s = &config.source;
-    let source_secrets = sends_secrets(&s.headers_env, &s.bearer_env, &s.bearer_file);
-    for (key, url) in [
-        ("source.schema_base_url", &config.source.schema_base_url),
-        ("source.history_url", &config.source.history_url),
-    ] {
-        if let Some(url) = url
-            .as_deref()
-            .filter(|u| plain(u) && (source_secrets || userinfo(u)))
-        {
-            out.push(format!(
-                "{key}: `{}` sends credentials unencrypted; use https://",
-                redact(url)
-            ));
+    if let SourceKind::Scaleit(s) = &config.source.kind {
+        let secrets = sends_secrets(&s.headers_env, &s.bearer_env, &s.bearer_file);
+        for (key, url) in [
+            ("source.schema_base_url", &s.schema_base_url),
+            ("source.history_url", &s.history_url),
+        ] {
+            if let Some(url) = url
+                .as_deref()
+                .filter(|u| plain(u) && (secrets || userinfo(u)))
+            {
+                out.push(format!(
+                    "{key}: `{}` sends credentials unencrypted; use https://",
+                    redact(url)
+                ));
+            }
         }
     }
     for (i, sink) in config.sinks.iter().enumerate() {
-        let secrets = sends_secrets(&sink.headers_env, &sink.bearer_env, &sink.bearer_file);
-        if let Some(url) = sink
-            .url
-            .as_deref()
-            .filter(|u| plain(u) && (secrets || userinfo(u)))
-        {
-            out.push(format!(
-                "sink[{i}].url: `{}` sends credentials unencrypted; use https://",
-                redact(url)
-            ));
-        }
-        let nats_secret = sink.password_env.is_some()
-            || sink.password_file.is_some()
-            || sink.token_env.is_some()
-            || sink.token_file.is_some();
-        if let Some(url) = sink
-            .url
-            .as_deref()
-            .filter(|u| nats_secret && u.split(',').any(|u| u.trim().starts_with("nats://")))
-        {
-            out.push(format!(
-                "sink[{i}].url: `{}` sends the NATS password or token unencrypted unless the \
-                 server demands TLS; use tls:// to insist on it",
-                redact(url)
-            ));
-        }
-        let protocol = sink
-            .properties
-            .get("security.protocol")
-            .map(|p| p.to_ascii_uppercase());
-        if sink.kind == crate::config::SinkKind::Kafka
-            && sink.user.is_some()
-            && !matches!(protocol.as_deref(), Some("SSL" | "SASL_SSL"))
-        {
-            out.push(format!(
-                "sink[{i}].properties: `security.protocol` is not SASL_SSL, so the Kafka \
-                 password may cross the network unencrypted; set \"security.protocol\" = \"SASL_SSL\""
-            ));
+        match &sink.kind {
+            SinkKind::Webhook(w) => {
+                let secrets = sends_secrets(&w.headers_env, &w.bearer_env, &w.bearer_file);
+                if plain(&w.url) && (secrets || userinfo(&w.url)) {
+                    out.push(format!(
+                        "sink[{i}].url: `{}` sends credentials unencrypted; use https://",
+                        redact(&w.url)
+                    ));
+                }
+            }
+            SinkKind::Nats(n)
+                if n.sends_secret()
+                    && n.url.split(',').any(|u| u.trim().starts_with("nats://")) =>
+            {
+                out.push(format!(
+                    "sink[{i}].url: `{}` sends the NATS password or token unencrypted unless the \
+                     server demands TLS; use tls:// to insist on it",
+                    redact(&n.url)
+                ));
+            }
+            SinkKind::Kafka(k) => {
+                let protocol = k
+                    .properties
+                    .get("security.protocol")
+                    .map(|p| p.to_ascii_uppercase());
+                if k.user.is_some() && !matches!(protocol.as_deref(), Some("SSL" | "SASL_SSL")) {
+                    out.push(format!(
+                        "sink[{i}].properties: `security.protocol` is not SASL_SSL, so the Kafka \
+                         password may cross the network unencrypted; set \"security.protocol\" = \"SASL_SSL\""
+                    ));
+                }
+            }
+            _ => {}
         }
     }
     if let Ok(Some(addr)) = config.admin.addr()

@@ -24,10 +24,11 @@ use tokio_util::sync::CancellationToken;
 use self::retry::{OnFailure, RetrySchedule, Verdict};
 use self::webhook::{WebhookSpec, WebhookTarget};
 
-use crate::config::{SinkConfig, SinkKind};
+use crate::config::{KafkaSink, NatsSink, SinkConfig, SinkKind, WebhookSink};
 use crate::event::{StoredEvent, now_us};
 use crate::metrics::{Counters, SinkStats};
 use crate::store::{Head, SinkOp, Store, StoreError, WriterHandle};
+use crate::telemetry::{InternalEvent, SinkDeadLettered, SinkRetrying};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -126,81 +127,65 @@ impl LogTarget {
 
 /// Where a sink delivers, for the log and errors (no credentials).
 fn target_address(config: &SinkConfig) -> String {
-    match config.kind {
-        SinkKind::Kafka => format!(
-            "{} topic {}",
-            config.brokers.as_deref().unwrap_or_default(),
-            config.topic.as_deref().unwrap_or_default()
-        ),
-        SinkKind::File => config
-            .path
-            .as_deref()
-            .unwrap_or(std::path::Path::new(""))
-            .display()
-            .to_string(),
-        SinkKind::Stdout => "stdout".to_string(),
-        SinkKind::Webhook | SinkKind::Nats => {
-            crate::net::redact(config.url.as_deref().unwrap_or_default())
-        }
+    match &config.kind {
+        SinkKind::Kafka(k) => format!("{} topic {}", k.brokers, k.topic),
+        SinkKind::File(f) => f.path.display().to_string(),
+        SinkKind::Stdout(_) => "stdout".to_string(),
+        SinkKind::Webhook(w) => crate::net::redact(&w.url),
+        SinkKind::Nats(n) => crate::net::redact(&n.url),
     }
 }
 
-/// What a log sink needs to (re)connect, resolved once at start (secrets
-/// read, the subject template parsed).
+/// The log sink's config (its secrets read at load), with the subject
+/// template parsed once at start.
 enum LogConnect {
-    Nats {
-        subject: crate::config::SubjectTemplate,
-        auth: crate::config::NatsAuth,
-    },
-    Kafka {
-        password: Option<crate::config::Secret>,
-    },
+    Nats(NatsSink, crate::config::SubjectTemplate),
+    Kafka(KafkaSink),
 }
 
 impl LogConnect {
-    fn new(config: &SinkConfig, index: usize) -> Result<Self, SinkError> {
-        Ok(match config.kind {
-            SinkKind::Kafka => LogConnect::Kafka {
-                password: config.kafka_password(index)?,
-            },
-            _ => LogConnect::Nats {
-                subject: crate::config::SubjectTemplate::parse(config.nats_subject()).map_err(
-                    |m| SinkError::Corrupt {
+    fn new(config: &SinkConfig) -> Result<Self, SinkError> {
+        Ok(match &config.kind {
+            SinkKind::Kafka(k) => LogConnect::Kafka(k.clone()),
+            SinkKind::Nats(n) => LogConnect::Nats(
+                n.clone(),
+                crate::config::SubjectTemplate::parse(&n.subject).map_err(|m| {
+                    SinkError::Corrupt {
                         sink: config.name.clone(),
                         message: m,
-                    },
-                )?,
-                auth: config.nats_auth(index)?,
-            },
+                    }
+                })?,
+            ),
+            other => unreachable!("{} is not a log sink", other.name()),
         })
     }
 
-    async fn connect(&self, config: &SinkConfig) -> Result<LogTarget, SinkTargetError> {
+    async fn connect(&self, include_markers: bool) -> Result<LogTarget, SinkTargetError> {
         Ok(match self {
-            LogConnect::Nats { subject, auth } => LogTarget::Nats(Box::new(
+            LogConnect::Nats(n, subject) => LogTarget::Nats(Box::new(
                 nats::NatsTarget::connect(nats::NatsSpec {
-                    url: config.url.as_deref().unwrap_or_default(),
-                    auth: auth.clone(),
-                    ca_file: config.ca_file.as_deref(),
-                    timeout: config.timeout.0,
+                    url: &n.url,
+                    auth: n.auth.clone(),
+                    ca_file: n.ca_file.as_deref(),
+                    timeout: n.timeout.0,
                     subject: subject.clone(),
-                    max_in_flight: config.in_flight_limit(),
-                    include_markers: config.include_markers,
+                    max_in_flight: n.max_in_flight as usize,
+                    include_markers,
                 })
                 .await?,
             )),
-            LogConnect::Kafka { password } => LogTarget::Kafka(
+            LogConnect::Kafka(k) => LogTarget::Kafka(
                 kafka::KafkaTarget::connect(kafka::KafkaSpec {
-                    brokers: config.brokers.as_deref().unwrap_or_default(),
-                    topic: config.topic.as_deref().unwrap_or_default(),
-                    key: config.key.unwrap_or_default(),
-                    sasl: config.user.as_deref().zip(password.clone()),
-                    ca_file: config.ca_file.as_deref(),
-                    timeout: config.timeout.0,
-                    max_in_flight: config.in_flight_limit(),
-                    include_markers: config.include_markers,
-                    properties: &config.properties,
-                    transactional_id: config.transactional_id.as_deref(),
+                    brokers: &k.brokers,
+                    topic: &k.topic,
+                    key: k.key,
+                    sasl: k.user.as_deref().zip(k.password.clone()),
+                    ca_file: k.ca_file.as_deref(),
+                    timeout: k.timeout.0,
+                    max_in_flight: k.max_in_flight as usize,
+                    include_markers,
+                    properties: &k.properties,
+                    transactional_id: k.transactional_id.as_deref(),
                 })
                 .await?,
             ),
@@ -216,19 +201,17 @@ pub enum Target {
 
 impl Target {
     async fn open(config: &SinkConfig) -> Result<Self, SinkError> {
-        Ok(match config.kind {
-            SinkKind::File => Target::File(
-                file::FileTarget::open(config.path.as_deref().expect("validated"))
-                    .await
-                    .map_err(|e| SinkError::Corrupt {
+        Ok(match &config.kind {
+            SinkKind::File(f) => {
+                Target::File(file::FileTarget::open(&f.path).await.map_err(|e| {
+                    SinkError::Corrupt {
                         sink: config.name.clone(),
                         message: e.to_string(),
-                    })?,
-            ),
-            SinkKind::Stdout => Target::Stdout(stdout::StdoutTarget::new(config.format)),
-            SinkKind::Webhook | SinkKind::Nats | SinkKind::Kafka => {
-                unreachable!("webhook and log sinks have their own loops")
+                    }
+                })?)
             }
+            SinkKind::Stdout(s) => Target::Stdout(stdout::StdoutTarget::new(s.format)),
+            other => unreachable!("a {} sink has its own loop", other.name()),
         })
     }
 
@@ -295,10 +278,13 @@ enum Outcome {
 impl SinkTask {
     /// Delivers until ingest has closed and this sink has caught up with the head.
     pub async fn run(self) -> Result<i64, SinkError> {
-        match self.config.kind {
-            SinkKind::Webhook => self.run_webhook().await,
-            SinkKind::Nats | SinkKind::Kafka => self.run_log().await,
-            SinkKind::File | SinkKind::Stdout => self.run_batches().await,
+        match &self.config.kind {
+            SinkKind::Webhook(w) => {
+                let w = w.clone();
+                self.run_webhook(w).await
+            }
+            SinkKind::Nats(_) | SinkKind::Kafka(_) => self.run_log().await,
+            SinkKind::File(_) | SinkKind::Stdout(_) => self.run_batches().await,
         }
     }
 
@@ -336,8 +322,8 @@ impl SinkTask {
     /// The sink's retry schedule: its `retry_schedule`, else `default`.
     fn retry_schedule(&self, default: fn() -> RetrySchedule) -> RetrySchedule {
         self.config
-            .retry_schedule
-            .as_ref()
+            .kind
+            .retry_schedule()
             .map_or_else(default, |s| RetrySchedule(s.iter().map(|d| d.0).collect()))
     }
 
@@ -349,11 +335,12 @@ impl SinkTask {
         attempt: u32,
         retry_after: Option<Duration>,
     ) -> Duration {
-        Counters::add(&self.counters.retries, 1);
-        Counters::add(&self.stats.retries, 1);
-        if attempt == 1 {
-            self.stats.blocked_since_us.store(now_us(), Relaxed);
+        SinkRetrying {
+            stats: &self.stats,
+            attempt,
+            now_us: now_us(),
         }
+        .emit(&self.counters);
         schedule.delay(attempt, retry_after, rand::random())
     }
 
@@ -433,7 +420,7 @@ impl SinkTask {
     /// (an outage of the target is waited out, never skipped).
     async fn run_log(mut self) -> Result<i64, SinkError> {
         let name = self.config.name.clone();
-        let connect = LogConnect::new(&self.config, self.index)?;
+        let connect = LogConnect::new(&self.config)?;
         let schedule = self.retry_schedule(RetrySchedule::quick);
         let mut cursor = self.store.cursor(&name).await?;
         let mut target = None;
@@ -451,7 +438,7 @@ impl SinkTask {
                 continue;
             }
             let error = match &target {
-                None => match connect.connect(&self.config).await {
+                None => match connect.connect(self.config.include_markers).await {
                     Ok(t) => {
                         tracing::info!(sink = %name, "connected");
                         target = Some(t);
@@ -518,25 +505,22 @@ impl SinkTask {
 
     /// Webhook: one event at a time, strictly in `seq` order, each retried
     /// until it is delivered, dead-lettered or the endpoint is gone.
-    async fn run_webhook(mut self) -> Result<i64, SinkError> {
+    async fn run_webhook(mut self, config: WebhookSink) -> Result<i64, SinkError> {
         let name = self.config.name.clone();
         let corrupt = |message: String| SinkError::Corrupt {
             sink: name.clone(),
             message,
         };
         let target = WebhookTarget::new(WebhookSpec {
-            url: self
-                .config
+            url: config
                 .url
-                .as_deref()
-                .unwrap_or_default()
                 .parse()
                 .map_err(|e| corrupt(format!("url: {e}")))?,
-            secret: self.config.secret(self.index)?,
-            timeout: self.config.timeout.0,
-            headers: &self.config.headers,
-            secret_headers: &self.config.secret_headers(self.index)?,
-            ca_file: self.config.ca_file.as_deref(),
+            secret: config.secret.clone(),
+            timeout: config.timeout.0,
+            headers: &config.headers,
+            secret_headers: &config.secret_headers,
+            ca_file: config.ca_file.as_deref(),
             retry_after_max: self.retry_after_max,
         })
         .map_err(|e| corrupt(e.to_string()))?;
@@ -545,7 +529,7 @@ impl SinkTask {
         // The last queued cursor commit; awaited before the sink stops. A
         // crash before it commits re-sends those events (same webhook-id).
         let mut committing = None;
-        tracing::info!(sink = %name, cursor, url = %crate::net::redact(self.config.url.as_deref().unwrap_or_default()), "sink started");
+        tracing::info!(sink = %name, cursor, url = %crate::net::redact(&config.url), "sink started");
         'outer: loop {
             self.apply_replay(&mut cursor).await?;
             if let Some(reason) = self.store.sink_disabled(&name).await? {
@@ -566,16 +550,15 @@ impl SinkTask {
             for event in events {
                 let outcome = match event.is_marker() && !self.config.include_markers {
                     true => Outcome::Passed,
-                    false => self.deliver(&target, &schedule, &event).await,
+                    false => {
+                        self.deliver(&target, &schedule, config.on_failure, &event)
+                            .await
+                    }
                 };
                 let sent = !matches!(outcome, Outcome::Passed);
                 let ops = match outcome {
                     Outcome::Delivered | Outcome::Passed => vec![SinkOp::Cursor(event.seq)],
-                    Outcome::DeadLettered(op) => {
-                        Counters::add(&self.counters.dead_letters, 1);
-                        Counters::add(&self.stats.dead_letters, 1);
-                        vec![op, SinkOp::Cursor(event.seq)]
-                    }
+                    Outcome::DeadLettered(op) => vec![op, SinkOp::Cursor(event.seq)],
                     Outcome::Disabled(reason) => {
                         tracing::error!(sink = %name, seq = event.seq, %reason,
                             "the endpoint is gone (410): sink disabled; fix it, then `gapless replay --sink` re-enables it");
@@ -604,9 +587,10 @@ impl SinkTask {
         &self,
         target: &WebhookTarget,
         schedule: &RetrySchedule,
+        on_failure: OnFailure,
         event: &StoredEvent,
     ) -> Outcome {
-        let outcome = self.attempt(target, schedule, event).await;
+        let outcome = self.attempt(target, schedule, on_failure, event).await;
         self.stats.blocked_since_us.store(0, Relaxed);
         outcome
     }
@@ -617,6 +601,7 @@ impl SinkTask {
         &self,
         target: &WebhookTarget,
         schedule: &RetrySchedule,
+        on_failure: OnFailure,
         event: &StoredEvent,
     ) -> Outcome {
         let name = &self.config.name;
@@ -633,9 +618,16 @@ impl SinkTask {
                 Verdict::Gone => {
                     return Outcome::Disabled(format!("HTTP 410 Gone at seq {}", event.seq));
                 }
-                Verdict::Refused { status, reason } => match self.config.on_failure {
+                Verdict::Refused { status, reason } => match on_failure {
                     OnFailure::DeadLetter => {
-                        tracing::warn!(sink = %name, seq = event.seq, ?status, %reason, "refused by the endpoint; dead-lettered");
+                        SinkDeadLettered {
+                            sink: name,
+                            stats: &self.stats,
+                            seq: event.seq,
+                            status,
+                            reason: &reason,
+                        }
+                        .emit(&self.counters);
                         return Outcome::DeadLettered(SinkOp::DeadLetter {
                             seq: event.seq,
                             event_id: event.id.clone(),

@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn the_default_subject_makes_one_token_of_each_value() {
-        let t = SubjectTemplate::parse(crate::config::SinkConfig::DEFAULT_NATS_SUBJECT).unwrap();
+        let t = SubjectTemplate::parse(crate::config::NatsSink::DEFAULT_SUBJECT).unwrap();
         assert_eq!(
             subject(
                 &t,

@@ -19,7 +19,6 @@ use rumqttc::{
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::schema::SchemaRegistry;
 use super::{Parsed, Parser, RejectReason, Rejected};
 use crate::config::{MQTT_MAX_PACKET, MqttConfig, MqttQos, Scheme, Secret, WS_MAX_FRAME};
 use crate::event::now_us;
@@ -27,6 +26,7 @@ use crate::gap::Continuity;
 use crate::metrics::Counters;
 use crate::store::{Ingest, Receipt};
 use crate::stream::{Live, QosDowngrade};
+use crate::telemetry::{InternalEvent, MqttConnected, MqttConnectionFailed, MqttSubscribed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -193,8 +193,6 @@ pub struct MqttSource {
     pub ingest: mpsc::Sender<Ingest>,
     /// Published on every subscribe and loss, for the live watermark.
     pub live: watch::Sender<Live>,
-    /// Validates bodies against their JSON Schema (ScaleIT), memory-only.
-    pub schemas: Option<Arc<SchemaRegistry>>,
     /// `source.max_clock_skew` in µs: later event times are rejected.
     pub max_skew_us: i64,
     /// The CloudEvent source name, for the status records.
@@ -430,12 +428,10 @@ impl MqttSource {
                 }
                 Err(e) => {
                     attempt += 1;
-                    Counters::add(&self.counters.connection_errors, 1);
-                    self.live.send_if_modified(|l| {
+                    let was_up = self.live.send_if_modified(|l| {
                         let was_up = l.since_us.take().is_some();
                         if was_up {
                             l.lost_at_us = Some(now_us());
-                            Counters::add(&self.counters.disconnects, 1);
                         }
                         was_up
                     });
@@ -450,7 +446,13 @@ impl MqttSource {
                         self.config.reconnect_max.0,
                         rand::random(),
                     );
-                    tracing::warn!(attempt, error = %crate::error_chain(&e), retry_in = ?delay, "MQTT connection failed; reconnecting");
+                    MqttConnectionFailed {
+                        attempt,
+                        was_up,
+                        error: &crate::error_chain(&e),
+                        retry_in: delay,
+                    }
+                    .emit(&self.counters);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => break,
@@ -511,12 +513,11 @@ impl Session<'_> {
         match event {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                Counters::add(&self.source.counters.connects, 1);
-                tracing::info!(
-                    session_present = ack.session_present,
+                MqttConnected {
+                    session_present: ack.session_present,
                     generation,
-                    "MQTT connected"
-                );
+                }
+                .emit(&self.source.counters);
                 if self.source.config.status_topic.is_some() {
                     let _ = self
                         .outbound
@@ -542,12 +543,12 @@ impl Session<'_> {
                     .filter(|c| matches!(c, SubscribeReasonCode::Failure))
                     .count();
                 self.note_granted(&ack.return_codes);
-                if refused > 0 {
-                    tracing::error!(refused, topics = ?self.source.config.topics,
-                        "broker refused subscriptions; check the topic filters and the user's rights");
-                } else {
-                    Counters::add(&self.source.counters.subscribed, 1);
-                    tracing::info!(topics = ?self.source.config.topics, "subscribed");
+                MqttSubscribed {
+                    topics: &self.source.config.topics,
+                    refused,
+                }
+                .emit(&self.source.counters);
+                if refused == 0 {
                     self.subscribed();
                 }
                 false
@@ -642,14 +643,10 @@ impl Session<'_> {
                 now,
             ))
         } else {
-            match (
-                self.source.parser.parse(&p.topic, &p.payload, now),
-                &self.source.schemas,
-            ) {
-                (Parsed::Event(e), Some(schemas)) => schemas.apply(e, &p.topic, now),
-                (item, _) => item,
-            }
-            .bound_time(&p.topic, now, self.source.max_skew_us)
+            self.source
+                .parser
+                .parse(&p.topic, &p.payload, now)
+                .bound_time(&p.topic, now, self.source.max_skew_us)
         };
         let item = if p.retain {
             super::on_retained(item, self.source.config.retained)

@@ -23,6 +23,7 @@ use crate::gap::{Gap, Reason};
 use crate::metrics::Counters;
 use crate::store::{Ingest, Store, StoreError};
 use crate::stream::Live;
+use crate::telemetry::{InternalEvent, PollWindowVerified};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
@@ -372,10 +373,14 @@ impl<H: History> Poller<H> {
                 }
             }
             self.verify(window.to_us).await?;
-            Counters::add(&self.counters.polled, events);
-            Counters::add(&self.counters.poll_windows, 1);
-            tracing::info!(from = %rfc3339_us(window.from_us), to = %rfc3339_us(window.to_us), events, pages,
-                took = ?started.elapsed(), "poll window verified");
+            PollWindowVerified {
+                from: &rfc3339_us(window.from_us),
+                to: &rfc3339_us(window.to_us),
+                events,
+                pages,
+                took: started.elapsed(),
+            }
+            .emit(&self.counters);
             stats.windows += 1;
             stats.pages += pages;
             stats.events += events;

@@ -5,33 +5,37 @@
 
 use proptest::prelude::*;
 
+use super::Parsed;
 use super::poll::{Rules, plan};
-use super::{Parsed, Parser, generic, scaleit, vcd};
+use super::profile::{Parser, generic, scaleit, vcd};
 
 fn parsers() -> Vec<Parser> {
     vec![
-        Parser::Vcd(vcd::VcdParser::new(vec![
+        Parser::new(vcd::VcdParser::new(vec![
             "EVENT".into(),
             "EXTERNAL_EVENT".into(),
         ])),
-        Parser::Generic(generic::GenericParser {
+        Parser::new(generic::GenericParser {
             id_pointer: Some("/id".into()),
             time_pointer: Some("/time".into()),
             type_pointer: Some("/type".into()),
             dedup_window_us: 600_000_000,
         }),
-        Parser::Generic(generic::GenericParser {
+        Parser::new(generic::GenericParser {
             id_pointer: None,
             time_pointer: None,
             type_pointer: None,
             dedup_window_us: 600_000_000,
         }),
-        Parser::Scaleit(scaleit::ScaleitParser {
-            schema_base_url: Some("http://{app}.apps.local".into()),
-            require_schema: true,
-            dedup_window_us: 600_000_000,
-            validating: true,
-            schema_allow: vec!["https://schemas.example.com/".into()],
+        Parser::new(scaleit::ScaleitProfile {
+            parser: scaleit::ScaleitParser {
+                schema_base_url: Some("http://{app}.apps.local".into()),
+                require_schema: true,
+                dedup_window_us: 600_000_000,
+                validating: true,
+                schema_allow: vec!["https://schemas.example.com/".into()],
+            },
+            schemas: None,
         }),
     ]
 }
@@ -160,15 +164,15 @@ proptest! {
         secs in any::<u64>(),
         now_s in any::<i64>(),
     ) {
-        let _ = super::parse_time_us(&serde_json::json!(number));
-        let _ = super::parse_time_us(&serde_json::json!(text));
+        let _ = super::profile::parse_time_us(&serde_json::json!(number));
+        let _ = super::profile::parse_time_us(&serde_json::json!(text));
         let cap = std::time::Duration::from_secs(600);
         for value in [secs.to_string(), text.clone()] {
             if let Some(d) = crate::net::parse_retry_after(&value, now_s, cap) {
                 prop_assert!(d <= cap);
             }
         }
-        let _ = crate::source::api::jwt_expiry_us(&text);
+        let _ = crate::source::profile::vcd::api::jwt_expiry_us(&text);
         prop_assert!(reqwest::header::HeaderValue::from_str(&crate::sink::webhook::webhook_id(&text)).is_ok());
     }
 }

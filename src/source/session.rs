@@ -1,9 +1,10 @@
-//! Keeps the VCD session alive and hands MQTT its credentials.
+//! Keeps a login session alive and hands MQTT its credentials.
 //!
-//! The MQTT connection authenticates with the same JWT as REST. This task
-//! logs in again shortly before the token expires (or as soon as the broker
-//! refused it), and turns every new token into the [`MqttAuth`] the next
-//! MQTT connect uses.
+//! Where the MQTT connection authenticates with the same expiring token as
+//! the REST side (VCD's JWT), this task logs in again shortly before the
+//! token expires (or as soon as the broker refused it), and turns every new
+//! token into the [`MqttAuth`] the next MQTT connect uses. It knows the
+//! login only through [`Login`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,10 +12,35 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::api::{ApiError, Token, VcdClient};
+use super::history::ApiError;
 use super::mqtt::{Credentials, MqttAuth};
-use crate::config::MqttAuthMode;
+use crate::config::{MqttAuthMode, Secret};
 use crate::event::now_us;
+
+/// A session token and, when known, when it expires.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    pub jwt: Secret,
+    pub expires_at_us: Option<i64>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("jwt", &"***")
+            .field("expires_at_us", &self.expires_at_us)
+            .finish()
+    }
+}
+
+/// A login that issues expiring tokens (a profile's REST client).
+pub trait Login: Send + Sync + 'static {
+    fn login(&self) -> impl Future<Output = Result<Token, ApiError>> + Send;
+    /// The MQTT user name that goes with the token.
+    fn principal(&self) -> String;
+    /// Every token issued, whoever logged in (the poller after a 401 too).
+    fn tokens(&self) -> watch::Receiver<Option<Token>>;
+}
 
 /// How long before expiry the token is renewed: a tenth of its remaining
 /// life, between 1 s and 5 min.
@@ -42,8 +68,8 @@ pub fn mqtt_auth(mode: MqttAuthMode, principal: &str, token: &Token) -> MqttAuth
 }
 
 /// Logs in, retrying transient failures with backoff; a refused login is final.
-pub async fn login_until_ok(
-    client: &VcdClient,
+pub async fn login_until_ok<L: Login>(
+    client: &L,
     shutdown: &CancellationToken,
 ) -> Result<Option<Token>, ApiError> {
     let mut attempt = 0;
@@ -57,7 +83,7 @@ pub async fn login_until_ok(
                     e.retryable().flatten(),
                     rand::random(),
                 );
-                tracing::warn!(error = %crate::error_chain(&e), attempt, retry_in = ?delay, "VCD login failed; retrying");
+                tracing::warn!(error = %crate::error_chain(&e), attempt, retry_in = ?delay, "login failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => return Ok(None),
@@ -70,12 +96,12 @@ pub async fn login_until_ok(
 
 /// Logs in once and returns the MQTT credentials that follow the session,
 /// plus the refresher task to spawn.
-pub async fn start(
-    client: Arc<VcdClient>,
+pub async fn start<L: Login>(
+    client: Arc<L>,
     mode: MqttAuthMode,
     shutdown: CancellationToken,
 ) -> Result<Option<(Credentials, impl Future<Output = Result<(), ApiError>>)>, ApiError> {
-    let Some(first) = login_until_ok(&client, &shutdown).await? else {
+    let Some(first) = login_until_ok(client.as_ref(), &shutdown).await? else {
         return Ok(None);
     };
     let principal = client.principal();
@@ -98,7 +124,7 @@ pub async fn start(
             };
             tokio::select! {
                 _ = renew => {
-                    tracing::info!("VCD token about to expire; renewing");
+                    tracing::info!("token about to expire; renewing");
                 }
                 _ = refused.notified() => {
                     tracing::info!("the broker refused the token; logging in again");
@@ -110,7 +136,7 @@ pub async fn start(
                 }
                 _ = shutdown.cancelled() => return Ok(()),
             }
-            if login_until_ok(&client, &shutdown).await?.is_none() {
+            if login_until_ok(client.as_ref(), &shutdown).await?.is_none() {
                 return Ok(());
             }
         }
@@ -121,7 +147,6 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
 
     fn token(exp_us: Option<i64>) -> Token {
         Token {

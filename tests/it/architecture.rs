@@ -172,3 +172,47 @@ fn no_comment_cites_a_document_outside_the_repository() {
     }
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
+
+#[test]
+fn profiles_stand_alone_and_the_transport_names_none() {
+    let source = Path::new(ROOT).join("src/source");
+    let profiles: Vec<String> = std::fs::read_dir(source.join("profile"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert!(profiles.len() >= 3, "{profiles:?}");
+    let mentions = |code: &str, profile: &str| {
+        code.lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .any(|l| {
+                l.contains(&format!("profile::{profile}"))
+                    || l.contains(&format!("super::{profile}::"))
+                    || l.contains(&format!("super::super::{profile}"))
+            })
+    };
+    let mut found = Vec::new();
+    for file in rust_files(&source) {
+        let relative = file.strip_prefix(&source).unwrap().to_path_buf();
+        let home = relative
+            .strip_prefix("profile")
+            .ok()
+            .and_then(|r| r.components().next())
+            .map(|c| c.as_os_str().to_str().unwrap().to_string());
+        // The profile folder's parent module picks the profile; app wires it.
+        if relative == Path::new("profile/mod.rs") {
+            continue;
+        }
+        let code = product_code(&file);
+        for profile in &profiles {
+            if home.as_deref() != Some(profile.as_str()) && mentions(&code, profile) {
+                found.push(format!(
+                    "{} names the {profile} profile",
+                    relative.display()
+                ));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}

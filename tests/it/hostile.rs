@@ -492,12 +492,11 @@ async fn the_mqtt_source_fails_when_its_ack_task_ends() {
     let (ingest, _ingest_rx) = tokio::sync::mpsc::channel(16);
     let source = MqttSource {
         config: config.mqtt.clone(),
-        parser: gapless::source::Parser::from_config(&config.source),
+        parser: gapless::source::Parser::from_config(&config.source, None),
         credentials: Credentials::fixed(MqttAuth::default()),
         counters: Arc::new(gapless::metrics::Counters::default()),
         ingest,
         live: tokio::sync::watch::channel(Default::default()).0,
-        schemas: None,
         max_skew_us: 300_000_000,
         name: "x".into(),
         started_at_us: 0,

@@ -9,8 +9,9 @@ use gapless::config::{
     HumanDuration, PollConfig, Secret, SourceTls, StoreConfig, VcdLogin, VcdSecret,
 };
 use gapless::metrics::Counters;
-use gapless::source::api::VcdClient;
 use gapless::source::poll::{Poller, Rules, plan};
+use gapless::source::profile::vcd::api::VcdClient;
+use gapless::source::session::Login;
 use gapless::store::{Retention, Store, StreamSettings, Writer, WriterPlan};
 use gapless_sim::vcd::{SimConfig, VcdSim};
 use tokio_util::sync::CancellationToken;

@@ -7,12 +7,17 @@
 //! sent again later from a QoS 1 redelivery. The hash is over the body's
 //! canonical JSON (sorted keys, no spacing), so a history endpoint that
 //! re-serialises a body still names the same message. This module only parses and
-//! resolves; fetching schemas and validating is [`super::schema`]'s.
+//! resolves; fetching schemas and validating is [`schema`]'s.
 
 use serde_json::Value;
 
-use super::generic::content_id;
-use super::{Decoded, ParseError, RejectReason};
+pub mod history;
+pub mod schema;
+
+use std::sync::Arc;
+
+use super::{Decoded, ParseError, Parsed, Profile, RejectReason, content_id};
+use crate::config::ScaleitSource;
 use crate::event::{ContentKey, Event, EventExt, Origin, Validation};
 
 /// The parser, with what it needs from the config.
@@ -148,7 +153,46 @@ fn is_plain_path(reference: &str) -> bool {
         })
 }
 
+/// The ScaleIT profile: the parser, then the schema check of what it
+/// decoded (none configured: kept as `unvalidated`).
+pub struct ScaleitProfile {
+    pub parser: ScaleitParser,
+    pub schemas: Option<Arc<schema::SchemaRegistry>>,
+}
+
+impl std::fmt::Debug for ScaleitProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScaleitProfile")
+            .field("parser", &self.parser)
+            .field("validating", &self.schemas.is_some())
+            .finish()
+    }
+}
+
+impl Profile for ScaleitProfile {
+    fn decode(&self, topic: &str, text: &str, received_at_us: i64) -> Result<Decoded, ParseError> {
+        self.parser.parse(topic, text, received_at_us)
+    }
+
+    fn admit(&self, event: Event, topic: &str, received_at_us: i64) -> Parsed {
+        match &self.schemas {
+            Some(schemas) => schemas.apply(event, topic, received_at_us),
+            None => Parsed::Event(event),
+        }
+    }
+}
+
 impl ScaleitParser {
+    pub fn from_config(c: &ScaleitSource) -> Self {
+        ScaleitParser {
+            schema_base_url: c.schema_base_url.clone(),
+            require_schema: c.require_schema,
+            dedup_window_us: c.dedup_window.0.as_micros() as i64,
+            validating: c.schema_base_url.is_some() || c.schema_dir.is_some(),
+            schema_allow: c.schema_allow.clone(),
+        }
+    }
+
     pub fn parse(
         &self,
         topic: &str,

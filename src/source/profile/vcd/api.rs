@@ -1,5 +1,5 @@
 //! The VCD REST client: login and the audit trail (docs/wire-formats.md §4–§5)
-//! (the HTTP pieces every history shares are in [`super::history`]).
+//! (the HTTP pieces every history shares are in [`crate::source::history`]).
 //!
 //! One client per source, shared by the poller and the credential
 //! refresher: whoever logs in publishes the new token on a watch channel,
@@ -14,29 +14,15 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{Mutex, watch};
 
-pub use super::history::{ApiError, Window};
-use super::history::{json_body, rest_client, success};
-use super::poll::{History, HistoryPage, PollError};
 use crate::config::{Secret, VcdLogin, VcdSecret};
 use crate::event::rfc3339_us;
 use crate::metrics::Counters;
 use crate::net::Limits;
-
-/// A session token and, when known, when it expires.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token {
-    pub jwt: Secret,
-    pub expires_at_us: Option<i64>,
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token")
-            .field("jwt", &"***")
-            .field("expires_at_us", &self.expires_at_us)
-            .finish()
-    }
-}
+pub use crate::source::history::{ApiError, Window};
+use crate::source::history::{json_body, rest_client, success};
+use crate::source::poll::{History, HistoryPage, PollError};
+use crate::source::session::{Login, Token};
+use crate::telemetry::{InternalEvent, LoggedIn};
 
 /// The `exp` claim of a JWT, in µs since the epoch; `None` if the token is
 /// not a JWT (then expiry is only learnt from a refusal).
@@ -98,6 +84,33 @@ fn fiql(window: &Window) -> String {
     )
 }
 
+impl Login for VcdClient {
+    /// Logs in (again) and publishes the new token.
+    async fn login(&self) -> Result<Token, ApiError> {
+        let _guard = self.login_lock.lock().await;
+        let token = match &self.login.secret {
+            VcdSecret::Password(password) => self.login_password(password).await?,
+            VcdSecret::ApiToken(refresh) => self.login_api_token(refresh).await?,
+        };
+        LoggedIn {
+            who: &self.principal(),
+            expires_at: token.expires_at_us.map(rfc3339_us),
+        }
+        .emit(&self.counters);
+        self.token.send_replace(Some(token.clone()));
+        Ok(token)
+    }
+
+    /// `user@org`, the MQTT username VCD expects.
+    fn principal(&self) -> String {
+        format!("{}@{}", self.login.user, self.login.org)
+    }
+
+    fn tokens(&self) -> watch::Receiver<Option<Token>> {
+        self.token.subscribe()
+    }
+}
+
 impl VcdClient {
     pub fn new(login: VcdLogin, counters: Arc<Counters>, limits: Limits) -> Result<Self, ApiError> {
         let accept = format!("application/json;version={}", login.api_version);
@@ -112,31 +125,8 @@ impl VcdClient {
         })
     }
 
-    /// Follows every token this client obtains.
-    pub fn tokens(&self) -> watch::Receiver<Option<Token>> {
-        self.token.subscribe()
-    }
-
-    /// `user@org`, the MQTT username VCD expects.
-    pub fn principal(&self) -> String {
-        format!("{}@{}", self.login.user, self.login.org)
-    }
-
     fn url(&self, path: &str) -> reqwest::Url {
         self.login.url.join(path).expect("a path joins a base URL")
-    }
-
-    /// Logs in (again) and publishes the new token.
-    pub async fn login(&self) -> Result<Token, ApiError> {
-        let _guard = self.login_lock.lock().await;
-        let token = match &self.login.secret {
-            VcdSecret::Password(password) => self.login_password(password).await?,
-            VcdSecret::ApiToken(refresh) => self.login_api_token(refresh).await?,
-        };
-        Counters::add(&self.counters.logins, 1);
-        tracing::info!(who = %self.principal(), expires_at = ?token.expires_at_us.map(rfc3339_us), "logged in to VCD");
-        self.token.send_replace(Some(token.clone()));
-        Ok(token)
     }
 
     async fn login_password(&self, password: &Secret) -> Result<Token, ApiError> {
@@ -282,7 +272,7 @@ impl History for VcdClient {
             items: body
                 .values
                 .iter()
-                .map(|raw| super::vcd::audit_event(raw.get(), now))
+                .map(|raw| super::audit_event(raw.get(), now))
                 .collect(),
             more: page < body.page_count || body.has_next,
             total: body.result_total,

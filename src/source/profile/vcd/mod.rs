@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::{Decoded, ParseError, Parsed, RejectReason, Rejected, parse_time_us};
+pub mod api;
+
+use super::{Decoded, ParseError, Parsed, Profile, RejectReason, Rejected, parse_time_us};
 use crate::event::{Event, Origin, normalise_id};
 
 /// Parses VCD envelopes; knows which envelope types carry events.
@@ -35,6 +37,12 @@ struct Envelope<'a> {
 struct Headers {
     #[serde(rename = "contentType")]
     content_type: Option<String>,
+}
+
+impl Profile for VcdParser {
+    fn decode(&self, _topic: &str, text: &str, received_at_us: i64) -> Result<Decoded, ParseError> {
+        self.parse(text, received_at_us)
+    }
 }
 
 impl VcdParser {
@@ -509,7 +517,7 @@ mod sim_traffic {
 
     #[test]
     fn samples_parse_to_their_ground_truth() {
-        let parser = Parser::Vcd(crate::source::vcd::VcdParser::new(vec!["EVENT".into()]));
+        let parser = Parser::new(super::VcdParser::new(vec!["EVENT".into()]));
         for i in 0..4 {
             let ev = audit_event(7, i, 1_795_428_000_123_456);
             match parser.parse(&topic(7, i), &envelope(&ev), 0) {
@@ -525,7 +533,7 @@ mod sim_traffic {
 
     #[test]
     fn noise_is_classified_as_promised() {
-        let parser = Parser::Vcd(crate::source::vcd::VcdParser::new(vec!["EVENT".into()]));
+        let parser = Parser::new(super::VcdParser::new(vec!["EVENT".into()]));
         for noise in [Noise::Task, Noise::BrokenJson, Noise::MissingId] {
             let parsed = parser.parse("publish/a/b", &noise.body(1), 0);
             assert_eq!(

@@ -6,11 +6,10 @@
 //! redeliveries by a hash of topic and body within `dedup_window`, as
 //! ScaleIT does: the same bytes again after the window are a new event.
 
-use serde_json::Value;
-use sha2::{Digest, Sha256};
-
-use super::{Decoded, ParseError, RejectReason, parse_time_us};
+use super::{Decoded, ParseError, Profile, RejectReason, content_id, parse_time_us};
+use crate::config::GenericSource;
 use crate::event::{ContentKey, Event, Origin};
+use serde_json::Value;
 
 #[derive(Clone, Debug)]
 pub struct GenericParser {
@@ -21,16 +20,22 @@ pub struct GenericParser {
     pub dedup_window_us: i64,
 }
 
-/// Identity of a message without an id: SHA-256 over topic, a NUL, and body.
-pub fn content_id(topic: &str, body: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(topic.as_bytes());
-    h.update([0u8]);
-    h.update(body.as_bytes());
-    hex::encode(h.finalize())
+impl Profile for GenericParser {
+    fn decode(&self, topic: &str, text: &str, received_at_us: i64) -> Result<Decoded, ParseError> {
+        self.parse(topic, text, received_at_us)
+    }
 }
 
 impl GenericParser {
+    pub fn from_config(c: &GenericSource) -> Self {
+        GenericParser {
+            id_pointer: c.id_pointer.clone(),
+            time_pointer: c.time_pointer.clone(),
+            type_pointer: c.type_pointer.clone(),
+            dedup_window_us: c.dedup_window.0.as_micros() as i64,
+        }
+    }
+
     pub fn parse(
         &self,
         topic: &str,

@@ -12,14 +12,15 @@
 
 use serde_json::Value;
 
-use super::history::{ApiError, Window, rest_client, success};
-use super::poll::{History, HistoryPage, PollError};
-use super::scaleit::ScaleitParser;
+use super::ScaleitParser;
 use super::schema::Settler;
-use super::{Decoded, Parsed, RejectReason, Rejected, parse_time_us};
-use crate::config::SourceConfig;
+use crate::config::ScaleitSource;
 use crate::event::{Origin, now_us, rfc3339_us};
 use crate::net::Limits;
+use crate::source::history::{ApiError, Window, rest_client, success};
+use crate::source::poll::{History, HistoryPage, PollError};
+use crate::source::profile::{Decoded, parse_time_us};
+use crate::source::{Parsed, RejectReason, Rejected};
 
 /// The history endpoints of the configured apps.
 pub struct ScaleitHistory {
@@ -115,11 +116,9 @@ fn parse_entry(parser: &ScaleitParser, entry: &Value, now_us: i64) -> Entry {
 impl ScaleitHistory {
     /// The history of a ScaleIT source, when `history_url` is set.
     pub fn from_config(
-        c: &SourceConfig,
-        parser: ScaleitParser,
+        c: &ScaleitSource,
         schemas: Option<Settler>,
         limits: Limits,
-        secret_headers: &[(String, crate::config::Secret)],
     ) -> Result<Option<Self>, ApiError> {
         let Some(template) = &c.history_url else {
             return Ok(None);
@@ -134,10 +133,10 @@ impl ScaleitHistory {
         };
         Ok(Some(ScaleitHistory {
             http: rest_client(&c.tls)?,
-            headers: crate::net::headers(&Default::default(), secret_headers)?,
+            headers: crate::net::headers(&Default::default(), &c.secret_headers)?,
             limits,
             urls,
-            parser,
+            parser: ScaleitParser::from_config(c),
             schemas,
         }))
     }

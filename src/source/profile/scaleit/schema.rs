@@ -26,11 +26,11 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::scaleit::allowed_schema_url;
-use super::{Parsed, RejectReason, Rejected};
-use crate::config::{SchemaUnavailable, SourceConfig};
+use super::allowed_schema_url;
+use crate::config::{ScaleitSource, SchemaUnavailable};
 use crate::event::{Event, Validation};
 use crate::metrics::Counters;
+use crate::source::{Parsed, RejectReason, Rejected};
 use crate::store::{CachedSchema, PendingEvent, SchemaOp, Store, StoreError, WriterHandle};
 
 /// The first wait before a schema that could not be had is tried again;
@@ -166,9 +166,8 @@ fn compile(text: &str, location: &str) -> Result<Entry, String> {
 impl SchemaRegistry {
     /// The registry for a ScaleIT source, when it validates at all.
     pub fn from_config(
-        c: &SourceConfig,
+        c: &ScaleitSource,
         counters: Arc<Counters>,
-        secret_headers: &[(String, crate::config::Secret)],
     ) -> Result<Option<Arc<Self>>, crate::net::NetError> {
         if c.schema_dir.is_none() && c.schema_base_url.is_none() {
             return Ok(None);
@@ -188,7 +187,7 @@ impl SchemaRegistry {
                 ca_file: c.tls.ca_file.as_deref(),
                 insecure_skip_verify: c.tls.insecure_skip_verify,
             })?,
-            headers: crate::net::headers(&Default::default(), secret_headers)?,
+            headers: crate::net::headers(&Default::default(), &c.secret_headers)?,
             max_body: c.schema_max_body.0,
             counters,
         })))
@@ -565,7 +564,10 @@ mod tests {
              [mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n[[sink]]\nname = \"f\"\nkind = \"stdout\"\n",
         )
         .unwrap();
-        let registry = SchemaRegistry::from_config(&config.source, Default::default(), &[])
+        let crate::config::SourceKind::Scaleit(s) = &config.source.kind else {
+            panic!("a scaleit source")
+        };
+        let registry = SchemaRegistry::from_config(s, Default::default())
             .unwrap()
             .unwrap();
         let ready = || compile(r#"{"type": "object"}"#, "x").unwrap();
