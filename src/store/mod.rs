@@ -20,6 +20,7 @@ mod gaps;
 mod ingest;
 mod maintenance;
 mod open;
+pub mod postgres;
 mod read;
 mod release;
 #[cfg(test)]

@@ -149,7 +149,7 @@ impl Store {
                 path: config.path.display().to_string(),
                 source,
             })?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         drop(lock);
         Ok(Store { pool, options })
     }

@@ -16,6 +16,7 @@ mod nats;
 mod ops;
 mod output;
 mod poll;
+mod postgres;
 mod scaleit;
 mod soak;
 mod support;

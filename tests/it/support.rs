@@ -618,3 +618,119 @@ pub async fn store_pool(dir: &Path) -> sqlx::SqlitePool {
         .await
         .unwrap()
 }
+
+/// A Postgres server of its own: `initdb` into a temporary directory and
+/// `pg_ctl start` on a reserved loopback port (trust auth, fsync off: the
+/// tests are about the protocol, not the disk). As root the server runs as
+/// the `postgres` user, as `initdb` refuses root. Stopped on drop.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    as_postgres: bool,
+    _port: Reserved,
+    pub url: String,
+}
+
+impl Postgres {
+    /// `None` only when Postgres is missing and `GAPLESS_SKIP_POSTGRES=1`.
+    pub fn start(test: &str) -> Option<Self> {
+        let newest = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin/initdb")))
+            .filter(|p| p.exists())
+            .max_by_key(|p| p.display().to_string())
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "/usr/lib/postgresql/<version>/bin/initdb".into());
+        let initdb = server_bin(
+            test,
+            &[newest.as_str()],
+            "apt-get install postgresql",
+            "GAPLESS_SKIP_POSTGRES",
+        )?;
+        let bin = initdb.parent().unwrap().to_path_buf();
+        use std::os::unix::fs::MetadataExt;
+        let as_postgres = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+        let dir = tempfile::tempdir().unwrap();
+        if as_postgres {
+            let status = Command::new("chown")
+                .args(["postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown postgres {}", dir.path().display());
+        }
+        let port = reserve_port();
+        let pg = Postgres {
+            url: format!("postgres://gapless@127.0.0.1:{}/postgres", port.port),
+            dir,
+            bin,
+            as_postgres,
+            _port: port,
+        };
+        let data = pg.dir.path().join("data");
+        let mut initdb = pg.command("initdb");
+        initdb.arg("-D").arg(&data);
+        initdb.args(["-A", "trust", "-U", "gapless", "-E", "UTF8", "--no-sync"]);
+        checked(initdb, "initdb");
+        pg.pg_ctl("start");
+        Some(pg)
+    }
+
+    /// `tool` of the server's version, run as the server's user.
+    fn command(&self, tool: &str) -> Command {
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(tool));
+            c
+        } else {
+            Command::new(self.bin.join(tool))
+        }
+    }
+
+    /// `pg_ctl` with `action`: `start` waits until it accepts connections,
+    /// `stop` is immediate (the server dies as in a crash).
+    fn pg_ctl_command(&self, action: &str) -> Command {
+        let dir = self.dir.path();
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        let mut c = self.command("pg_ctl");
+        c.arg("-D").arg(dir.join("data"));
+        c.arg("-l").arg(dir.join("log"));
+        c.args(["-w", "-m", "immediate", action]);
+        if action == "start" {
+            c.arg("-o").arg(format!(
+                "-p {port} -h 127.0.0.1 -k {} -F -c max_connections=50",
+                dir.display()
+            ));
+        }
+        c
+    }
+
+    pub fn pg_ctl(&self, action: &str) {
+        checked(self.pg_ctl_command(action), &format!("pg_ctl {action}"));
+    }
+}
+
+/// Runs `c` and fails the test, with its output, unless it succeeds.
+fn checked(mut c: Command, what: &str) {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl_command("stop").output();
+    }
+}

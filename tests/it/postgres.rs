@@ -1,0 +1,189 @@
+//! The leader lease against a real Postgres (`initdb` + `pg_ctl` on a
+//! reserved port): one holder at a time, a successor's term has the next
+//! epoch, a fenced write of a lost term rolls back, and an open fenced
+//! transaction holds the successor off until it commits.
+
+use std::time::Duration;
+
+use gapless::store::postgres::{
+    connect,
+    lease::{Lease, LeaseError, Term, fence},
+};
+use sqlx::postgres::PgPool;
+
+use crate::support::Postgres;
+
+const TTL: Duration = Duration::from_secs(1);
+const MARGIN: Duration = Duration::from_millis(300);
+
+/// Two processes' pools on the same database, migrated together.
+async fn pair(pg: &Postgres) -> (PgPool, PgPool) {
+    let (a, b) = tokio::join!(connect(&pg.url), connect(&pg.url));
+    let a = a.unwrap();
+    sqlx::query("CREATE TABLE IF NOT EXISTS writes (who TEXT, epoch BIGINT)")
+        .execute(&a)
+        .await
+        .unwrap();
+    (a, b.unwrap())
+}
+
+/// One write that matters: fenced, then committed.
+async fn fenced_write(pool: &PgPool, who: &str, term: Term) -> Result<(), LeaseError> {
+    let mut tx = pool.begin().await?;
+    fence(&mut tx, "vcd", term.epoch).await?;
+    sqlx::query("INSERT INTO writes VALUES ($1, $2)")
+        .bind(who)
+        .bind(term.epoch)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn writes(pool: &PgPool) -> Vec<(String, i64)> {
+    sqlx::query_as("SELECT who, epoch FROM writes ORDER BY epoch, who")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Polls `done` until it holds; fails after `limit`.
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the database's clock has passed the lease's expiry.
+async fn until_expired(lease: &Lease) {
+    let lease = lease.clone();
+    eventually("the lease to expire", Duration::from_secs(10), move || {
+        let lease = lease.clone();
+        async move { !lease.holder().await.unwrap().unwrap().live }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_holder_at_a_time_and_a_lost_term_cannot_write() {
+    let Some(pg) = Postgres::start("one_holder_at_a_time") else {
+        return;
+    };
+    let (pa, pb) = pair(&pg).await;
+    let a = Lease::new(pa.clone(), "vcd", "host-a:1", TTL, MARGIN);
+    let b = Lease::new(pb.clone(), "vcd", "host-b:1", TTL, MARGIN);
+
+    let mut term_a = a
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("a free lease is taken");
+    assert_eq!(term_a.epoch, 1);
+    assert_eq!(
+        b.try_acquire().await.unwrap(),
+        None,
+        "a live lease has one holder"
+    );
+    assert!(a.renew(&mut term_a).await.unwrap());
+    fenced_write(&pa, "a", term_a).await.unwrap();
+    let shown = b.holder().await.unwrap().unwrap();
+    assert_eq!(
+        (shown.holder.as_str(), shown.epoch, shown.live),
+        ("host-a:1", 1, true)
+    );
+
+    // a stops renewing (a stalled process); once the lease expires in the
+    // database's clock, b takes it as the next term.
+    until_expired(&a).await;
+    let term_b = b
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("an expired lease is taken");
+    assert_eq!(term_b.epoch, 2);
+    assert!(
+        !a.renew(&mut term_a).await.unwrap(),
+        "a lost term is not renewed"
+    );
+    match fenced_write(&pa, "a", term_a).await {
+        Err(LeaseError::Fenced { mine: 1, .. }) => {}
+        other => panic!("a stale epoch must be fenced off, got {other:?}"),
+    }
+    fenced_write(&pb, "b", term_b).await.unwrap();
+    assert_eq!(
+        writes(&pa).await,
+        [("a".to_string(), 1), ("b".to_string(), 2)],
+        "the fenced-off write left nothing"
+    );
+
+    // A clean stop hands over at once, as a new term.
+    b.release(term_b).await.unwrap();
+    let again = a
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("a released lease is free");
+    assert_eq!(again.epoch, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_fenced_transaction_holds_the_successor_off_until_it_commits() {
+    let Some(pg) = Postgres::start("an_open_fenced_transaction") else {
+        return;
+    };
+    let (pa, pb) = pair(&pg).await;
+    let a = Lease::new(pa.clone(), "vcd", "host-a:1", TTL, MARGIN);
+    let b = Lease::new(pb.clone(), "vcd", "host-b:1", TTL, MARGIN);
+    let term_a = a.try_acquire().await.unwrap().unwrap();
+
+    // a checks its epoch and writes, but has not committed when its
+    // lease runs out.
+    let mut tx = pa.begin().await.unwrap();
+    fence(&mut tx, "vcd", term_a.epoch).await.unwrap();
+    sqlx::query("INSERT INTO writes VALUES ('a', $1)")
+        .bind(term_a.epoch)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    until_expired(&a).await;
+
+    // b's acquisition waits on the row a's transaction holds...
+    let acquiring = tokio::spawn(async move { b.try_acquire().await });
+    let watcher = pb.clone();
+    eventually(
+        "b to wait on the lease row",
+        Duration::from_secs(10),
+        move || {
+            let watcher = watcher.clone();
+            async move {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO leader%'",
+                )
+                .fetch_one(&watcher)
+                .await
+                .unwrap();
+                waiting == 1
+            }
+        },
+    )
+    .await;
+    // ...so a's write commits inside its own term, and b's term comes after.
+    tx.commit().await.unwrap();
+    let term_b = acquiring.await.unwrap().unwrap().expect("b leads next");
+    assert_eq!(term_b.epoch, 2);
+    assert_eq!(writes(&pa).await, [("a".to_string(), 1)]);
+    assert!(matches!(
+        fenced_write(&pa, "a", term_a).await,
+        Err(LeaseError::Fenced { .. })
+    ));
+}
