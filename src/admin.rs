@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
 use crate::event::now_us;
-use crate::metrics::Counters;
+use crate::metrics::{Counters, EXPORTED};
 use crate::source::RejectReason;
 use crate::store::{Head, Store, StoreError};
 use crate::stream::{Live, QosDowngrade};
@@ -156,14 +156,16 @@ pub fn problems(f: &Facts) -> Vec<String> {
     out
 }
 
-/// Every metric, its kind and help text: the one list `/metrics` renders
-/// and the README documents (a test keeps them in step).
-pub const METRICS: &[(&str, Kind, &str)] = &[
-    (
-        "gapless_mqtt_messages_total",
-        Kind::Counter,
-        "MQTT messages received.",
-    ),
+/// Every metric `/metrics` serves, its kind and help text, as the README
+/// documents them (a test keeps them in step): the plain counters declared
+/// in `metrics`, then the labelled and derived ones below.
+pub fn metrics() -> impl Iterator<Item = (&'static str, Kind, &'static str)> {
+    let plain = EXPORTED.iter().map(|e| (e.name, Kind::Counter, e.help));
+    plain.chain(DERIVED.iter().copied())
+}
+
+/// The metrics `render` computes itself: labelled, per sink, gauges.
+const DERIVED: &[(&str, Kind, &str)] = &[
     (
         "gapless_events_stored_total",
         Kind::Counter,
@@ -178,41 +180,6 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "gapless_rejected_total",
         Kind::Counter,
         "Messages refused and kept in the rejected table, by reason.",
-    ),
-    (
-        "gapless_skipped_total",
-        Kind::Counter,
-        "Well-formed messages that carry no event (e.g. VCD tasks).",
-    ),
-    (
-        "gapless_released_total",
-        Kind::Counter,
-        "Events given a seq in the ordered stream.",
-    ),
-    (
-        "gapless_late_total",
-        Kind::Counter,
-        "Events released after newer events (late = true).",
-    ),
-    (
-        "gapless_pruned_total",
-        Kind::Counter,
-        "Events deleted by the retention.",
-    ),
-    (
-        "gapless_validation_queued_total",
-        Kind::Counter,
-        "ScaleIT: events held back until their schema could be fetched.",
-    ),
-    (
-        "gapless_unvalidated_total",
-        Kind::Counter,
-        "ScaleIT: events released without validation (schema service down, on_schema_unavailable = ingest).",
-    ),
-    (
-        "gapless_schema_fetches_total",
-        Kind::Counter,
-        "ScaleIT: schema requests sent to app APIs.",
     ),
     (
         "gapless_stream_head_seq",
@@ -250,54 +217,9 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "How long a sink has been retrying the event at its cursor, by sink.",
     ),
     (
-        "gapless_poll_runs_total",
-        Kind::Counter,
-        "Completed poll runs.",
-    ),
-    (
-        "gapless_poll_windows_verified_total",
-        Kind::Counter,
-        "History windows the poller read whole and verified.",
-    ),
-    (
-        "gapless_poll_errors_total",
-        Kind::Counter,
-        "Failed poll runs.",
-    ),
-    (
-        "gapless_poll_events_total",
-        Kind::Counter,
-        "Events read from the REST history (seen before or not).",
-    ),
-    (
         "gapless_poll_window_lag_seconds",
         Kind::Gauge,
         "Now minus the verified watermark: how far back the history is confirmed complete.",
-    ),
-    (
-        "gapless_rest_logins_total",
-        Kind::Counter,
-        "REST logins (initial and renewals).",
-    ),
-    (
-        "gapless_mqtt_connects_total",
-        Kind::Counter,
-        "MQTT connections established.",
-    ),
-    (
-        "gapless_mqtt_disconnects_total",
-        Kind::Counter,
-        "Established MQTT connections that were lost.",
-    ),
-    (
-        "gapless_mqtt_connection_errors_total",
-        Kind::Counter,
-        "Failed MQTT connection attempts and lost connections.",
-    ),
-    (
-        "gapless_mqtt_subscriptions_total",
-        Kind::Counter,
-        "Subscriptions the broker granted (one per connection that had no session).",
     ),
     (
         "gapless_mqtt_subscribed",
@@ -348,14 +270,16 @@ pub fn render(f: &Facts) -> String {
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
-        for (name, kind, help) in METRICS {
+        for (name, kind, help) in metrics() {
             match kind {
-                Kind::Counter => describe_counter!(*name, *help),
-                Kind::Gauge => describe_gauge!(*name, *help),
+                Kind::Counter => describe_counter!(name, help),
+                Kind::Gauge => describe_gauge!(name, help),
             }
         }
         let c = &f.counters;
-        counter!("gapless_mqtt_messages_total").absolute(c.received);
+        for e in EXPORTED {
+            counter!(e.name).absolute((e.value)(c));
+        }
         let mqtt_stored = c.stored.saturating_sub(c.recovered);
         counter!("gapless_events_stored_total", "origin" => "mqtt").absolute(mqtt_stored);
         counter!("gapless_events_stored_total", "origin" => "poll").absolute(c.recovered);
@@ -364,13 +288,6 @@ pub fn render(f: &Facts) -> String {
         for (reason, n) in &f.rejected {
             counter!("gapless_rejected_total", "reason" => *reason).absolute(*n);
         }
-        counter!("gapless_skipped_total").absolute(c.skipped);
-        counter!("gapless_released_total").absolute(c.released);
-        counter!("gapless_late_total").absolute(c.late);
-        counter!("gapless_pruned_total").absolute(c.pruned);
-        counter!("gapless_validation_queued_total").absolute(c.validation_queued);
-        counter!("gapless_unvalidated_total").absolute(c.unvalidated);
-        counter!("gapless_schema_fetches_total").absolute(c.schema_fetches);
         gauge!("gapless_stream_head_seq").set(f.head as f64);
         for s in &f.sinks {
             let name = s.name.clone();
@@ -389,18 +306,9 @@ pub fn render(f: &Facts) -> String {
             };
             gauge!("gapless_sink_blocked_seconds", "sink" => name).set(blocked_s);
         }
-        counter!("gapless_poll_runs_total").absolute(c.poll_runs);
-        counter!("gapless_poll_windows_verified_total").absolute(c.poll_windows);
-        counter!("gapless_poll_errors_total").absolute(c.poll_errors);
-        counter!("gapless_poll_events_total").absolute(c.polled);
         if let Some(v) = f.verified_until_us {
             gauge!("gapless_poll_window_lag_seconds").set((f.now_us - v) as f64 / 1e6);
         }
-        counter!("gapless_rest_logins_total").absolute(c.logins);
-        counter!("gapless_mqtt_connects_total").absolute(c.connects);
-        counter!("gapless_mqtt_disconnects_total").absolute(c.disconnects);
-        counter!("gapless_mqtt_connection_errors_total").absolute(c.connection_errors);
-        counter!("gapless_mqtt_subscriptions_total").absolute(c.subscribed);
         gauge!("gapless_mqtt_subscribed").set(f64::from(f.mqtt_ready));
         for (reason, n, seconds) in &f.gaps {
             let labels = [("source", f.source.clone()), ("reason", reason.to_string())];
@@ -674,7 +582,7 @@ mod tests {
         f.source = "vcd-lab".into();
         f.gaps = vec![("no_history", 2, 5.2), ("unverified", 0, 0.0)];
         let text = render(&f);
-        for (name, kind, _) in METRICS {
+        for (name, kind, _) in metrics() {
             let kind = match kind {
                 Kind::Counter => "counter",
                 Kind::Gauge => "gauge",

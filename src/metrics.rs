@@ -11,79 +11,135 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-#[derive(Debug, Default)]
-pub struct Counters {
+/// Declares the plain counters once: each becomes a field of [`Counters`]
+/// and of [`Snapshot`], and one with a metric name is exported on
+/// `/metrics` as that counter, with that help text ([`EXPORTED`]). Adding
+/// such a metric is one line here; its [`crate::telemetry`] event bumps it.
+macro_rules! counters {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident $(=> $metric:literal, $help:literal)?;
+    )*) => {
+        /// The process-wide counters every task bumps (relaxed atomics on
+        /// the hot path; the by-reason and per-sink maps behind mutexes).
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $( $(#[doc = $doc])* pub $field: AtomicU64, )*
+            /// The same as `rejected`, by reason (`RejectReason::as_str`).
+            pub rejected_by_reason: Mutex<BTreeMap<&'static str, u64>>,
+            /// Since when poll runs have been failing (µs since the epoch,
+            /// 0 = the last run succeeded or none ran yet).
+            pub poll_failing_since_us: AtomicI64,
+            /// When the first and last message arrived (µs since the epoch, 0 = never).
+            pub first_received_us: AtomicI64,
+            pub last_received_us: AtomicI64,
+            /// When the last batch was committed (µs since the epoch).
+            pub last_commit_us: AtomicI64,
+            /// When a sink last delivered a batch (µs since the epoch).
+            pub last_delivered_us: AtomicI64,
+            /// The first task that failed or ended unexpectedly: `/healthz` then
+            /// answers 503 while the daemon shuts down (and exits non-zero).
+            failed_task: Mutex<Option<String>>,
+            /// Per-sink figures, by sink name.
+            pub sinks: Mutex<BTreeMap<String, Arc<SinkStats>>>,
+        }
+
+        /// A point-in-time copy of the counters, for summaries.
+        #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+        pub struct Snapshot {
+            $( pub $field: u64, )*
+            pub first_received_us: i64,
+            pub last_received_us: i64,
+            pub last_commit_us: i64,
+            pub last_delivered_us: i64,
+        }
+
+        impl Counters {
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot {
+                    $( $field: self.$field.load(Relaxed), )*
+                    first_received_us: self.first_received_us.load(Relaxed),
+                    last_received_us: self.last_received_us.load(Relaxed),
+                    last_commit_us: self.last_commit_us.load(Relaxed),
+                    last_delivered_us: self.last_delivered_us.load(Relaxed),
+                }
+            }
+        }
+
+        /// The counters `/metrics` exports as they are.
+        pub const EXPORTED: &[Exported] = &[
+            $( $( Exported { name: $metric, help: $help, value: |s| s.$field }, )? )*
+        ];
+    };
+}
+
+/// A counter exported under its own metric name, unlabelled.
+pub struct Exported {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub value: fn(&Snapshot) -> u64,
+}
+
+counters! {
     /// Messages taken off the MQTT connection.
-    pub received: AtomicU64,
+    received => "gapless_mqtt_messages_total", "MQTT messages received.";
     /// Events newly stored (first time their id was seen).
-    pub stored: AtomicU64,
+    stored;
     /// MQTT events whose id was already stored (QoS 1 redeliveries and copies).
-    pub duplicates: AtomicU64,
+    duplicates;
     /// Poll events already stored (the overlap, and what MQTT delivered first).
-    pub poll_known: AtomicU64,
+    poll_known;
     /// Messages refused (kept in `rejected`).
-    pub rejected: AtomicU64,
-    /// The same, by reason (`RejectReason::as_str`).
-    pub rejected_by_reason: Mutex<BTreeMap<&'static str, u64>>,
+    rejected;
     /// Events given a `seq` (released to the sinks).
-    pub released: AtomicU64,
+    released => "gapless_released_total", "Events given a seq in the ordered stream.";
     /// ScaleIT: events held back until their schema could be fetched.
-    pub validation_queued: AtomicU64,
+    validation_queued => "gapless_validation_queued_total",
+        "ScaleIT: events held back until their schema could be fetched.";
     /// ScaleIT: events released unvalidated (schema service down, `ingest`).
-    pub unvalidated: AtomicU64,
+    unvalidated => "gapless_unvalidated_total",
+        "ScaleIT: events released without validation (schema service down, on_schema_unavailable = ingest).";
     /// ScaleIT: schema requests sent to app APIs.
-    pub schema_fetches: AtomicU64,
+    schema_fetches => "gapless_schema_fetches_total", "ScaleIT: schema requests sent to app APIs.";
     /// Well-formed messages carrying no event (e.g. VCD `TASK`).
-    pub skipped: AtomicU64,
+    skipped => "gapless_skipped_total", "Well-formed messages that carry no event (e.g. VCD tasks).";
     /// Committed write batches.
-    pub batches: AtomicU64,
+    batches;
     /// Events written by all sinks together.
-    pub delivered: AtomicU64,
+    delivered;
     /// Successful MQTT connections (CONNACK accepted).
-    pub connects: AtomicU64,
+    connects => "gapless_mqtt_connects_total", "MQTT connections established.";
     /// Lost MQTT connections and failed attempts.
-    pub connection_errors: AtomicU64,
+    connection_errors => "gapless_mqtt_connection_errors_total",
+        "Failed MQTT connection attempts and lost connections.";
     /// Established MQTT connections that were lost.
-    pub disconnects: AtomicU64,
+    disconnects => "gapless_mqtt_disconnects_total", "Established MQTT connections that were lost.";
     /// Subscriptions the broker granted (one per SUBACK without failures).
-    pub subscribed: AtomicU64,
+    subscribed => "gapless_mqtt_subscriptions_total",
+        "Subscriptions the broker granted (one per connection that had no session).";
     /// Events first seen through the poller: MQTT had missed them.
-    pub recovered: AtomicU64,
+    recovered;
     /// Events read from the REST history (seen before or not).
-    pub polled: AtomicU64,
+    polled => "gapless_poll_events_total", "Events read from the REST history (seen before or not).";
     /// Completed poll runs.
-    pub poll_runs: AtomicU64,
+    poll_runs => "gapless_poll_runs_total", "Completed poll runs.";
     /// History windows the poller read whole and verified.
-    pub poll_windows: AtomicU64,
+    poll_windows => "gapless_poll_windows_verified_total",
+        "History windows the poller read whole and verified.";
     /// Failed poll runs.
-    pub poll_errors: AtomicU64,
-    /// Since when poll runs have been failing (µs since the epoch, 0 = the
-    /// last run succeeded or none ran yet).
-    pub poll_failing_since_us: AtomicI64,
+    poll_errors => "gapless_poll_errors_total", "Failed poll runs.";
     /// REST logins (initial and renewals).
-    pub logins: AtomicU64,
+    logins => "gapless_rest_logins_total", "REST logins (initial and renewals).";
     /// Events released with `late = true`.
-    pub late: AtomicU64,
+    late => "gapless_late_total", "Events released after newer events (late = true).";
     /// Events released by `stream.max_hold` although above the watermark.
-    pub forced: AtomicU64,
+    forced;
     /// Webhook delivery attempts that failed and were retried.
-    pub retries: AtomicU64,
+    retries;
     /// Events dead-lettered by webhook sinks.
-    pub dead_letters: AtomicU64,
+    dead_letters;
     /// Events deleted by the retention.
-    pub pruned: AtomicU64,
-    /// When the first and last message arrived (µs since the epoch, 0 = never).
-    pub first_received_us: AtomicI64,
-    pub last_received_us: AtomicI64,
-    /// When the last batch was committed (µs since the epoch).
-    pub last_commit_us: AtomicI64,
-    /// When a sink last delivered a batch (µs since the epoch).
-    pub last_delivered_us: AtomicI64,
-    /// The first task that failed or ended unexpectedly: `/healthz` then
-    /// answers 503 while the daemon shuts down (and exits non-zero).
-    failed_task: Mutex<Option<String>>,
-    /// Per-sink figures, by sink name.
-    pub sinks: Mutex<BTreeMap<String, Arc<SinkStats>>>,
+    pruned => "gapless_pruned_total", "Events deleted by the retention.";
 }
 
 /// One sink's own figures: what `/metrics` reports per sink and what
@@ -96,41 +152,6 @@ pub struct SinkStats {
     /// Since when the sink has been retrying the event at its cursor (µs
     /// since the epoch, 0 = not blocked).
     pub blocked_since_us: AtomicI64,
-}
-
-/// A point-in-time copy of the counters, for summaries.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Snapshot {
-    pub received: u64,
-    pub stored: u64,
-    pub duplicates: u64,
-    pub poll_known: u64,
-    pub rejected: u64,
-    pub released: u64,
-    pub validation_queued: u64,
-    pub unvalidated: u64,
-    pub schema_fetches: u64,
-    pub skipped: u64,
-    pub batches: u64,
-    pub delivered: u64,
-    pub connects: u64,
-    pub connection_errors: u64,
-    pub disconnects: u64,
-    pub subscribed: u64,
-    pub recovered: u64,
-    pub polled: u64,
-    pub poll_runs: u64,
-    pub poll_windows: u64,
-    pub poll_errors: u64,
-    pub logins: u64,
-    pub late: u64,
-    pub retries: u64,
-    pub dead_letters: u64,
-    pub pruned: u64,
-    pub first_received_us: i64,
-    pub last_received_us: i64,
-    pub last_commit_us: i64,
-    pub last_delivered_us: i64,
 }
 
 impl Counters {
@@ -203,41 +224,6 @@ impl Counters {
             let _ = self
                 .poll_failing_since_us
                 .compare_exchange(0, now_us, Relaxed, Relaxed);
-        }
-    }
-
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            received: self.received.load(Relaxed),
-            stored: self.stored.load(Relaxed),
-            duplicates: self.duplicates.load(Relaxed),
-            poll_known: self.poll_known.load(Relaxed),
-            rejected: self.rejected.load(Relaxed),
-            released: self.released.load(Relaxed),
-            validation_queued: self.validation_queued.load(Relaxed),
-            unvalidated: self.unvalidated.load(Relaxed),
-            schema_fetches: self.schema_fetches.load(Relaxed),
-            skipped: self.skipped.load(Relaxed),
-            batches: self.batches.load(Relaxed),
-            delivered: self.delivered.load(Relaxed),
-            connects: self.connects.load(Relaxed),
-            connection_errors: self.connection_errors.load(Relaxed),
-            disconnects: self.disconnects.load(Relaxed),
-            subscribed: self.subscribed.load(Relaxed),
-            recovered: self.recovered.load(Relaxed),
-            polled: self.polled.load(Relaxed),
-            poll_runs: self.poll_runs.load(Relaxed),
-            poll_windows: self.poll_windows.load(Relaxed),
-            poll_errors: self.poll_errors.load(Relaxed),
-            logins: self.logins.load(Relaxed),
-            late: self.late.load(Relaxed),
-            retries: self.retries.load(Relaxed),
-            dead_letters: self.dead_letters.load(Relaxed),
-            pruned: self.pruned.load(Relaxed),
-            first_received_us: self.first_received_us.load(Relaxed),
-            last_received_us: self.last_received_us.load(Relaxed),
-            last_commit_us: self.last_commit_us.load(Relaxed),
-            last_delivered_us: self.last_delivered_us.load(Relaxed),
         }
     }
 }

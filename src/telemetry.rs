@@ -2,11 +2,12 @@
 //! [`InternalEvent::emit`] writes its log line and bumps its counters
 //! together (the internal-events pattern of Vector). A call site builds
 //! the event and emits it; the wording of the log and which counter moves
-//! are decided here, so a log line cannot drift from its metric, and
-//! counting one more thing about an event is one edit in this file.
+//! are decided here, so a log line cannot drift from its metric.
 //!
-//! The counters are [`Counters`]; `/metrics` names them (test
-//! `admin::metric_names_are_unchanged` holds the names fixed).
+//! The counters are [`Counters`], declared once in `metrics::counters!`:
+//! a new metric is its line there (field, metric name, help), bumped by
+//! the event that counts it here; `/metrics` then serves it. Test
+//! `admin::metric_names_are_unchanged` holds the served names fixed.
 
 use std::time::Duration;
 
