@@ -52,9 +52,23 @@ pub(super) fn pending(e: &Event) -> bool {
         .is_some_and(|x| x.validation == crate::event::Validation::Pending)
 }
 
-pub(super) fn placeholders(rows: usize, cols: usize) -> String {
-    let row = format!("({})", vec!["?"; cols].join(","));
-    vec![row; rows].join(",")
+/// `rows` tuples of `cols` numbered parameters (`($n,$n+1),(…)`) from
+/// `$first`: numbered, so the same SQL is valid for SQLite and Postgres.
+pub(super) fn placeholders(first: usize, rows: usize, cols: usize) -> String {
+    let mut n = first;
+    let mut out = String::new();
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ",(" });
+        for c in 0..cols {
+            if c > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!("${n}"));
+            n += 1;
+        }
+        out.push(')');
+    }
+    out
 }
 
 impl Writer {
@@ -88,8 +102,8 @@ impl Writer {
         for chunk in keys.chunks(LOOKUP_CHUNK) {
             let sql = format!(
                 "SELECT dedup_key, occurred_at_us FROM events \
-                 WHERE occurred_at_us > ? AND occurred_at_us < ? AND dedup_key IN {}",
-                placeholders(1, chunk.len())
+                 WHERE occurred_at_us > $1 AND occurred_at_us < $2 AND dedup_key IN {}",
+                placeholders(3, 1, chunk.len())
             );
             let mut q = sqlx::query_as::<_, (String, i64)>(AssertSqlSafe(sql))
                 .bind(from)
@@ -133,7 +147,7 @@ impl Writer {
         for chunk in ids.chunks(LOOKUP_CHUNK) {
             let sql = format!(
                 "SELECT id FROM events WHERE id IN {}",
-                placeholders(1, chunk.len())
+                placeholders(1, 1, chunk.len())
             );
             let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
             for id in chunk {
@@ -164,7 +178,7 @@ impl Writer {
                 "INSERT INTO events (id, source, origin, occurred_at_us, received_at_us, type, \
                  subject, org, payload, seq, late, ce_source, dataschema, dedup_key, validation, retained) \
                  VALUES {} ON CONFLICT(id) DO NOTHING",
-                placeholders(chunk.len(), 16)
+                placeholders(1, chunk.len(), 16)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (e, at) in chunk.iter().zip(at) {
@@ -204,7 +218,7 @@ impl Writer {
         for r in rejected {
             sqlx::query(
                 "INSERT INTO rejected (topic, reason, detail, bytes, size, at_us) \
-                 VALUES (?, ?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(r.topic.as_str())
             .bind(r.reason.as_str())
@@ -215,7 +229,7 @@ impl Writer {
             .execute(&mut **tx)
             .await?;
         }
-        sqlx::query("DELETE FROM rejected WHERE id <= (SELECT MAX(id) FROM rejected) - ?")
+        sqlx::query("DELETE FROM rejected WHERE id <= (SELECT MAX(id) FROM rejected) - $1")
             .bind(keep)
             .execute(&mut **tx)
             .await?;

@@ -14,6 +14,14 @@
 //! and the schema registry write through the writer), [`writer`] (the batch
 //! loop that ties them into one transaction), [`maintenance`] (checkpoints
 //! and retention), and [`read`] (the typed read API everyone else uses).
+//! [`postgres`] holds the Postgres side of an active/passive pair: so far
+//! its leader lease.
+//!
+//! The SQL is written to mean the same in SQLite and Postgres where it
+//! can: numbered parameters (`$1`), `TRUE`/`FALSE`, `IS DISTINCT FROM`,
+//! `CASE` rather than the two-argument `MAX`. What stays SQLite's own:
+//! the PRAGMAs and WAL checkpoints, `INDEXED BY` hints, `rowid`, and
+//! `CAST(… AS BLOB)`.
 
 mod control;
 mod gaps;
