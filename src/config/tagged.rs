@@ -116,14 +116,25 @@ impl Tagged {
         Ok((self.de(common)?, kind, rest))
     }
 
-    /// Deserializes one struct from its table; toml's error names the key.
+    /// Deserializes one struct from its table; toml's error ends with the
+    /// key it is about (`in `batch``), which becomes the error's key.
     pub fn de<T: DeserializeOwned>(&self, table: toml::Table) -> Result<T, ConfigError> {
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e| ConfigError::Parse {
-                path: Default::default(),
-                message: format!("in {}: {}", self.at, e.to_string().trim_end()),
-            })
+        toml::Value::Table(table).try_into().map_err(|e| {
+            let text = e.to_string();
+            let text = text.trim_end();
+            let (message, key) = match text.rsplit_once("\nin `") {
+                Some((m, k)) => (m, format!("{}.{}", self.at, k.trim_end_matches('`'))),
+                None => (text, self.at.clone()),
+            };
+            ConfigError::invalid(
+                &key,
+                message,
+                format!(
+                    "see the {} keys in README's configuration reference",
+                    self.what
+                ),
+            )
+        })
     }
 }
 
@@ -142,5 +153,17 @@ mod tests {
     #[test]
     fn keys_are_read_from_the_derive() {
         assert_eq!(keys_of::<Two>(), ["a", "b-b"]);
+    }
+
+    #[test]
+    fn a_value_error_names_its_key() {
+        let tagged = Tagged {
+            at: "sink[2]".into(),
+            what: "sink",
+            kinds: vec![],
+        };
+        let table: toml::Table = toml::from_str("a = \"many\"").unwrap();
+        let e = tagged.de::<Two>(table).map(drop).unwrap_err().to_string();
+        assert!(e.starts_with("invalid `sink[2].a`: invalid type"), "{e}");
     }
 }

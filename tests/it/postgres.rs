@@ -187,3 +187,43 @@ async fn an_open_fenced_transaction_holds_the_successor_off_until_it_commits() {
         Err(LeaseError::Fenced { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_crash_and_restart_keeps_the_lease_and_its_holder() {
+    let Some(pg) = Postgres::start("a_postgres_crash_and_restart") else {
+        return;
+    };
+    let (pa, pb) = pair(&pg).await;
+    // A term far longer than a restart: the point is what survives it.
+    let long = Duration::from_secs(60);
+    let a = Lease::new(pa.clone(), "vcd", "host-a:1", long, MARGIN);
+    let b = Lease::new(pb.clone(), "vcd", "host-b:1", long, MARGIN);
+    let mut term = a.try_acquire().await.unwrap().unwrap();
+    fenced_write(&pa, "a", term).await.unwrap();
+
+    pg.pg_ctl("stop");
+    assert!(
+        matches!(a.renew(&mut term).await, Err(LeaseError::Sql(_))),
+        "a renewal with the database down is an error, not a lost lease"
+    );
+    pg.pg_ctl("start");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let renewed = loop {
+        match a.renew(&mut term).await {
+            Ok(renewed) => break renewed,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "no reconnect: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(renewed, "the term is renewed once the pool reconnects");
+    assert_eq!(
+        b.try_acquire().await.unwrap(),
+        None,
+        "the lease and its holder outlive the crash"
+    );
+    fenced_write(&pa, "a", term).await.unwrap();
+    assert_eq!(
+        writes(&pb).await,
+        [("a".to_string(), 1), ("a".to_string(), 1)]
+    );
+}
