@@ -15,7 +15,8 @@
 //! loop that ties them into one transaction), [`maintenance`] (checkpoints
 //! and retention), and [`read`] (the typed read API everyone else uses).
 //! [`postgres`] holds the Postgres side of an active/passive pair: so far
-//! its leader lease.
+//! its leader lease, and the schema (`migrations/postgres`) a test keeps
+//! in step with SQLite's.
 //!
 //! The SQL is written to mean the same in SQLite and Postgres where it
 //! can: numbered parameters (`$1`), `TRUE`/`FALSE`, `IS DISTINCT FROM`,

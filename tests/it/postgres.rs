@@ -227,3 +227,67 @@ async fn a_postgres_crash_and_restart_keeps_the_lease_and_its_holder() {
         [("a".to_string(), 1), ("a".to_string(), 1)]
     );
 }
+
+/// One column as both schemas describe it: name, kind of value, nullable.
+type Column = (String, String, String, bool);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_schema_has_every_sqlite_table_and_column() {
+    let Some(pg) = Postgres::start("the_postgres_schema") else {
+        return;
+    };
+    let (pool, _) = pair(&pg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gapless.db");
+    let config = gapless::config::StoreConfig {
+        path: path.clone(),
+        ..Default::default()
+    };
+    gapless::store::Store::open(&config)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let sqlite = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    // SQLite: INTEGER, TEXT, BLOB; a key column is never null.
+    let rows: Vec<(String, String, String, bool, bool)> = sqlx::query_as(
+        "SELECT m.name, c.name, c.type, c.\"notnull\", c.pk > 0 FROM sqlite_master m, \
+         pragma_table_info(m.name) c WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' \
+         AND m.name NOT LIKE '_sqlx%'",
+    )
+    .fetch_all(&sqlite)
+    .await
+    .unwrap();
+    let kind = |t: &str| match t {
+        "INTEGER" | "bigint" | "boolean" => "integer",
+        "TEXT" | "text" => "text",
+        "BLOB" | "bytea" => "bytes",
+        other => panic!("an unmapped column type {other}"),
+    };
+    let mut want: Vec<Column> = rows
+        .iter()
+        .map(|(t, c, ty, notnull, pk)| (t.clone(), c.clone(), kind(ty).into(), !notnull && !pk))
+        .collect();
+    want.sort();
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text \
+         FROM information_schema.columns WHERE table_schema = 'public' \
+         AND table_name NOT IN ('leader', 'writes', '_sqlx_migrations') \
+         AND column_name <> 'rowid'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut have: Vec<Column> = rows
+        .iter()
+        .map(|(t, c, ty, null)| (t.clone(), c.clone(), kind(ty).into(), null == "YES"))
+        .collect();
+    have.sort();
+    assert_eq!(
+        have, want,
+        "(table, column, kind, nullable) in Postgres vs SQLite"
+    );
+    assert!(want.len() > 50, "{} columns read", want.len());
+}
