@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gapless::store::postgres::{
     connect,
-    lease::{Lease, LeaseError, Term, fence},
+    lease::{Lease, LeaseError, Role, Term, fence},
 };
 use sqlx::postgres::PgPool;
 
@@ -290,4 +290,108 @@ async fn the_postgres_schema_has_every_sqlite_table_and_column() {
         "(table, column, kind, nullable) in Postgres vs SQLite"
     );
     assert!(want.len() > 50, "{} columns read", want.len());
+}
+
+/// Two processes running the lease; a monitor samples both roles and
+/// counts the samples in which both lead.
+struct Pair {
+    roles: [tokio::sync::watch::Receiver<Role>; 2],
+    stops: [tokio_util::sync::CancellationToken; 2],
+    both_led: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+const INTERVAL: Duration = Duration::from_millis(200);
+
+impl Pair {
+    fn start(leases: [Lease; 2]) -> Pair {
+        let (ta, ra) = tokio::sync::watch::channel(Role::Standby);
+        let (tb, rb) = tokio::sync::watch::channel(Role::Standby);
+        let [a, b] = leases;
+        let (sa, sb) = (
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        tokio::spawn(a.run(INTERVAL, ta, sa.clone()));
+        tokio::spawn(b.run(INTERVAL, tb, sb.clone()));
+        let both_led = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (ma, mb, count) = (ra.clone(), rb.clone(), both_led.clone());
+        tokio::spawn(async move {
+            loop {
+                let both = matches!(*ma.borrow(), Role::Leader(_))
+                    && matches!(*mb.borrow(), Role::Leader(_));
+                if both {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        Pair {
+            roles: [ra, rb],
+            stops: [sa, sb],
+            both_led,
+        }
+    }
+
+    /// Waits until one of the two leads; returns which and its epoch.
+    async fn leader(&mut self) -> (usize, i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            for (i, r) in self.roles.iter().enumerate() {
+                if let Role::Leader(t) = *r.borrow() {
+                    return (i, t.epoch);
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "nobody leads");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stands_by(&mut self, i: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while *self.roles[i].borrow() != Role::Standby {
+            assert!(tokio::time::Instant::now() < deadline, "{i} still leads");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn two_leases(pa: &PgPool, pb: &PgPool) -> [Lease; 2] {
+    let ttl = Duration::from_secs(2);
+    let margin = Duration::from_millis(500);
+    [
+        Lease::new(pa.clone(), "vcd", "host-a:1", ttl, margin),
+        Lease::new(pb.clone(), "vcd", "host-b:1", ttl, margin),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_out_of_reach_steps_down_and_one_leads_again_never_two() {
+    let Some(pg) = Postgres::start("a_leader_out_of_reach") else {
+        return;
+    };
+    let (pa, pb) = pair(&pg).await;
+    let mut pair = Pair::start(two_leases(&pa, &pb));
+    let (first, epoch) = pair.leader().await;
+    assert_eq!(epoch, 1);
+
+    // The database goes away: the leader cannot renew, and steps down by
+    // its own clock within its term.
+    pg.pg_ctl("stop");
+    pair.stands_by(first).await;
+    pg.pg_ctl("start");
+    let (_, epoch) = pair.leader().await;
+    assert_eq!(epoch, 2, "leading again is a new term");
+
+    // A clean stop hands the lease over at once.
+    let (now, _) = pair.leader().await;
+    pair.stops[now].cancel();
+    pair.stands_by(now).await;
+    let (next, epoch) = pair.leader().await;
+    assert_eq!((next, epoch), (1 - now, 3));
+    assert_eq!(
+        pair.both_led.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "both processes led at once"
+    );
+    pair.stops.iter().for_each(|s| s.cancel());
 }

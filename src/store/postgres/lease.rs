@@ -169,6 +169,90 @@ impl Lease {
     }
 }
 
+/// What this process is in the pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Standby,
+    Leader(Term),
+}
+
+impl Lease {
+    /// Holds the lease until `shutdown`: every `interval`, a standby tries
+    /// to acquire it and a leader renews it. A leader steps down when a
+    /// renewal is refused, and, by its own clock, as soon as its term is no
+    /// longer trusted (the database unreachable for `ttl - margin`), which
+    /// is before the database lets the other take over. Every change of
+    /// role is published on `role`; at shutdown a leader releases the
+    /// lease so the other takes over at once.
+    pub async fn run(
+        self,
+        interval: Duration,
+        role: tokio::sync::watch::Sender<Role>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            let current = *role.borrow();
+            let next = match current {
+                Role::Standby => match self.try_acquire().await {
+                    Ok(Some(term)) => {
+                        tracing::info!(lease = %self.name, epoch = term.epoch, "leading");
+                        Role::Leader(term)
+                    }
+                    Ok(None) => Role::Standby,
+                    Err(e) => {
+                        tracing::warn!(lease = %self.name, error = %e, "cannot reach the lease; standing by");
+                        Role::Standby
+                    }
+                },
+                Role::Leader(mut term) => {
+                    let deadline = tokio::time::Instant::from_std(term.trusted_until);
+                    match tokio::time::timeout_at(deadline, self.renew(&mut term)).await {
+                        Ok(Ok(true)) => Role::Leader(term),
+                        Ok(Ok(false)) => {
+                            tracing::warn!(lease = %self.name, epoch = term.epoch, "lease lost to another process; standing by");
+                            Role::Standby
+                        }
+                        Ok(Err(e)) if !term.expired(Instant::now()) => {
+                            tracing::warn!(lease = %self.name, error = %e, "lease renewal failed; retrying within the term");
+                            Role::Leader(term)
+                        }
+                        Ok(Err(_)) | Err(_) => {
+                            tracing::warn!(lease = %self.name, epoch = term.epoch,
+                                "lease not renewed within its term; standing by before it can be taken");
+                            Role::Standby
+                        }
+                    }
+                }
+            };
+            role.send_if_modified(|r| std::mem::replace(r, next) != next);
+            // Wake for the next attempt, or when the term runs out.
+            let mut wake = tokio::time::Instant::now() + interval;
+            if let Role::Leader(term) = next {
+                wake = wake.min(tokio::time::Instant::from_std(term.trusted_until));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = shutdown.cancelled() => {
+                    if let Role::Leader(term) = next {
+                        role.send_replace(Role::Standby);
+                        if let Err(e) = self.release(term).await {
+                            tracing::warn!(lease = %self.name, error = %e, "could not release the lease; it expires by itself");
+                        }
+                    }
+                    return;
+                }
+            }
+            if let Role::Leader(term) = *role.borrow()
+                && term.expired(Instant::now())
+            {
+                tracing::warn!(lease = %self.name, epoch = term.epoch,
+                    "lease not renewed within its term; standing by before it can be taken");
+                role.send_replace(Role::Standby);
+            }
+        }
+    }
+}
+
 /// The fencing check, run inside the transaction of a write that matters:
 /// fails unless `epoch` is still the lease's, and otherwise holds the
 /// lease row (`FOR SHARE`) until that transaction ends, so no acquisition
