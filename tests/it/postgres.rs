@@ -18,6 +18,22 @@ use crate::support::Postgres;
 const TTL: Duration = Duration::from_secs(3);
 const MARGIN: Duration = Duration::from_millis(300);
 
+/// A Postgres of its own and two processes' pools on it; `None` when
+/// Postgres is missing and the test is to be skipped.
+async fn rig(test: &str) -> Option<(Postgres, PgPool, PgPool)> {
+    let pg = Postgres::start(test)?;
+    let (a, b) = pair(&pg).await;
+    Some((pg, a, b))
+}
+
+/// Lease `vcd` as two processes, `host-a:1` on `pa` and `host-b:1` on `pb`.
+fn leases(pa: &PgPool, pb: &PgPool, ttl: Duration, margin: Duration) -> [Lease; 2] {
+    [
+        Lease::new(pa.clone(), "vcd", "host-a:1", ttl, margin),
+        Lease::new(pb.clone(), "vcd", "host-b:1", ttl, margin),
+    ]
+}
+
 /// Two processes' pools on the same database, migrated together.
 async fn pair(pg: &Postgres) -> (PgPool, PgPool) {
     let (a, b) = tokio::join!(connect(&pg.url), connect(&pg.url));
@@ -77,12 +93,10 @@ async fn until_expired(lease: &Lease) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_holder_at_a_time_and_a_lost_term_cannot_write() {
-    let Some(pg) = Postgres::start("one_holder_at_a_time") else {
+    let Some((_pg, pa, pb)) = rig("one_holder_at_a_time").await else {
         return;
     };
-    let (pa, pb) = pair(&pg).await;
-    let a = Lease::new(pa.clone(), "vcd", "host-a:1", TTL, MARGIN);
-    let b = Lease::new(pb.clone(), "vcd", "host-b:1", TTL, MARGIN);
+    let [a, b] = leases(&pa, &pb, TTL, MARGIN);
 
     let mut term_a = a
         .try_acquire()
@@ -139,12 +153,10 @@ async fn one_holder_at_a_time_and_a_lost_term_cannot_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_fenced_transaction_holds_the_successor_off_until_it_commits() {
-    let Some(pg) = Postgres::start("an_open_fenced_transaction") else {
+    let Some((_pg, pa, pb)) = rig("an_open_fenced_transaction").await else {
         return;
     };
-    let (pa, pb) = pair(&pg).await;
-    let a = Lease::new(pa.clone(), "vcd", "host-a:1", TTL, MARGIN);
-    let b = Lease::new(pb.clone(), "vcd", "host-b:1", TTL, MARGIN);
+    let [a, b] = leases(&pa, &pb, TTL, MARGIN);
     let term_a = a.try_acquire().await.unwrap().unwrap();
 
     // a checks its epoch and writes, but has not committed when its
@@ -192,14 +204,12 @@ async fn an_open_fenced_transaction_holds_the_successor_off_until_it_commits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_crash_and_restart_keeps_the_lease_and_its_holder() {
-    let Some(pg) = Postgres::start("a_postgres_crash_and_restart") else {
+    let Some((pg, pa, pb)) = rig("a_postgres_crash_and_restart").await else {
         return;
     };
-    let (pa, pb) = pair(&pg).await;
     // A term far longer than a restart: the point is what survives it.
     let long = Duration::from_secs(60);
-    let a = Lease::new(pa.clone(), "vcd", "host-a:1", long, MARGIN);
-    let b = Lease::new(pb.clone(), "vcd", "host-b:1", long, MARGIN);
+    let [a, b] = leases(&pa, &pb, long, MARGIN);
     let mut term = a.try_acquire().await.unwrap().unwrap();
     fenced_write(&pa, "a", term).await.unwrap();
 
@@ -235,10 +245,9 @@ type Column = (String, String, String, bool);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_schema_has_every_sqlite_table_and_column() {
-    let Some(pg) = Postgres::start("the_postgres_schema") else {
+    let Some((_pg, pool, _)) = rig("the_postgres_schema").await else {
         return;
     };
-    let (pool, _) = pair(&pg).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gapless.db");
     let config = gapless::config::StoreConfig {
@@ -360,22 +369,17 @@ impl Pair {
     }
 }
 
-fn two_leases(pa: &PgPool, pb: &PgPool) -> [Lease; 2] {
-    let ttl = Duration::from_secs(2);
-    let margin = Duration::from_millis(500);
-    [
-        Lease::new(pa.clone(), "vcd", "host-a:1", ttl, margin),
-        Lease::new(pb.clone(), "vcd", "host-b:1", ttl, margin),
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_out_of_reach_steps_down_and_one_leads_again_never_two() {
-    let Some(pg) = Postgres::start("a_leader_out_of_reach") else {
+    let Some((pg, pa, pb)) = rig("a_leader_out_of_reach").await else {
         return;
     };
-    let (pa, pb) = pair(&pg).await;
-    let mut pair = Pair::start(two_leases(&pa, &pb));
+    let mut pair = Pair::start(leases(
+        &pa,
+        &pb,
+        Duration::from_secs(2),
+        Duration::from_millis(500),
+    ));
     // Epochs are compared, not counted: a loaded machine may make a
     // leader step down early (by design), which only adds terms.
     let (_, before) = pair.leader().await;
