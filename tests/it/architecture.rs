@@ -216,3 +216,32 @@ fn profiles_stand_alone_and_the_transport_names_none() {
     }
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
+
+/// The store is the only module that talks to a database: outside
+/// `src/store/` the code may derive how a row maps to a type
+/// (`sqlx::FromRow`), never query, pool or name a backend. So a second
+/// backend (Postgres) is the store's business alone.
+#[test]
+fn only_the_store_talks_to_a_database() {
+    let src = Path::new(ROOT).join("src");
+    let mut found = Vec::new();
+    for file in rust_files(&src) {
+        let relative = file.strip_prefix(&src).unwrap();
+        if relative.starts_with("store") {
+            continue;
+        }
+        for (n, line) in product_code(&file).lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            let rest = line
+                .replace("sqlx::FromRow", "")
+                .replace("#[sqlx(", "")
+                .to_ascii_lowercase();
+            if rest.contains("sqlx") || rest.contains("sqlite") || rest.contains("pgpool") {
+                found.push(format!("{}:{}: {}", relative.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
