@@ -141,10 +141,9 @@ pub async fn run(
         let r = checkpointer.await;
         ("checkpointer".into(), r.map_err(|e| crate::error_chain(&e)))
     });
-    for (index, sink) in config.sinks.iter().enumerate() {
+    for sink in &config.sinks {
         let task = SinkTask {
             config: sink.clone(),
-            index,
             shutdown: shutdown.clone(),
             store: store.clone(),
             writer: channels.handle.clone(),

@@ -40,16 +40,6 @@ pub enum SourceKind {
     Scaleit(ScaleitSource),
 }
 
-impl SourceKind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            SourceKind::Vcd(_) => "vcd",
-            SourceKind::Mqtt(_) => "mqtt",
-            SourceKind::Scaleit(_) => "scaleit",
-        }
-    }
-}
-
 /// `kind = "vcd"`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -282,15 +272,6 @@ impl SourceConfig {
     /// The CloudEvent `source` attribute.
     pub fn uri(&self) -> &str {
         self.uri.as_deref().unwrap_or(&self.name)
-    }
-
-    /// The TLS settings of the source's REST requests.
-    pub fn tls(&self) -> Option<&SourceTls> {
-        match &self.kind {
-            SourceKind::Vcd(v) => Some(&v.tls),
-            SourceKind::Scaleit(s) => Some(&s.tls),
-            SourceKind::Mqtt(_) => None,
-        }
     }
 }
 

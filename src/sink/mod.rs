@@ -47,8 +47,6 @@ pub enum SinkError {
     Corrupt { sink: String, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
     /// A successor fenced this sink: it stops rather than fight for the topic.
     #[error("sink `{sink}`: {source}; this gapless stops delivering to it")]
     Fenced {
@@ -234,8 +232,6 @@ impl Target {
 /// Everything a sink task needs.
 pub struct SinkTask {
     pub config: SinkConfig,
-    /// The sink's position in the config (for error messages naming keys).
-    pub index: usize,
     pub store: Store,
     pub writer: WriterHandle,
     pub head: watch::Receiver<Head>,

@@ -88,10 +88,6 @@ impl Lease {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Takes the lease if it is free, expired or ours, as a new term (the
     /// epoch grows by one); `None` while another process holds it.
     pub async fn try_acquire(&self) -> Result<Option<Term>, LeaseError> {
