@@ -153,6 +153,9 @@ pub struct NatsSink {
     /// How it authenticates, resolved at load.
     #[serde(skip)]
     pub auth: NatsAuth,
+    /// `subject`, parsed at load.
+    #[serde(skip)]
+    template: Option<SubjectTemplate>,
 }
 
 /// `kind = "kafka"`: one topic, idempotent producer.
@@ -231,39 +234,39 @@ impl SinkConfig {
             ],
         };
         let (common, kind, own): (SinkCommon, _, _) = tagged.split(table)?;
-        let kind = match kind {
+        let mut kind = match kind {
             "file" => SinkKind::File(tagged.de(own)?),
             "stdout" => SinkKind::Stdout(tagged.de(own)?),
             "webhook" => SinkKind::Webhook(tagged.de(own)?),
             "nats" => SinkKind::Nats(tagged.de(own)?),
             _ => SinkKind::Kafka(tagged.de(own)?),
         };
-        let key = |k: &str| format!("sink[{i}].{k}");
+        let at = &tagged.at;
         if common.batch == 0 {
             return Err(ConfigError::invalid(
-                &key("batch"),
+                &key(at, "batch"),
                 "must be at least 1",
                 "the default is 512",
             ));
         }
         if kind.retry_schedule().is_some_and(|s| s.is_empty()) {
             return Err(ConfigError::invalid(
-                &key("retry_schedule"),
+                &key(at, "retry_schedule"),
                 "is empty",
                 "e.g. [\"1s\", \"5s\", \"30s\", \"2m\", \"10m\", \"30m\"], or remove it for that default",
             ));
         }
-        match &kind {
+        match &mut kind {
             SinkKind::File(f) if f.path.as_os_str().is_empty() => {
                 return Err(ConfigError::invalid(
-                    &key("path"),
+                    &key(at, "path"),
                     "a file sink needs a path",
                     "add path = \"events.jsonl\"",
                 ));
             }
-            SinkKind::Webhook(w) => w.check(&key)?,
-            SinkKind::Nats(n) => n.check(&key)?,
-            SinkKind::Kafka(k) => k.check(&key)?,
+            SinkKind::Webhook(w) => w.check(at)?,
+            SinkKind::Nats(n) => n.check(at)?,
+            SinkKind::Kafka(k) => k.check(at)?,
             SinkKind::File(_) | SinkKind::Stdout(_) => {}
         }
         Ok(SinkConfig {
@@ -277,14 +280,14 @@ impl SinkConfig {
 
     /// Reads the sink's secrets from their variables and files.
     pub(super) fn resolve_secrets(&mut self, i: usize) -> Result<(), ConfigError> {
-        let key = |k: &str| format!("sink[{i}].{k}");
+        let at = &format!("sink[{i}]");
         match &mut self.kind {
-            SinkKind::Webhook(w) => w.resolve(&key),
-            SinkKind::Nats(n) => n.resolve(&key),
+            SinkKind::Webhook(w) => w.resolve(at),
+            SinkKind::Nats(n) => n.resolve(at),
             SinkKind::Kafka(k) => {
                 k.password = read_secret(
-                    &key("password_env"),
-                    &key("password_file"),
+                    &key(at, "password_env"),
+                    &key(at, "password_file"),
                     &k.password_env,
                     &k.password_file,
                 )?;
@@ -296,13 +299,13 @@ impl SinkConfig {
 }
 
 impl WebhookSink {
-    fn check(&self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    fn check(&self, at: &str) -> Result<(), ConfigError> {
         let url = &self.url;
         if !(url.starts_with("http://") || url.starts_with("https://"))
             || url::Url::parse(url).is_err()
         {
             return Err(ConfigError::invalid(
-                &key("url"),
+                &key(at, "url"),
                 format!("`{url}` is not an http(s) URL"),
                 "e.g. url = \"https://siem.example.com/hooks/vcd\"",
             ));
@@ -312,8 +315,8 @@ impl WebhookSink {
 
     /// The signing secret (a `whsec_` secret must be base64) and the
     /// secret headers.
-    fn resolve(&mut self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
-        let (env_key, file_key) = (key("secret_env"), key("secret_file"));
+    fn resolve(&mut self, at: &str) -> Result<(), ConfigError> {
+        let (env_key, file_key) = (key(at, "secret_env"), key(at, "secret_file"));
         let at = if self.secret_file.is_some() {
             &file_key
         } else {
@@ -328,15 +331,16 @@ impl WebhookSink {
             ));
         }
         self.secret = secret;
-        self.secret_headers = secret_headers(
-            key("").trim_end_matches('.'),
-            &self.headers_env,
-            &self.bearer_env,
-            &self.bearer_file,
-        )?;
+        self.secret_headers =
+            secret_headers(at, &self.headers_env, &self.bearer_env, &self.bearer_file)?;
         Ok(())
     }
 }
+/// `<at>.<k>`, the full name of key `k` of the table at `at` (`sink[0]`).
+fn key(at: &str, k: &str) -> String {
+    format!("{at}.{k}")
+}
+
 /// Headers whose values are secrets: each of `headers_env` from its
 /// variable, and `Authorization: Bearer` from `bearer_env` or `bearer_file`.
 pub(super) fn secret_headers(
@@ -395,32 +399,35 @@ impl NatsSink {
     /// The subject template when `subject` is not set.
     pub const DEFAULT_SUBJECT: &'static str = "gapless.{source}.{type}";
 
-    fn check(&self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    fn check(&mut self, at: &str) -> Result<(), ConfigError> {
         let bad = self.url.split(',').map(str::trim).find(|u| {
             !(u.starts_with("nats://") || u.starts_with("tls://")) || url::Url::parse(u).is_err()
         });
         if let Some(u) = bad {
             return Err(ConfigError::invalid(
-                &key("url"),
+                &key(at, "url"),
                 format!("`{u}` is not a nats:// or tls:// URL"),
                 "e.g. url = \"nats://127.0.0.1:4222\" (several servers separated by commas)",
             ));
         }
-        if let Err(e) = SubjectTemplate::parse(&self.subject) {
-            return Err(ConfigError::invalid(
-                &key("subject"),
-                e,
-                format!(
-                    "tokens separated by dots, with {{source}}, {{type}} or {{origin}}; the default is \"{}\"",
-                    Self::DEFAULT_SUBJECT
-                ),
-            ));
+        match SubjectTemplate::parse(&self.subject) {
+            Ok(t) => self.template = Some(t),
+            Err(e) => {
+                return Err(ConfigError::invalid(
+                    &key(at, "subject"),
+                    e,
+                    format!(
+                        "tokens separated by dots, with {{source}}, {{type}} or {{origin}}; the default is \"{}\"",
+                        Self::DEFAULT_SUBJECT
+                    ),
+                ));
+            }
         }
-        at_least_one(key, self.max_in_flight)?;
+        at_least_one(at, self.max_in_flight)?;
         let password = self.password_env.is_some() || self.password_file.is_some();
         if self.user.is_some() != password {
             return Err(ConfigError::invalid(
-                &key(if password { "user" } else { "password_env" }),
+                &key(at, if password { "user" } else { "password_env" }),
                 "user and password go together",
                 "set both user and password_env (or password_file)",
             ));
@@ -429,12 +436,19 @@ impl NatsSink {
         let ways = [self.user.is_some(), token, self.creds_file.is_some()];
         if ways.iter().filter(|w| **w).count() > 1 {
             return Err(ConfigError::invalid(
-                &key("creds_file"),
+                &key(at, "creds_file"),
                 "more than one way to authenticate is set",
                 "keep one of user/password_env, token_env/token_file and creds_file",
             ));
         }
         Ok(())
+    }
+
+    /// The subject template, parsed when the config was read.
+    pub fn template(&self) -> &SubjectTemplate {
+        self.template
+            .as_ref()
+            .expect("a loaded config has parsed it")
     }
 
     /// Whether a password or token would cross the connection.
@@ -446,11 +460,11 @@ impl NatsSink {
     }
 
     /// Reads the credentials from their variables or files.
-    fn resolve(&mut self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    fn resolve(&mut self, at: &str) -> Result<(), ConfigError> {
         if let Some(path) = &self.creds_file {
             if let Err(e) = std::fs::metadata(path) {
                 return Err(ConfigError::invalid(
-                    &key("creds_file"),
+                    &key(at, "creds_file"),
                     format!("cannot read {}: {e}", path.display()),
                     "point it at the .creds file `nsc` or your NATS operator issued",
                 ));
@@ -459,8 +473,8 @@ impl NatsSink {
             return Ok(());
         }
         if let Some(token) = read_secret(
-            &key("token_env"),
-            &key("token_file"),
+            &key(at, "token_env"),
+            &key(at, "token_file"),
             &self.token_env,
             &self.token_file,
         )? {
@@ -468,8 +482,8 @@ impl NatsSink {
             return Ok(());
         }
         let password = read_secret(
-            &key("password_env"),
-            &key("password_file"),
+            &key(at, "password_env"),
+            &key(at, "password_file"),
             &self.password_env,
             &self.password_file,
         )?;
@@ -484,10 +498,10 @@ impl NatsSink {
     }
 }
 
-fn at_least_one(key: &dyn Fn(&str) -> String, max_in_flight: u32) -> Result<(), ConfigError> {
+fn at_least_one(at: &str, max_in_flight: u32) -> Result<(), ConfigError> {
     if max_in_flight == 0 {
         return Err(ConfigError::invalid(
-            &key("max_in_flight"),
+            &key(at, "max_in_flight"),
             "must be at least 1",
             format!("the default is {}", default_in_flight()),
         ));
@@ -496,10 +510,10 @@ fn at_least_one(key: &dyn Fn(&str) -> String, max_in_flight: u32) -> Result<(), 
 }
 
 impl KafkaSink {
-    fn check(&self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    fn check(&self, at: &str) -> Result<(), ConfigError> {
         if self.brokers.trim().is_empty() {
             return Err(ConfigError::invalid(
-                &key("brokers"),
+                &key(at, "brokers"),
                 "a kafka sink needs its bootstrap servers",
                 "e.g. brokers = \"kafka1:9092,kafka2:9092\"",
             ));
@@ -508,12 +522,12 @@ impl KafkaSink {
         let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
         if topic.is_empty() || topic.len() > 249 || !topic.chars().all(legal) {
             return Err(ConfigError::invalid(
-                &key("topic"),
+                &key(at, "topic"),
                 format!("`{topic}` is not a Kafka topic name"),
                 "1 to 249 of a-z, A-Z, 0-9, `.`, `_` and `-`, e.g. topic = \"vcd-events\"",
             ));
         }
-        at_least_one(key, self.max_in_flight)?;
+        at_least_one(at, self.max_in_flight)?;
         for fixed in [
             "enable.idempotence",
             "acks",
@@ -523,7 +537,7 @@ impl KafkaSink {
         ] {
             if self.properties.contains_key(fixed) {
                 return Err(ConfigError::invalid(
-                    &format!("{}.\"{fixed}\"", key("properties")),
+                    &format!("{}.\"{fixed}\"", key(at, "properties")),
                     "gapless sets this itself",
                     "remove it: the producer is always idempotent with acks = all; \
                      brokers, password_env and transactional_id have their own keys",
@@ -532,7 +546,7 @@ impl KafkaSink {
         }
         if self.user.is_some() != (self.password_env.is_some() || self.password_file.is_some()) {
             return Err(ConfigError::invalid(
-                &key("password_env"),
+                &key(at, "password_env"),
                 "user and password go together",
                 "set both user and password_env (or password_file), and properties \
                  `sasl.mechanisms` and `security.protocol`",

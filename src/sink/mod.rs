@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use self::retry::{OnFailure, RetrySchedule, Verdict};
 use self::webhook::{WebhookSpec, WebhookTarget};
 
-use crate::config::{KafkaSink, NatsSink, SinkConfig, SinkKind, WebhookSink};
+use crate::config::{SinkConfig, SinkKind, WebhookSink};
 use crate::event::{StoredEvent, now_us};
 use crate::metrics::{Counters, SinkStats};
 use crate::store::{Head, SinkOp, Store, StoreError, WriterHandle};
@@ -134,61 +134,40 @@ fn target_address(config: &SinkConfig) -> String {
     }
 }
 
-/// The log sink's config (its secrets read at load), with the subject
-/// template parsed once at start.
-enum LogConnect {
-    Nats(NatsSink, crate::config::SubjectTemplate),
-    Kafka(KafkaSink),
-}
-
-impl LogConnect {
-    fn new(config: &SinkConfig) -> Result<Self, SinkError> {
-        Ok(match &config.kind {
-            SinkKind::Kafka(k) => LogConnect::Kafka(k.clone()),
-            SinkKind::Nats(n) => LogConnect::Nats(
-                n.clone(),
-                crate::config::SubjectTemplate::parse(&n.subject).map_err(|m| {
-                    SinkError::Corrupt {
-                        sink: config.name.clone(),
-                        message: m,
-                    }
-                })?,
-            ),
-            other => unreachable!("{} is not a log sink", other.name()),
-        })
-    }
-
-    async fn connect(&self, include_markers: bool) -> Result<LogTarget, SinkTargetError> {
-        Ok(match self {
-            LogConnect::Nats(n, subject) => LogTarget::Nats(Box::new(
-                nats::NatsTarget::connect(nats::NatsSpec {
-                    url: &n.url,
-                    auth: n.auth.clone(),
-                    ca_file: n.ca_file.as_deref(),
-                    timeout: n.timeout.0,
-                    subject: subject.clone(),
-                    max_in_flight: n.max_in_flight as usize,
-                    include_markers,
-                })
-                .await?,
-            )),
-            LogConnect::Kafka(k) => LogTarget::Kafka(
-                kafka::KafkaTarget::connect(kafka::KafkaSpec {
-                    brokers: &k.brokers,
-                    topic: &k.topic,
-                    key: k.key,
-                    sasl: k.user.as_deref().zip(k.password.clone()),
-                    ca_file: k.ca_file.as_deref(),
-                    timeout: k.timeout.0,
-                    max_in_flight: k.max_in_flight as usize,
-                    include_markers,
-                    properties: &k.properties,
-                    transactional_id: k.transactional_id.as_deref(),
-                })
-                .await?,
-            ),
-        })
-    }
+/// Connects a NATS or Kafka sink (its secrets read and its subject
+/// parsed when the config was read).
+async fn connect_log(config: &SinkConfig) -> Result<LogTarget, SinkTargetError> {
+    let include_markers = config.include_markers;
+    Ok(match &config.kind {
+        SinkKind::Nats(n) => LogTarget::Nats(Box::new(
+            nats::NatsTarget::connect(nats::NatsSpec {
+                url: &n.url,
+                auth: n.auth.clone(),
+                ca_file: n.ca_file.as_deref(),
+                timeout: n.timeout.0,
+                subject: n.template().clone(),
+                max_in_flight: n.max_in_flight as usize,
+                include_markers,
+            })
+            .await?,
+        )),
+        SinkKind::Kafka(k) => LogTarget::Kafka(
+            kafka::KafkaTarget::connect(kafka::KafkaSpec {
+                brokers: &k.brokers,
+                topic: &k.topic,
+                key: k.key,
+                sasl: k.user.as_deref().zip(k.password.clone()),
+                ca_file: k.ca_file.as_deref(),
+                timeout: k.timeout.0,
+                max_in_flight: k.max_in_flight as usize,
+                include_markers,
+                properties: &k.properties,
+                transactional_id: k.transactional_id.as_deref(),
+            })
+            .await?,
+        ),
+        other => unreachable!("{} is not a log sink", other.name()),
+    })
 }
 
 /// Where a sink writes.
@@ -416,7 +395,6 @@ impl SinkTask {
     /// (an outage of the target is waited out, never skipped).
     async fn run_log(mut self) -> Result<i64, SinkError> {
         let name = self.config.name.clone();
-        let connect = LogConnect::new(&self.config)?;
         let schedule = self.retry_schedule(RetrySchedule::quick);
         let mut cursor = self.store.cursor(&name).await?;
         let mut target = None;
@@ -434,7 +412,7 @@ impl SinkTask {
                 continue;
             }
             let error = match &target {
-                None => match connect.connect(self.config.include_markers).await {
+                None => match connect_log(&self.config).await {
                     Ok(t) => {
                         tracing::info!(sink = %name, "connected");
                         target = Some(t);
