@@ -106,11 +106,17 @@ impl InternalEvent for LoggedIn<'_> {
     }
 }
 
-/// A sink's delivery attempt failed and will be retried; the first
-/// failure of an event marks the sink blocked from now.
+/// A sink's attempt at the event `seq` failed and will be retried; the
+/// first failure of an event marks the sink blocked from now.
 pub struct SinkRetrying<'a> {
+    pub sink: &'a str,
     pub stats: &'a SinkStats,
+    /// What failed: `publish` (NATS, Kafka) or `delivery` (webhook).
+    pub what: &'static str,
+    pub seq: i64,
     pub attempt: u32,
+    pub error: &'a str,
+    pub retry_in: Duration,
     pub now_us: i64,
 }
 
@@ -123,6 +129,9 @@ impl InternalEvent for SinkRetrying<'_> {
                 .blocked_since_us
                 .store(self.now_us, std::sync::atomic::Ordering::Relaxed);
         }
+        tracing::warn!(sink = %self.sink, seq = self.seq, attempt = self.attempt,
+            error = %self.error, retry_in = ?self.retry_in,
+            "{} failed; the sink is blocked until it succeeds", self.what);
     }
 }
 
@@ -182,8 +191,13 @@ mod tests {
         let stats = SinkStats::default();
         for attempt in 1..=2 {
             SinkRetrying {
+                sink: "s",
                 stats: &stats,
+                what: "delivery",
+                seq: 1,
                 attempt,
+                error: "HTTP 503",
+                retry_in: Duration::ZERO,
                 now_us: 10 * i64::from(attempt),
             }
             .emit(&c);

@@ -302,21 +302,29 @@ impl SinkTask {
             .map_or_else(default, |s| RetrySchedule(s.iter().map(|d| d.0).collect()))
     }
 
-    /// Counts failed attempt `attempt` (the first marks the sink blocked)
-    /// and says how long to wait before the next.
+    /// Counts and logs failed attempt `attempt` at the event `seq` (the
+    /// first marks the sink blocked) and says how long to wait before the
+    /// next.
     fn retrying(
         &self,
         schedule: &RetrySchedule,
-        attempt: u32,
+        (what, seq, attempt): (&'static str, i64, u32),
+        error: &str,
         retry_after: Option<Duration>,
     ) -> Duration {
+        let delay = schedule.delay(attempt, retry_after, rand::random());
         SinkRetrying {
+            sink: &self.config.name,
             stats: &self.stats,
+            what,
+            seq,
             attempt,
+            error,
+            retry_in: delay,
             now_us: now_us(),
         }
         .emit(&self.counters);
-        schedule.delay(attempt, retry_after, rand::random())
+        delay
     }
 
     fn delivered(&self, n: u64) {
@@ -459,9 +467,12 @@ impl SinkTask {
                 _ => {}
             }
             failures += 1;
-            let delay = self.retrying(&schedule, failures, None);
-            tracing::warn!(sink = %name, seq = cursor + 1, attempt = failures, %error, retry_in = ?delay,
-                "publish failed; the sink is blocked until it succeeds");
+            let delay = self.retrying(
+                &schedule,
+                ("publish", cursor + 1, failures),
+                &error.to_string(),
+                None,
+            );
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.shutdown.cancelled() => break,
@@ -617,9 +628,12 @@ impl SinkTask {
                     reason,
                 } => (retry_after, reason),
             };
-            let delay = self.retrying(schedule, attempt, retry_after);
-            tracing::warn!(sink = %name, seq = event.seq, attempt, %reason, retry_in = ?delay,
-                "delivery failed; the sink is blocked until it succeeds");
+            let delay = self.retrying(
+                schedule,
+                ("delivery", event.seq, attempt),
+                &reason,
+                retry_after,
+            );
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.shutdown.cancelled() => return Outcome::Stopped,
