@@ -116,6 +116,7 @@ async fn one_holder_at_a_time_and_a_lost_term_cannot_write() {
         (shown.holder.as_str(), shown.epoch, shown.live),
         ("host-a:1", 1, true)
     );
+    assert!(shown.expires_at_us > shown.acquired_at_us, "{shown:?}");
 
     // a stops renewing (a stalled process); once the lease expires in the
     // database's clock, b takes it as the next term.

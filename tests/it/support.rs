@@ -627,7 +627,7 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     as_postgres: bool,
-    _port: Reserved,
+    port: Reserved,
     pub url: String,
 }
 
@@ -666,7 +666,7 @@ impl Postgres {
             dir,
             bin,
             as_postgres,
-            _port: port,
+            port,
         };
         let data = pg.dir.path().join("data");
         let mut initdb = pg.command("initdb");
@@ -692,14 +692,7 @@ impl Postgres {
     /// `stop` is immediate (the server dies as in a crash).
     fn pg_ctl_command(&self, action: &str) -> Command {
         let dir = self.dir.path();
-        let port = self
-            .url
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap();
+        let port = self.port.port;
         let mut c = self.command("pg_ctl");
         c.arg("-D").arg(dir.join("data"));
         c.arg("-l").arg(dir.join("log"));

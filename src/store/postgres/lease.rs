@@ -201,18 +201,26 @@ impl Lease {
                     }
                 },
                 Role::Leader(mut term) => {
-                    let deadline = tokio::time::Instant::from_std(term.trusted_until);
-                    match tokio::time::timeout_at(deadline, self.renew(&mut term)).await {
-                        Ok(Ok(true)) => Role::Leader(term),
-                        Ok(Ok(false)) => {
+                    // A term past its trusted time sends no renewal at all.
+                    let renewed = if term.expired(Instant::now()) {
+                        None
+                    } else {
+                        let deadline = tokio::time::Instant::from_std(term.trusted_until);
+                        tokio::time::timeout_at(deadline, self.renew(&mut term))
+                            .await
+                            .ok()
+                    };
+                    match renewed {
+                        Some(Ok(true)) => Role::Leader(term),
+                        Some(Ok(false)) => {
                             tracing::warn!(lease = %self.name, epoch = term.epoch, "lease lost to another process; standing by");
                             Role::Standby
                         }
-                        Ok(Err(e)) if !term.expired(Instant::now()) => {
+                        Some(Err(e)) if !term.expired(Instant::now()) => {
                             tracing::warn!(lease = %self.name, error = %e, "lease renewal failed; retrying within the term");
                             Role::Leader(term)
                         }
-                        Ok(Err(_)) | Err(_) => {
+                        _ => {
                             tracing::warn!(lease = %self.name, epoch = term.epoch,
                                 "lease not renewed within its term; standing by before it can be taken");
                             Role::Standby
@@ -221,7 +229,8 @@ impl Lease {
                 }
             };
             role.send_if_modified(|r| std::mem::replace(r, next) != next);
-            // Wake for the next attempt, or when the term runs out.
+            // Wake for the next attempt, or when the term runs out (the
+            // next turn then steps down).
             let mut wake = tokio::time::Instant::now() + interval;
             if let Role::Leader(term) = next {
                 wake = wake.min(tokio::time::Instant::from_std(term.trusted_until));
@@ -237,13 +246,6 @@ impl Lease {
                     }
                     return;
                 }
-            }
-            if let Role::Leader(term) = *role.borrow()
-                && term.expired(Instant::now())
-            {
-                tracing::warn!(lease = %self.name, epoch = term.epoch,
-                    "lease not renewed within its term; standing by before it can be taken");
-                role.send_replace(Role::Standby);
             }
         }
     }
