@@ -54,7 +54,7 @@ pub use poll::*;
 pub use sink::*;
 pub use source::*;
 pub use store::*;
-use tagged::{Tagged, keys_of};
+use tagged::{Tagged, key, keys_of};
 pub use types::*;
 
 /// The whole configuration file.

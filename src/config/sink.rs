@@ -336,11 +336,6 @@ impl WebhookSink {
         Ok(())
     }
 }
-/// `<at>.<k>`, the full name of key `k` of the table at `at` (`sink[0]`).
-fn key(at: &str, k: &str) -> String {
-    format!("{at}.{k}")
-}
-
 /// Headers whose values are secrets: each of `headers_env` from its
 /// variable, and `Authorization: Bearer` from `bearer_env` or `bearer_file`.
 pub(super) fn secret_headers(

@@ -46,6 +46,11 @@ impl<'de> serde::Deserializer<'de> for FieldProbe<'_> {
     }
 }
 
+/// `<at>.<k>`: the full name of key `k` of the table at `at` (`sink[0]`).
+pub(super) fn key(at: &str, k: &str) -> String {
+    format!("{at}.{k}")
+}
+
 /// One tagged table being read: where it sits (`sink[2]`, `source`), what
 /// it is (`sink`), and each kind with the keys of its own struct.
 pub(super) struct Tagged {
@@ -62,7 +67,7 @@ impl Tagged {
         &self,
         mut table: toml::Table,
     ) -> Result<(C, &'static str, toml::Table), ConfigError> {
-        let key = |k: &str| format!("{}.{k}", self.at);
+        let key = |k: &str| key(&self.at, k);
         let names: Vec<&str> = self.kinds.iter().map(|(k, _)| *k).collect();
         let kind = match table.remove("kind") {
             Some(toml::Value::String(k)) => self.kinds.iter().find(|(n, _)| *n == k),
@@ -123,7 +128,7 @@ impl Tagged {
             let text = e.to_string();
             let text = text.trim_end();
             let (message, key) = match text.rsplit_once("\nin `") {
-                Some((m, k)) => (m, format!("{}.{}", self.at, k.trim_end_matches('`'))),
+                Some((m, k)) => (m, key(&self.at, k.trim_end_matches('`'))),
                 None => (text, self.at.clone()),
             };
             ConfigError::invalid(
