@@ -606,3 +606,10 @@ async fn a_reported_gap_is_recorded_once_with_its_marker() {
     assert_eq!(r.counters.duplicates.load(Relaxed), 0);
     assert_eq!(r.counters.stored.load(Relaxed), 2);
 }
+
+#[test]
+fn placeholders_are_numbered_row_by_row_from_the_first() {
+    use super::ingest::placeholders;
+    assert_eq!(placeholders(1, 2, 3), "($1,$2,$3),($4,$5,$6)");
+    assert_eq!(placeholders(3, 1, 2), "($3,$4)");
+}
