@@ -141,7 +141,7 @@ pub(super) async fn write_sink_op(
 ) -> Result<(), StoreError> {
     let q = match op {
         SinkOp::Cursor(seq) => sqlx::query(
-            "INSERT INTO cursors (sink, seq, updated_at_us) VALUES ($1, $2, $3) \
+            "INSERT INTO cursors (sink, seq, updated_at_us) VALUES (?1, ?2, ?3) \
              ON CONFLICT(sink) DO UPDATE SET seq = excluded.seq, updated_at_us = excluded.updated_at_us",
         )
         .bind(sink)
@@ -149,7 +149,7 @@ pub(super) async fn write_sink_op(
         .bind(now),
         SinkOp::DeadLetter { seq, event_id, attempts, status, error } => sqlx::query(
             "INSERT INTO dead_letters (sink, seq, event_id, attempts, last_status, last_error, at_us) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT(sink, seq) DO UPDATE SET \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(sink, seq) DO UPDATE SET \
              attempts = excluded.attempts, last_status = excluded.last_status, \
              last_error = excluded.last_error, at_us = excluded.at_us, retry = FALSE",
         )
@@ -160,30 +160,30 @@ pub(super) async fn write_sink_op(
         .bind(status.map(i64::from))
         .bind(error.as_str())
         .bind(now),
-        SinkOp::DeadLetterDelivered(seq) => sqlx::query("DELETE FROM dead_letters WHERE sink = $1 AND seq = $2")
+        SinkOp::DeadLetterDelivered(seq) => sqlx::query("DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2")
             .bind(sink)
             .bind(*seq),
         SinkOp::DeadLetterFailed { seq, error } => sqlx::query(
-            "UPDATE dead_letters SET attempts = attempts + 1, last_error = $3, at_us = $4, retry = FALSE \
-             WHERE sink = $1 AND seq = $2",
+            "UPDATE dead_letters SET attempts = attempts + 1, last_error = ?3, at_us = ?4, retry = FALSE \
+             WHERE sink = ?1 AND seq = ?2",
         )
         .bind(sink)
         .bind(*seq)
         .bind(error.as_str())
         .bind(now),
         SinkOp::Disable(reason) => sqlx::query(
-            "INSERT INTO sink_state (sink, disabled_reason, at_us) VALUES ($1, $2, $3) \
+            "INSERT INTO sink_state (sink, disabled_reason, at_us) VALUES (?1, ?2, ?3) \
              ON CONFLICT(sink) DO UPDATE SET disabled_reason = excluded.disabled_reason, at_us = excluded.at_us",
         )
         .bind(sink)
         .bind(reason.as_str())
         .bind(now),
         SinkOp::ReplayApplied => {
-            sqlx::query("DELETE FROM sink_state WHERE sink = $1")
+            sqlx::query("DELETE FROM sink_state WHERE sink = ?1")
                 .bind(sink)
                 .execute(&mut **tx)
                 .await?;
-            sqlx::query("DELETE FROM sink_requests WHERE sink = $1").bind(sink)
+            sqlx::query("DELETE FROM sink_requests WHERE sink = ?1").bind(sink)
         }
     };
     q.execute(&mut **tx).await?;
@@ -208,8 +208,8 @@ impl Writer {
                 dataschema,
             } => {
                 let done = sqlx::query(
-                    "UPDATE events SET validation = $1, dataschema = COALESCE($2, dataschema) \
-                     WHERE id = $3 AND validation = 'pending'",
+                    "UPDATE events SET validation = ?, dataschema = COALESCE(?, dataschema) \
+                     WHERE id = ? AND validation = 'pending'",
                 )
                 .bind(validation.as_str())
                 .bind(dataschema)
@@ -219,7 +219,7 @@ impl Writer {
                 // In arrival order it takes the next seq now (event-time
                 // order releases it with the watermark); it arrived earlier.
                 if done.rows_affected() == 1 && order == Order::Arrival {
-                    sqlx::query("UPDATE events SET seq = $1, late = TRUE WHERE id = $2")
+                    sqlx::query("UPDATE events SET seq = ?, late = TRUE WHERE id = ?")
                         .bind(sequencer.next_seq())
                         .bind(id.as_str())
                         .execute(&mut **tx)
@@ -230,8 +230,8 @@ impl Writer {
                 let moved = sqlx::query(
                     "INSERT INTO rejected (topic, reason, detail, bytes, size, at_us) \
                      SELECT COALESCE(ce_source, '') || '/' || type || COALESCE('/' || subject, ''), \
-                     $1, $2, CAST(payload AS BLOB), length(CAST(payload AS BLOB)), $3 \
-                     FROM events WHERE id = $4 AND validation = 'pending'",
+                     ?, ?, CAST(payload AS BLOB), length(CAST(payload AS BLOB)), ? \
+                     FROM events WHERE id = ? AND validation = 'pending'",
                 )
                 .bind(reason.as_str())
                 .bind(detail.as_str())
@@ -239,7 +239,7 @@ impl Writer {
                 .bind(id.as_str())
                 .execute(&mut **tx)
                 .await?;
-                sqlx::query("DELETE FROM events WHERE id = $1 AND validation = 'pending'")
+                sqlx::query("DELETE FROM events WHERE id = ? AND validation = 'pending'")
                     .bind(id.as_str())
                     .execute(&mut **tx)
                     .await?;
@@ -249,7 +249,7 @@ impl Writer {
             }
             SchemaOp::Put { url, etag, body } => {
                 sqlx::query(
-                    "INSERT INTO schemas (url, etag, body, fetched_at_us) VALUES ($1, $2, $3, $4) \
+                    "INSERT INTO schemas (url, etag, body, fetched_at_us) VALUES (?, ?, ?, ?) \
                      ON CONFLICT(url) DO UPDATE SET etag = excluded.etag, body = excluded.body, \
                      fetched_at_us = excluded.fetched_at_us",
                 )

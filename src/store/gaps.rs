@@ -37,7 +37,7 @@ impl Writer {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO gaps (id, source, reason, from_us, to_us, events, at_us) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT(id) DO NOTHING",
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
         )
         .bind(marker.id.as_str())
         .bind(source)
@@ -59,7 +59,7 @@ impl Writer {
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         open: &Gap,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE gaps SET to_us = $1, events = $2 WHERE id = $3")
+        sqlx::query("UPDATE gaps SET to_us = ?, events = ? WHERE id = ?")
             .bind(open.to_us)
             .bind(open.events.map(|n| n as i64))
             .bind(open.id(false))
@@ -73,7 +73,7 @@ impl Writer {
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         open: &Gap,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE gaps SET verified_at_us = $1 WHERE id = $2")
+        sqlx::query("UPDATE gaps SET verified_at_us = ? WHERE id = ?")
             .bind(now_us())
             .bind(open.id(false))
             .execute(&mut **tx)
@@ -90,7 +90,7 @@ impl Store {
     pub(super) async fn open_gap(&self, source: &str) -> Result<Option<Gap>, StoreError> {
         let row: Option<(i64, i64, Option<i64>)> = sqlx::query_as(
             "SELECT from_us, to_us, events FROM gaps \
-             WHERE source = $1 AND reason = 'unverified' AND verified_at_us IS NULL \
+             WHERE source = ? AND reason = 'unverified' AND verified_at_us IS NULL \
              ORDER BY at_us DESC LIMIT 1",
         )
         .bind(source)
@@ -108,7 +108,7 @@ impl Store {
     pub async fn last_gaps(&self, limit: u32) -> Result<Vec<GapRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT reason, from_us, to_us, events, at_us, verified_at_us FROM gaps \
-             ORDER BY at_us DESC, rowid DESC LIMIT $1",
+             ORDER BY at_us DESC, rowid DESC LIMIT ?",
         )
         .bind(limit)
         .fetch_all(&self.pool)

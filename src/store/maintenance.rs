@@ -125,7 +125,7 @@ impl Writer {
             let mut v = Vec::new();
             for sink in &r.sinks {
                 v.push(
-                    sqlx::query_scalar("SELECT seq FROM cursors WHERE sink = $1")
+                    sqlx::query_scalar("SELECT seq FROM cursors WHERE sink = ?")
                         .bind(sink.as_str())
                         .fetch_optional(&mut self.conn)
                         .await?
@@ -145,8 +145,8 @@ impl Writer {
         let mut tx = self.conn.begin_with(WRITE_TX).await?;
         let done = sqlx::query(
             "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE seq IS NOT NULL \
-             AND seq <= $1 AND occurred_at_us < $2 \
-             AND seq NOT IN (SELECT seq FROM dead_letters) LIMIT $3)",
+             AND seq <= ? AND occurred_at_us < ? \
+             AND seq NOT IN (SELECT seq FROM dead_letters) LIMIT ?)",
         )
         .bind(passed)
         .bind(cutoff)

@@ -19,10 +19,11 @@
 //! in step with SQLite's.
 //!
 //! The SQL is written to mean the same in SQLite and Postgres where it
-//! can: numbered parameters (`$1`), `TRUE`/`FALSE`, `IS DISTINCT FROM`,
-//! `CASE` rather than the two-argument `MAX`. What stays SQLite's own:
-//! the PRAGMAs and WAL checkpoints, `INDEXED BY` hints, `rowid`, and
-//! `CAST(… AS BLOB)`.
+//! costs nothing: `TRUE`/`FALSE`, `IS DISTINCT FROM`, `CASE` rather than
+//! the two-argument `MAX`. What stays SQLite's own: the PRAGMAs and WAL
+//! checkpoints, `INDEXED BY` hints, `rowid`, `CAST(… AS BLOB)`, and
+//! anonymous `?` parameters (numbered ones made the batch insert's binding
+//! quadratic: see `ingest::placeholders`).
 
 mod control;
 mod gaps;

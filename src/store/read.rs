@@ -31,8 +31,8 @@ impl Store {
     ) -> Result<Vec<PendingEvent>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, COALESCE(ce_source, '') AS ce_source, payload, received_at_us FROM events \
-             WHERE validation = 'pending' AND (received_at_us, id) > ($1, $2) \
-             ORDER BY received_at_us, id LIMIT $3",
+             WHERE validation = 'pending' AND (received_at_us, id) > (?, ?) \
+             ORDER BY received_at_us, id LIMIT ?",
         )
         .bind(after.0)
         .bind(after.1)
@@ -53,7 +53,7 @@ impl Store {
     /// A cached schema.
     pub async fn schema(&self, url: &str) -> Result<Option<CachedSchema>, StoreError> {
         Ok(
-            sqlx::query_as("SELECT etag, body FROM schemas WHERE url = $1")
+            sqlx::query_as("SELECT etag, body FROM schemas WHERE url = ?")
                 .bind(url)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -62,13 +62,11 @@ impl Store {
 
     /// A sink's cursor: the last `seq` its target accepted (0 = none).
     pub async fn cursor(&self, sink: &str) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT seq FROM cursors WHERE sink = $1")
-                .bind(sink)
-                .fetch_optional(&self.pool)
-                .await?
-                .unwrap_or(0),
-        )
+        Ok(sqlx::query_scalar("SELECT seq FROM cursors WHERE sink = ?")
+            .bind(sink)
+            .fetch_optional(&self.pool)
+            .await?
+            .unwrap_or(0))
     }
 
     /// Released events after `seq`, in stream order.
@@ -80,7 +78,7 @@ impl Store {
         Ok(sqlx::query_as(concat!(
             "SELECT ",
             stored_columns!(),
-            " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
+            " FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
         ))
         .bind(seq)
         .bind(limit)
@@ -91,7 +89,7 @@ impl Store {
     /// How far `source`'s history is verified (µs since the epoch), if ever.
     pub async fn verified_until(&self, source: &str) -> Result<Option<i64>, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT verified_until_us FROM watermarks WHERE source = $1")
+            sqlx::query_scalar("SELECT verified_until_us FROM watermarks WHERE source = ?")
                 .bind(source)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -101,7 +99,7 @@ impl Store {
     /// Why a sink is disabled, if it is.
     pub async fn sink_disabled(&self, sink: &str) -> Result<Option<String>, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT disabled_reason FROM sink_state WHERE sink = $1")
+            sqlx::query_scalar("SELECT disabled_reason FROM sink_state WHERE sink = ?")
                 .bind(sink)
                 .fetch_optional(&self.pool)
                 .await?
@@ -112,7 +110,7 @@ impl Store {
     /// A pending replay request for a sink: deliver again from this `seq`.
     pub async fn replay_request(&self, sink: &str) -> Result<Option<i64>, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT replay_from_seq FROM sink_requests WHERE sink = $1")
+            sqlx::query_scalar("SELECT replay_from_seq FROM sink_requests WHERE sink = ?")
                 .bind(sink)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -127,7 +125,7 @@ impl Store {
     ) -> Result<Vec<DeadLetter>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT seq, event_id, attempts, last_status, last_error, at_us, retry FROM dead_letters \
-             WHERE sink = $1 AND (retry OR NOT $2) ORDER BY seq",
+             WHERE sink = ? AND (retry OR NOT ?) ORDER BY seq",
         )
         .bind(sink)
         .bind(only_retry)
@@ -139,7 +137,7 @@ impl Store {
     /// without reading them).
     pub async fn dead_letter_count(&self, sink: &str) -> Result<i64, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE sink = $1")
+            sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE sink = ?")
                 .bind(sink)
                 .fetch_one(&self.pool)
                 .await?,
@@ -151,7 +149,7 @@ impl Store {
         Ok(sqlx::query_as(concat!(
             "SELECT ",
             stored_columns!(),
-            " FROM events WHERE seq = $1"
+            " FROM events WHERE seq = ?"
         ))
         .bind(seq)
         .fetch_optional(&self.pool)
@@ -162,7 +160,7 @@ impl Store {
     /// (now if the daemon runs, else at its next start) and is re-enabled.
     pub async fn request_replay(&self, sink: &str, from_seq: i64) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO sink_requests (sink, replay_from_seq, at_us) VALUES ($1, $2, $3) \
+            "INSERT INTO sink_requests (sink, replay_from_seq, at_us) VALUES (?, ?, ?) \
              ON CONFLICT(sink) DO UPDATE SET replay_from_seq = excluded.replay_from_seq, at_us = excluded.at_us",
         )
         .bind(sink)
@@ -177,7 +175,7 @@ impl Store {
     /// daemon whose `admin.listen` asked for port 0.
     pub async fn record_admin(&self, addr: std::net::SocketAddr) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO daemon (id, admin_addr, pid, started_at_us) VALUES (1, $1, $2, $3) \
+            "INSERT INTO daemon (id, admin_addr, pid, started_at_us) VALUES (1, ?, ?, ?) \
              ON CONFLICT(id) DO UPDATE SET admin_addr = excluded.admin_addr, \
              pid = excluded.pid, started_at_us = excluded.started_at_us",
         )
@@ -201,7 +199,7 @@ impl Store {
     /// Operator request (CLI): mark a sink's dead letters for another delivery.
     pub async fn dlq_retry(&self, sink: &str) -> Result<u64, StoreError> {
         Ok(
-            sqlx::query("UPDATE dead_letters SET retry = TRUE WHERE sink = $1")
+            sqlx::query("UPDATE dead_letters SET retry = TRUE WHERE sink = ?")
                 .bind(sink)
                 .execute(&self.pool)
                 .await?
@@ -213,7 +211,7 @@ impl Store {
     /// `before_us`. Nothing else removes them: retention keeps their events.
     pub async fn dlq_purge(&self, sink: &str, before_us: i64) -> Result<u64, StoreError> {
         Ok(
-            sqlx::query("DELETE FROM dead_letters WHERE sink = $1 AND at_us < $2")
+            sqlx::query("DELETE FROM dead_letters WHERE sink = ? AND at_us < ?")
                 .bind(sink)
                 .bind(before_us)
                 .execute(&self.pool)
@@ -237,7 +235,7 @@ impl Store {
     /// The most recent rejected messages, newest first.
     pub async fn last_rejected(&self, n: u32) -> Result<Vec<RejectedRow>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT at_us, topic, reason, detail, size FROM rejected ORDER BY id DESC LIMIT $1",
+            "SELECT at_us, topic, reason, detail, size FROM rejected ORDER BY id DESC LIMIT ?",
         )
         .bind(n)
         .fetch_all(&self.pool)
@@ -287,7 +285,7 @@ impl Store {
         after_rowid: i64,
     ) -> Result<(i64, Vec<(String, i64)>), StoreError> {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT origin, COUNT(*), MAX(rowid) FROM events WHERE rowid > $1 GROUP BY origin",
+            "SELECT origin, COUNT(*), MAX(rowid) FROM events WHERE rowid > ? GROUP BY origin",
         )
         .bind(after_rowid)
         .fetch_all(&self.pool)

@@ -97,10 +97,10 @@ impl Releaser {
         // every unreleased event.
         let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(
             "SELECT rowid, id, occurred_at_us, received_at_us FROM events INDEXED BY events_unreleased \
-             WHERE seq IS NULL AND validation IS DISTINCT FROM 'pending' AND occurred_at_us <= $1 \
+             WHERE seq IS NULL AND validation IS DISTINCT FROM 'pending' AND occurred_at_us <= ? \
              UNION \
              SELECT rowid, id, occurred_at_us, received_at_us FROM events INDEXED BY events_unreleased_received \
-             WHERE seq IS NULL AND validation IS DISTINCT FROM 'pending' AND received_at_us <= $2",
+             WHERE seq IS NULL AND validation IS DISTINCT FROM 'pending' AND received_at_us <= ?",
         )
         .bind(watermark.unwrap_or(i64::MIN))
         .bind(held_since)
@@ -122,7 +122,7 @@ impl Releaser {
             let sql = format!(
                 "UPDATE events SET seq = v.column2, late = v.column3 \
                  FROM (VALUES {}) AS v WHERE events.rowid = v.column1",
-                placeholders(1, chunk.len(), 3)
+                placeholders(chunk.len(), 3)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for r in chunk {
@@ -197,7 +197,7 @@ impl Releaser {
         Counters::add(&counters.forced, step.forced as u64);
         if !step.released.is_empty() {
             sqlx::query(
-                "INSERT INTO stream_state (key, value) VALUES ('high_us', $1) \
+                "INSERT INTO stream_state (key, value) VALUES ('high_us', ?) \
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             )
             .bind(self.sequencer.high())

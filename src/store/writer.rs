@@ -377,7 +377,7 @@ impl Writer {
 
         if let Some(until) = batch.verified {
             sqlx::query(
-                "INSERT INTO watermarks (source, verified_until_us, updated_at_us) VALUES ($1, $2, $3) \
+                "INSERT INTO watermarks (source, verified_until_us, updated_at_us) VALUES (?, ?, ?) \
                  ON CONFLICT(source) DO UPDATE SET verified_until_us = CASE WHEN excluded.verified_until_us > watermarks.verified_until_us \
                  THEN excluded.verified_until_us ELSE watermarks.verified_until_us END, \
                  updated_at_us = excluded.updated_at_us",

@@ -9,12 +9,12 @@
 //! re-serialises a body still names the same message. This module only parses and
 //! resolves; fetching schemas and validating is [`schema`]'s.
 
-use serde_json::Value;
-
 pub mod history;
 pub mod schema;
 
 use std::sync::Arc;
+
+use serde_json::Value;
 
 use super::{Decoded, ParseError, Parsed, Profile, RejectReason, content_id};
 use crate::config::ScaleitSource;

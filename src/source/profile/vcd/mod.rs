@@ -8,11 +8,11 @@
 //! `type`/`org`/`entity`). Only what the pipeline needs is normalised; the
 //! event object itself is kept verbatim.
 
+pub mod api;
+
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-
-pub mod api;
 
 use super::{Decoded, ParseError, Parsed, Profile, RejectReason, Rejected, parse_time_us};
 use crate::event::{Event, Origin, normalise_id};
