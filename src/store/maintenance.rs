@@ -62,6 +62,7 @@ impl Store {
     /// still not checkpointed (readers may pin some).
     pub async fn checkpoint(&self) -> Result<i64, StoreError> {
         let mut conn = self.pool.acquire().await?;
+        let _one = self.checkpoints.lock().await;
         checkpoint_on(&mut conn, "PASSIVE").await
     }
 
@@ -180,6 +181,7 @@ impl Writer {
             return Ok(());
         }
         let started = std::time::Instant::now();
+        let _one = self.checkpoints.lock().await;
         let left = checkpoint_on(&mut self.conn, "TRUNCATE").await?;
         tracing::debug!(wal_bytes = size, left, took = ?started.elapsed(), "WAL truncated by the writer");
         Ok(())

@@ -85,4 +85,9 @@ pub enum StoreError {
 pub struct Store {
     pool: SqlitePool,
     options: SqliteConnectOptions,
+    /// One checkpoint at a time in this process. SQLite refuses a second
+    /// concurrent checkpoint at once (`SQLITE_BUSY`, without calling the
+    /// busy handler), so the writer's TRUNCATE would lose to the background
+    /// PASSIVE one, again and again on a slow disk, while the WAL grows.
+    checkpoints: std::sync::Arc<tokio::sync::Mutex<()>>,
 }

@@ -151,7 +151,11 @@ impl Store {
             })?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         drop(lock);
-        Ok(Store { pool, options })
+        Ok(Store {
+            pool,
+            options,
+            checkpoints: Default::default(),
+        })
     }
 
     /// Opens the dedicated write connection for a [`Writer`]. It does not

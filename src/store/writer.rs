@@ -58,6 +58,8 @@ pub struct Writer {
     pub(super) forced_logged: (u64, std::time::Instant),
     /// The WAL file, whose size the writer bounds, and when it last looked.
     pub(super) wal: (PathBuf, std::time::Instant),
+    /// Shared with [`Store::run_checkpointer`] (see `Store::checkpoints`).
+    pub(super) checkpoints: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How the writer opens its transactions: with the write lock taken at
@@ -177,6 +179,7 @@ impl Writer {
             ctrl_rx,
             forced_logged: (0, std::time::Instant::now()),
             wal: (wal_path(&config.path), std::time::Instant::now()),
+            checkpoints: store.checkpoints.clone(),
         };
         let channels = WriterChannels {
             ingest: ingest_tx,

@@ -213,7 +213,17 @@ async fn a_month_of_steady_load_keeps_wal_memory_and_database_bounded() {
 fn report(samples: &[Sample]) {
     let step = (samples.len() / 20).max(1);
     eprintln!("soak samples (every {step} s):\n     t s  published   WAL MiB    DB MiB   RSS MiB");
-    for s in samples.iter().step_by(step).chain(samples.last()) {
+    // The WAL's peak too: a spike between two rows would go unseen.
+    let peak = samples.iter().max_by_key(|s| s.wal);
+    let mut rows: Vec<&Sample> = samples
+        .iter()
+        .step_by(step)
+        .chain(samples.last())
+        .chain(peak)
+        .collect();
+    rows.sort_by(|a, b| a.t_s.total_cmp(&b.t_s));
+    rows.dedup_by(|a, b| a.t_s == b.t_s);
+    for s in rows {
         eprintln!(
             "{:>8.0} {:>10} {:>9.1} {:>9.1} {:>9.1}",
             s.t_s,
