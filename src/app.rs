@@ -121,7 +121,7 @@ pub async fn run(
         },
     };
     let (writer, channels) = Writer::new(&store, &config.store, plan).await?;
-    tracing::info!(store = %config.store.path.display(), head = channels.head.borrow().seq, "store open");
+    tracing::info!(store = %config.store.location(), head = channels.head.borrow().seq, "store open");
     if config.has_history() {
         // Until the first run verifies something, the poller counts as
         // failing (for /readyz and the metrics), so a poller that never

@@ -353,7 +353,7 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
     store.close().await;
     let now = crate::event::now_us();
     Ok(Status {
-        store: config.store.path.display().to_string(),
+        store: config.store.location(),
         store_bytes: crate::store::size_on_disk(&config.store.path),
         head_seq: head,
         events,

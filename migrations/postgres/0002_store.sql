@@ -1,7 +1,8 @@
 -- The store's tables, as migrations/sqlite builds them, in Postgres types:
 -- SQLite's INTEGER is BIGINT (or BOOLEAN for its 0/1 flags), BLOB is
--- BYTEA. `events.rowid` is explicit here (SQLite's is implicit): arrival
--- order, which the release query and `status --watch` read.
+-- BYTEA. `events.rowid` and `gaps.rowid` are explicit here (SQLite's are
+-- implicit): arrival order, which the release query, `status --watch` and
+-- the newest-gaps query read.
 -- tests/it/postgres.rs keeps the two schemas in step.
 CREATE TABLE events (
     rowid           BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
@@ -86,6 +87,7 @@ CREATE TABLE schemas (
 );
 
 CREATE TABLE gaps (
+    rowid           BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
     id              TEXT PRIMARY KEY NOT NULL,
     source          TEXT NOT NULL,
     reason          TEXT NOT NULL,

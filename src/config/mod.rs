@@ -106,8 +106,9 @@ impl Config {
         Self::load_with(path, true)
     }
 
-    /// Like [`Config::load`] without reading any secret: for operator
-    /// commands (`tail`, `replay`, `dlq`) that only open the store.
+    /// Like [`Config::load`] without reading any secret but the store's
+    /// own password: for operator commands (`tail`, `replay`, `dlq`) that
+    /// only open the store.
     pub fn load_offline(path: &Path) -> Result<Self, ConfigError> {
         Self::load_with(path, false)
     }
@@ -138,6 +139,7 @@ impl Config {
         })?;
         config.derive_mqtt()?;
         config.validate()?;
+        config.store.resolve_password()?;
         // Read secrets now so a missing variable fails at start, not at
         // first connect; offline commands never connect.
         if secrets {
@@ -275,6 +277,7 @@ impl Config {
     /// The checks that span sections; each section checked its own keys.
     fn validate(&self) -> Result<(), ConfigError> {
         self.admin.addr()?;
+        self.store.check()?;
         let url = BrokerUrl::parse(&self.mqtt.url).map_err(|m| {
             ConfigError::invalid(
                 "mqtt.url",

@@ -16,11 +16,35 @@ pub enum Synchronous {
     Normal,
 }
 
+/// How a Postgres connection uses TLS (libpq's `sslmode` names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// The SQLite file (unless `url` names a Postgres database).
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// `postgres://user@host:port/db`: the store is that database, shared
+    /// by an active/passive pair. Its password is never in the URL.
+    pub url: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// The Postgres password, read at load.
+    #[serde(skip)]
+    pub password: Option<Secret>,
+    /// Default `verify-full` when `ca_file` is set, else libpq's `prefer`.
+    pub sslmode: Option<SslMode>,
+    /// The CA that signed the Postgres server's certificate.
+    pub ca_file: Option<PathBuf>,
     /// Flush a batch at this many messages.
     #[serde(default = "default_batch_max")]
     pub batch_max: usize,
@@ -57,10 +81,77 @@ pub(super) fn default_rejected_max() -> u32 {
     10_000
 }
 
+impl StoreConfig {
+    /// Where the events are, as logs and `status` name it: the Postgres
+    /// URL (it holds no password) or the SQLite file.
+    pub fn location(&self) -> String {
+        match &self.url {
+            Some(url) => url.clone(),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    /// Checks the Postgres keys: a URL Postgres accepts, with no password
+    /// in it, and the Postgres-only keys only beside a URL.
+    pub(super) fn check(&self) -> Result<(), ConfigError> {
+        let Some(url) = &self.url else {
+            for (set, k) in [
+                (self.password_env.is_some(), "store.password_env"),
+                (self.password_file.is_some(), "store.password_file"),
+                (self.sslmode.is_some(), "store.sslmode"),
+                (self.ca_file.is_some(), "store.ca_file"),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(
+                        k,
+                        "applies to a Postgres store only",
+                        "set store.url = \"postgres://user@host/db\", or remove the key",
+                    ));
+                }
+            }
+            return Ok(());
+        };
+        let fix = "use store.url = \"postgres://user@host:5432/db\"";
+        let parsed = url::Url::parse(url)
+            .map_err(|e| ConfigError::invalid("store.url", format!("is not a URL: {e}"), fix))?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            return Err(ConfigError::invalid(
+                "store.url",
+                format!("the scheme is {}, not postgres", parsed.scheme()),
+                format!("{fix}; for SQLite set store.path instead"),
+            ));
+        }
+        if parsed.password().is_some() {
+            return Err(ConfigError::invalid(
+                "store.url",
+                "holds a password",
+                "remove it from the URL and name it with store.password_env or store.password_file",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn resolve_password(&mut self) -> Result<(), ConfigError> {
+        self.password = read_secret(
+            "store.password_env",
+            "store.password_file",
+            &self.password_env,
+            &self.password_file,
+        )?;
+        Ok(())
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: default_store_path(),
+            url: None,
+            password_env: None,
+            password_file: None,
+            password: None,
+            sslmode: None,
+            ca_file: None,
             batch_max: default_batch_max(),
             batch_delay: default_batch_delay(),
             synchronous: default_synchronous(),

@@ -5,6 +5,7 @@
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
+use super::backend::{Tx, on};
 use super::writer::Writer;
 use crate::event::RejectReason;
 use crate::metrics::Counters;
@@ -134,59 +135,62 @@ impl WriterHandle {
 }
 
 pub(super) async fn write_sink_op(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut Tx<'_>,
     sink: &str,
     op: &SinkOp,
     now: i64,
 ) -> Result<(), StoreError> {
-    let q = match op {
-        SinkOp::Cursor(seq) => sqlx::query(
+    on!(&mut *tx, |t, sql| {
+        let q = match op {
+        SinkOp::Cursor(seq) => sqlx::query(sql(
             "INSERT INTO cursors (sink, seq, updated_at_us) VALUES (?1, ?2, ?3) \
              ON CONFLICT(sink) DO UPDATE SET seq = excluded.seq, updated_at_us = excluded.updated_at_us",
-        )
+        ))
         .bind(sink)
         .bind(*seq)
         .bind(now),
-        SinkOp::DeadLetter { seq, event_id, attempts, status, error } => sqlx::query(
+        SinkOp::DeadLetter { seq, event_id, attempts, status, error } => sqlx::query(sql(
             "INSERT INTO dead_letters (sink, seq, event_id, attempts, last_status, last_error, at_us) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(sink, seq) DO UPDATE SET \
              attempts = excluded.attempts, last_status = excluded.last_status, \
              last_error = excluded.last_error, at_us = excluded.at_us, retry = FALSE",
-        )
+        ))
         .bind(sink)
         .bind(*seq)
         .bind(event_id.as_str())
-        .bind(*attempts)
+        .bind(i64::from(*attempts))
         .bind(status.map(i64::from))
         .bind(error.as_str())
         .bind(now),
-        SinkOp::DeadLetterDelivered(seq) => sqlx::query("DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2")
+        SinkOp::DeadLetterDelivered(seq) => sqlx::query(sql("DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2"))
             .bind(sink)
             .bind(*seq),
-        SinkOp::DeadLetterFailed { seq, error } => sqlx::query(
+        SinkOp::DeadLetterFailed { seq, error } => sqlx::query(sql(
             "UPDATE dead_letters SET attempts = attempts + 1, last_error = ?3, at_us = ?4, retry = FALSE \
              WHERE sink = ?1 AND seq = ?2",
-        )
+        ))
         .bind(sink)
         .bind(*seq)
         .bind(error.as_str())
         .bind(now),
-        SinkOp::Disable(reason) => sqlx::query(
+        SinkOp::Disable(reason) => sqlx::query(sql(
             "INSERT INTO sink_state (sink, disabled_reason, at_us) VALUES (?1, ?2, ?3) \
              ON CONFLICT(sink) DO UPDATE SET disabled_reason = excluded.disabled_reason, at_us = excluded.at_us",
-        )
+        ))
         .bind(sink)
         .bind(reason.as_str())
         .bind(now),
         SinkOp::ReplayApplied => {
-            sqlx::query("DELETE FROM sink_state WHERE sink = ?1")
+            sqlx::query(sql("DELETE FROM sink_state WHERE sink = ?1"))
                 .bind(sink)
-                .execute(&mut **tx)
+                .execute(&mut **t)
                 .await?;
-            sqlx::query("DELETE FROM sink_requests WHERE sink = ?1").bind(sink)
+            sqlx::query(sql("DELETE FROM sink_requests WHERE sink = ?1")).bind(sink)
         }
     };
-    q.execute(&mut **tx).await?;
+        q.execute(&mut **t).await?;
+        Ok::<(), sqlx::Error>(())
+    })?;
     Ok(())
 }
 
@@ -194,7 +198,7 @@ impl Writer {
     /// Applies one schema registry write inside the batch's transaction.
     /// Only rows still `pending` are touched, so a repeated op is harmless.
     pub(super) async fn write_schema_op(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut Tx<'_>,
         op: SchemaOp,
         now: i64,
         order: Order,
@@ -207,58 +211,68 @@ impl Writer {
                 validation,
                 dataschema,
             } => {
-                let done = sqlx::query(
+                let done = on!(&mut *tx, |t, sql| sqlx::query(sql(
                     "UPDATE events SET validation = ?, dataschema = COALESCE(?, dataschema) \
                      WHERE id = ? AND validation = 'pending'",
-                )
+                ))
                 .bind(validation.as_str())
                 .bind(dataschema)
                 .bind(id.as_str())
-                .execute(&mut **tx)
-                .await?;
+                .execute(&mut **t)
+                .await
+                .map(|r| r.rows_affected()))?;
                 // In arrival order it takes the next seq now (event-time
                 // order releases it with the watermark); it arrived earlier.
-                if done.rows_affected() == 1 && order == Order::Arrival {
-                    sqlx::query("UPDATE events SET seq = ?, late = TRUE WHERE id = ?")
-                        .bind(sequencer.next_seq())
-                        .bind(id.as_str())
-                        .execute(&mut **tx)
-                        .await?;
+                if done == 1 && order == Order::Arrival {
+                    on!(&mut *tx, |t, sql| sqlx::query(sql(
+                        "UPDATE events SET seq = ?, late = TRUE WHERE id = ?"
+                    ))
+                    .bind(sequencer.next_seq())
+                    .bind(id.as_str())
+                    .execute(&mut **t)
+                    .await
+                    .map(|r| r.rows_affected()))?;
                 }
             }
             SchemaOp::Reject { id, reason, detail } => {
-                let moved = sqlx::query(
+                let moved = on!(&mut *tx, |t, sql| {
+                    sqlx::query(sql(
                     "INSERT INTO rejected (topic, reason, detail, bytes, size, at_us) \
                      SELECT COALESCE(ce_source, '') || '/' || type || COALESCE('/' || subject, ''), \
                      ?, ?, CAST(payload AS BLOB), length(CAST(payload AS BLOB)), ? \
                      FROM events WHERE id = ? AND validation = 'pending'",
-                )
+                ))
                 .bind(reason.as_str())
                 .bind(detail.as_str())
                 .bind(now)
                 .bind(id.as_str())
-                .execute(&mut **tx)
-                .await?;
-                sqlx::query("DELETE FROM events WHERE id = ? AND validation = 'pending'")
-                    .bind(id.as_str())
-                    .execute(&mut **tx)
-                    .await?;
-                if moved.rows_affected() == 1 {
+                .execute(&mut **t)
+                .await.map(|r| r.rows_affected())
+                })?;
+                on!(&mut *tx, |t, sql| sqlx::query(sql(
+                    "DELETE FROM events WHERE id = ? AND validation = 'pending'"
+                ))
+                .bind(id.as_str())
+                .execute(&mut **t)
+                .await
+                .map(|r| r.rows_affected()))?;
+                if moved == 1 {
                     counters.rejected_for(reason.as_str());
                 }
             }
             SchemaOp::Put { url, etag, body } => {
-                sqlx::query(
+                on!(&mut *tx, |t, sql| sqlx::query(sql(
                     "INSERT INTO schemas (url, etag, body, fetched_at_us) VALUES (?, ?, ?, ?) \
                      ON CONFLICT(url) DO UPDATE SET etag = excluded.etag, body = excluded.body, \
                      fetched_at_us = excluded.fetched_at_us",
-                )
+                ))
                 .bind(url)
                 .bind(etag)
                 .bind(body)
                 .bind(now)
-                .execute(&mut **tx)
-                .await?;
+                .execute(&mut **t)
+                .await
+                .map(|r| r.rows_affected()))?;
             }
         }
         Ok(())

@@ -8,6 +8,7 @@ use sqlx::AssertSqlSafe;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::StoreError;
+use super::backend::{Tx, on};
 use super::writer::Writer;
 use crate::event::{Event, Parsed, Rejected};
 
@@ -67,7 +68,7 @@ impl Writer {
     /// side: a history copy may carry an earlier time than the MQTT one) is
     /// the same message again and is dropped.
     pub(super) async fn drop_window_duplicates(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut Tx<'_>,
         events: &mut Vec<Event>,
     ) -> Result<(), StoreError> {
         let spans = events.iter().filter_map(|e| {
@@ -90,18 +91,21 @@ impl Writer {
         // times of one key are a window apart, so these lists stay short.
         let mut seen: HashMap<String, Vec<i64>> = HashMap::new();
         for chunk in keys.chunks(LOOKUP_CHUNK) {
-            let sql = format!(
+            let text = format!(
                 "SELECT dedup_key, occurred_at_us FROM events \
                  WHERE occurred_at_us > ? AND occurred_at_us < ? AND dedup_key IN {}",
                 placeholders(1, chunk.len())
             );
-            let mut q = sqlx::query_as::<_, (String, i64)>(AssertSqlSafe(sql))
-                .bind(from)
-                .bind(to);
-            for key in chunk {
-                q = q.bind(*key);
-            }
-            for (key, at) in q.fetch_all(&mut **tx).await? {
+            let rows = on!(&mut *tx, |t, sql| {
+                let mut q = sqlx::query_as::<_, (String, i64)>(sql(AssertSqlSafe(text)))
+                    .bind(from)
+                    .bind(to);
+                for key in chunk {
+                    q = q.bind(*key);
+                }
+                q.fetch_all(&mut **t).await
+            })?;
+            for (key, at) in rows {
                 seen.entry(key).or_default().push(at);
             }
         }
@@ -126,7 +130,7 @@ impl Writer {
     /// content keys seen within their window, and ids already stored are
     /// dropped.
     pub(super) async fn fresh<'a>(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut Tx<'_>,
         events: &'a mut Vec<Event>,
     ) -> Result<Vec<&'a Event>, StoreError> {
         let mut seen = HashSet::with_capacity(events.len());
@@ -135,15 +139,17 @@ impl Writer {
         let mut existing = HashSet::new();
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
         for chunk in ids.chunks(LOOKUP_CHUNK) {
-            let sql = format!(
+            let text = format!(
                 "SELECT id FROM events WHERE id IN {}",
                 placeholders(1, chunk.len())
             );
-            let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            existing.extend(q.fetch_all(&mut **tx).await?);
+            existing.extend(on!(&mut *tx, |t, sql| {
+                let mut q = sqlx::query_scalar::<_, String>(sql(AssertSqlSafe(text)));
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.fetch_all(&mut **t).await
+            })?);
         }
         Ok(events
             .iter()
@@ -154,7 +160,7 @@ impl Writer {
     /// Inserts new events, each at its stream position if it already has
     /// one (`(seq, late)`, parallel to `fresh`), else unreleased.
     pub(super) async fn insert(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut Tx<'_>,
         fresh: &[&Event],
         positions: &[Option<(i64, bool)>],
         source: &str,
@@ -164,41 +170,43 @@ impl Writer {
             .chunks(INSERT_CHUNK)
             .zip(positions.chunks(INSERT_CHUNK))
         {
-            let sql = format!(
+            let text = format!(
                 "INSERT INTO events (id, source, origin, occurred_at_us, received_at_us, type, \
                  subject, org, payload, seq, late, ce_source, dataschema, dedup_key, validation, retained) \
                  VALUES {} ON CONFLICT(id) DO NOTHING",
                 placeholders(chunk.len(), 16)
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for (e, at) in chunk.iter().zip(at) {
-                q = q
-                    .bind(e.id.as_str())
-                    .bind(source)
-                    .bind(e.origin.as_str())
-                    .bind(e.occurred_at_us)
-                    .bind(e.received_at_us)
-                    .bind(e.event_type.as_str())
-                    .bind(e.subject.as_deref())
-                    .bind(e.org.as_deref())
-                    .bind(e.payload.as_str())
-                    .bind(at.map(|(seq, _)| seq))
-                    .bind(at.is_some_and(|(_, late)| late))
-                    .bind(e.ext.as_ref().map(|x| x.source.as_str()))
-                    .bind(e.ext.as_ref().and_then(|x| x.dataschema.as_deref()))
-                    .bind(e.content_key.as_ref().map(|k| k.key.as_str()))
-                    .bind(e.ext.as_ref().map(|x| x.validation.as_str()))
-                    .bind(e.retained);
-            }
-            let done = q.execute(&mut **tx).await?;
-            debug_assert_eq!(done.rows_affected(), chunk.len() as u64);
+            let done = on!(&mut *tx, |t, sql| {
+                let mut q = sqlx::query(sql(AssertSqlSafe(text)));
+                for (e, at) in chunk.iter().zip(at) {
+                    q = q
+                        .bind(e.id.as_str())
+                        .bind(source)
+                        .bind(e.origin.as_str())
+                        .bind(e.occurred_at_us)
+                        .bind(e.received_at_us)
+                        .bind(e.event_type.as_str())
+                        .bind(e.subject.as_deref())
+                        .bind(e.org.as_deref())
+                        .bind(e.payload.as_str())
+                        .bind(at.map(|(seq, _)| seq))
+                        .bind(at.is_some_and(|(_, late)| late))
+                        .bind(e.ext.as_ref().map(|x| x.source.as_str()))
+                        .bind(e.ext.as_ref().and_then(|x| x.dataschema.as_deref()))
+                        .bind(e.content_key.as_ref().map(|k| k.key.as_str()))
+                        .bind(e.ext.as_ref().map(|x| x.validation.as_str()))
+                        .bind(e.retained);
+                }
+                q.execute(&mut **t).await.map(|r| r.rows_affected())
+            })?;
+            debug_assert_eq!(done, chunk.len() as u64);
         }
         Ok(())
     }
 
     /// Keeps refused messages, and only the newest `keep` of them.
     pub(super) async fn insert_rejected(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut Tx<'_>,
         rejected: &[Rejected],
         keep: i64,
     ) -> Result<(), StoreError> {
@@ -206,23 +214,27 @@ impl Writer {
             return Ok(());
         }
         for r in rejected {
-            sqlx::query(
+            on!(&mut *tx, |t, sql| sqlx::query(sql(
                 "INSERT INTO rejected (topic, reason, detail, bytes, size, at_us) \
                  VALUES (?, ?, ?, ?, ?, ?)",
-            )
+            ))
             .bind(r.topic.as_str())
             .bind(r.reason.as_str())
             .bind(r.detail.as_str())
             .bind(r.bytes.as_slice())
             .bind(r.size as i64)
             .bind(r.at_us)
-            .execute(&mut **tx)
-            .await?;
+            .execute(&mut **t)
+            .await
+            .map(|r| r.rows_affected()))?;
         }
-        sqlx::query("DELETE FROM rejected WHERE id <= (SELECT MAX(id) FROM rejected) - ?")
-            .bind(keep)
-            .execute(&mut **tx)
-            .await?;
+        on!(&mut *tx, |t, sql| sqlx::query(sql(
+            "DELETE FROM rejected WHERE id <= (SELECT MAX(id) FROM rejected) - ?"
+        ))
+        .bind(keep)
+        .execute(&mut **t)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 }

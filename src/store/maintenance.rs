@@ -5,10 +5,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{AssertSqlSafe, Connection, Row};
+use sqlx::{AssertSqlSafe, Row};
 
+use super::backend::{Db, on};
 use super::open::wal_path;
-use super::writer::{WRITE_TX, Writer};
+use super::writer::Writer;
 use super::{Store, StoreError};
 use crate::event::now_us;
 use crate::metrics::Counters;
@@ -59,9 +60,13 @@ pub fn size_on_disk(path: &Path) -> u64 {
 impl Store {
     /// Copies committed WAL pages into the database without blocking the
     /// writer or readers (a PASSIVE checkpoint). Returns the WAL frames
-    /// still not checkpointed (readers may pin some).
+    /// still not checkpointed (readers may pin some). Postgres has no WAL
+    /// of ours to keep: nothing to do there.
     pub async fn checkpoint(&self) -> Result<i64, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let Db::Sqlite(pool) = &self.pool else {
+            return Ok(0);
+        };
+        let mut conn = pool.acquire().await?;
         let _one = self.checkpoints.lock().await;
         checkpoint_on(&mut conn, "PASSIVE").await
     }
@@ -75,6 +80,11 @@ impl Store {
         self,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<(), StoreError> {
+        if !self.pool.is_sqlite() {
+            // Nothing to do, but a task that ends early looks like a crash.
+            stop.cancelled().await;
+            return Ok(());
+        }
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
@@ -126,11 +136,13 @@ impl Writer {
             let mut v = Vec::new();
             for sink in &r.sinks {
                 v.push(
-                    sqlx::query_scalar("SELECT seq FROM cursors WHERE sink = ?")
-                        .bind(sink.as_str())
-                        .fetch_optional(&mut self.conn)
-                        .await?
-                        .unwrap_or(0),
+                    on!(&mut self.conn, |c, sql| sqlx::query_scalar(sql(
+                        "SELECT seq FROM cursors WHERE sink = ?"
+                    ))
+                    .bind(sink.as_str())
+                    .fetch_optional(&mut *c)
+                    .await)?
+                    .unwrap_or(0),
                 );
             }
             v
@@ -143,26 +155,24 @@ impl Writer {
         if passed <= 0 {
             return Ok(false);
         }
-        let mut tx = self.conn.begin_with(WRITE_TX).await?;
-        let done = sqlx::query(
+        let mut tx = self.conn.begin().await?;
+        let done = on!(&mut tx, |t, sql| sqlx::query(sql(
             "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE seq IS NOT NULL \
              AND seq <= ? AND occurred_at_us < ? \
-             AND seq NOT IN (SELECT seq FROM dead_letters) LIMIT ?)",
-        )
+             AND seq NOT IN (SELECT seq FROM dead_letters) LIMIT ?)"
+        ))
         .bind(passed)
         .bind(cutoff)
         .bind(PRUNE_BATCH as i64)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut **t)
+        .await
+        .map(|r| r.rows_affected()))?;
         tx.commit().await?;
-        if done.rows_affected() > 0 {
-            Counters::add(&self.counters.pruned, done.rows_affected());
-            tracing::debug!(
-                events = done.rows_affected(),
-                "pruned events past the retention"
-            );
+        if done > 0 {
+            Counters::add(&self.counters.pruned, done);
+            tracing::debug!(events = done, "pruned events past the retention");
         }
-        Ok(done.rows_affected() == PRUNE_BATCH)
+        Ok(done == PRUNE_BATCH)
     }
 
     /// After a commit: if the WAL has passed [`WAL_TRUNCATE_AT`] (a backlog
@@ -171,6 +181,9 @@ impl Writer {
     /// Only the writer can: from another connection the checkpoint waits
     /// for a write lock the busy writer hardly ever lets go.
     pub(super) async fn bound_wal(&mut self) -> Result<(), StoreError> {
+        let Db::Sqlite(conn) = &mut self.conn else {
+            return Ok(());
+        };
         let (wal, checked) = &mut self.wal;
         if checked.elapsed() < WAL_CHECK_EVERY {
             return Ok(());
@@ -182,7 +195,7 @@ impl Writer {
         }
         let started = std::time::Instant::now();
         let _one = self.checkpoints.lock().await;
-        let left = checkpoint_on(&mut self.conn, "TRUNCATE").await?;
+        let left = checkpoint_on(conn, "TRUNCATE").await?;
         tracing::debug!(wal_bytes = size, left, took = ?started.elapsed(), "WAL truncated by the writer");
         Ok(())
     }

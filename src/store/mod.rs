@@ -25,6 +25,7 @@
 //! anonymous `?` parameters (numbered ones made the batch insert's binding
 //! quadratic: see `ingest::placeholders`).
 
+mod backend;
 mod control;
 mod gaps;
 mod ingest;
@@ -50,7 +51,9 @@ pub use read::{
 pub use release::StreamSettings;
 pub use writer::{Writer, WriterChannels, WriterPlan};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use backend::{Db, Pool};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -83,8 +86,9 @@ pub enum StoreError {
 /// Read access to the store (a small pool; WAL lets it read while the writer writes).
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
-    options: SqliteConnectOptions,
+    pool: Pool,
+    /// What the writer's own connection is opened with.
+    options: Db<SqliteConnectOptions, PgConnectOptions>,
     /// One checkpoint at a time in this process. SQLite refuses a second
     /// concurrent checkpoint at once (`SQLITE_BUSY`, without calling the
     /// busy handler), so the writer's TRUNCATE would lose to the background

@@ -4,11 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sqlx::postgres::PgConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection};
 
+use super::backend::{Conn, Db};
 use super::maintenance::JOURNAL_SIZE_LIMIT;
 use super::{Store, StoreError};
 use crate::config::{StoreConfig, Synchronous};
@@ -45,7 +47,8 @@ fn connect_options(path: &Path, sync: Synchronous) -> SqliteConnectOptions {
 /// ends. Operator commands do not take it.
 #[derive(Debug)]
 pub struct StoreLock {
-    _file: std::fs::File,
+    /// `None` for a Postgres store: the file is not on this machine.
+    _file: Option<std::fs::File>,
 }
 
 impl StoreLock {
@@ -67,7 +70,7 @@ impl StoreLock {
         file.set_len(0).map_err(&failed)?;
         file.rewind().map_err(&failed)?;
         writeln!(file, "{}", std::process::id()).map_err(&failed)?;
-        Ok(StoreLock { _file: file })
+        Ok(StoreLock { _file: Some(file) })
     }
 }
 
@@ -122,6 +125,9 @@ impl Store {
     /// Opens the store for the daemon: creates its directory, takes the
     /// exclusive lock, then opens it. Hold the lock as long as the store.
     pub async fn open_exclusive(config: &StoreConfig) -> Result<(Self, StoreLock), StoreError> {
+        if config.url.is_some() {
+            return Ok((Self::open(config).await?, StoreLock { _file: None }));
+        }
         store_dir(&config.path, true)?;
         let lock = StoreLock::take(&config.path)?;
         Ok((Self::open(config).await?, lock))
@@ -130,6 +136,21 @@ impl Store {
     /// Opens (creating the file if needed) the store and applies pending
     /// migrations. Its directory must exist.
     pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        if let Some(options) = super::postgres::options(config) {
+            let failed = |source| StoreError::Open {
+                path: config.url.clone().unwrap_or_default(),
+                source,
+            };
+            let options = options.map_err(failed)?;
+            let pool = super::postgres::connect(options.clone())
+                .await
+                .map_err(failed)?;
+            return Ok(Store {
+                pool: Db::Postgres(pool),
+                options: Db::Postgres(options),
+                checkpoints: Default::default(),
+            });
+        }
         store_dir(&config.path, false)?;
         // Two processes opening a new store at once (the daemon starting,
         // `status` beside it) would both switch it to WAL and apply
@@ -152,8 +173,8 @@ impl Store {
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         drop(lock);
         Ok(Store {
-            pool,
-            options,
+            pool: Db::Sqlite(pool),
+            options: Db::Sqlite(options),
             checkpoints: Default::default(),
         })
     }
@@ -162,9 +183,12 @@ impl Store {
     /// checkpoint after every commit (SQLite's auto-checkpoint):
     /// [`Store::run_checkpointer`] copies the WAL back from another
     /// connection, and the writer steps in only past [`WAL_TRUNCATE_AT`].
-    pub(super) async fn write_connection(&self) -> Result<SqliteConnection, StoreError> {
-        let options = self
-            .options
+    pub(super) async fn write_connection(&self) -> Result<Conn, StoreError> {
+        let options = match &self.options {
+            Db::Sqlite(o) => o,
+            Db::Postgres(o) => return Ok(Db::Postgres(PgConnection::connect_with(o).await?)),
+        };
+        let options = options
             .clone()
             .pragma("wal_autocheckpoint", "0")
             // 4 MiB of pages, but dirty pages spill into the WAL mid-
@@ -176,10 +200,13 @@ impl Store {
             // Its SQL differs by chunk size (1..64 rows, 1..256 ids), so a
             // large statement cache slowly fills with rarely used shapes.
             .statement_cache_capacity(WRITER_STATEMENTS);
-        Ok(SqliteConnection::connect_with(&options).await?)
+        Ok(Db::Sqlite(SqliteConnection::connect_with(&options).await?))
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &self.pool {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
     }
 }

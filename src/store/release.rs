@@ -5,12 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, Connection};
+use sqlx::AssertSqlSafe;
 use tokio::sync::watch;
 
 use super::StoreError;
+use super::backend::{Tx, on};
 use super::ingest::{INSERT_CHUNK, pending, placeholders};
-use super::writer::{WRITE_TX, Writer};
+use super::writer::Writer;
 use crate::event::{Event, now_us};
 use crate::gap::{Gap, Reason};
 use crate::metrics::Counters;
@@ -87,25 +88,24 @@ impl Releaser {
     /// The event-time release step, inside the writer's transaction: takes
     /// the unreleased events the watermark (or `max_hold`) allows and gives
     /// them their `seq` in (time, id) order. Returns how many were released.
-    pub(super) async fn release(
-        &mut self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    ) -> Result<u64, StoreError> {
+    pub(super) async fn release(&mut self, tx: &mut Tx<'_>) -> Result<u64, StoreError> {
         let (now, watermark) = self.watermark_now();
         let held_since = now - self.stream.rule.max_hold_us;
         // Two index range scans (see migration 0007), not a walk over
         // every unreleased event.
-        let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(
+        let rows: Vec<(i64, String, i64, i64)> = on!(&mut *tx, |t, sql| {
+            sqlx::query_as(sql(
             "SELECT rowid, id, occurred_at_us, received_at_us FROM events INDEXED BY events_unreleased \
              WHERE seq IS NULL AND validation IS DISTINCT FROM 'pending' AND occurred_at_us <= ? \
              UNION \
              SELECT rowid, id, occurred_at_us, received_at_us FROM events INDEXED BY events_unreleased_received \
              WHERE seq IS NULL AND validation IS DISTINCT FROM 'pending' AND received_at_us <= ?",
-        )
+        ))
         .bind(watermark.unwrap_or(i64::MIN))
         .bind(held_since)
-        .fetch_all(&mut **tx)
-        .await?;
+        .fetch_all(&mut **t)
+        .await
+        })?;
         let candidates = rows
             .into_iter()
             .map(|(row, id, occurred_us, received_us)| Candidate {
@@ -119,18 +119,22 @@ impl Releaser {
         // One statement per chunk: a poll window verified at once releases
         // its whole backlog in this transaction.
         for chunk in released.chunks(INSERT_CHUNK) {
-            let sql = format!(
+            let text = format!(
                 "UPDATE events SET seq = v.column2, late = v.column3 \
                  FROM (VALUES {}) AS v WHERE events.rowid = v.column1",
                 placeholders(chunk.len(), 3)
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for r in chunk {
-                q = q.bind(r.row).bind(r.seq).bind(r.late);
-            }
-            q.execute(&mut **tx).await?;
+            on!(&mut *tx, |t, sql| {
+                let mut q = sqlx::query(sql(AssertSqlSafe(text)));
+                for r in chunk {
+                    q = q.bind(r.row).bind(r.seq).bind(r.late);
+                }
+                q.execute(&mut **t).await.map(drop)
+            })?;
         }
-        let waiting: bool = sqlx::query_scalar(WAITING).fetch_one(&mut **tx).await?;
+        let waiting: bool = on!(&mut *tx, |t, sql| sqlx::query_scalar(sql(WAITING))
+            .fetch_one(&mut **t)
+            .await)?;
         self.all_released = !waiting;
         Ok(released.len() as u64)
     }
@@ -142,7 +146,7 @@ impl Releaser {
     /// positions, parallel to `fresh`.
     pub(super) async fn release_fresh(
         &mut self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut Tx<'_>,
         fresh: &[&Event],
     ) -> Result<Vec<Option<(i64, bool)>>, StoreError> {
         let candidates: Vec<Candidate> = fresh
@@ -181,7 +185,7 @@ impl Releaser {
     /// keeps how far event time has been released.
     async fn step(
         &mut self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut Tx<'_>,
         (now, watermark): (i64, Option<i64>),
         candidates: Vec<Candidate>,
     ) -> Result<Vec<Release>, StoreError> {
@@ -196,13 +200,14 @@ impl Releaser {
         let counters = &self.counters;
         Counters::add(&counters.forced, step.forced as u64);
         if !step.released.is_empty() {
-            sqlx::query(
+            on!(&mut *tx, |t, sql| sqlx::query(sql(
                 "INSERT INTO stream_state (key, value) VALUES ('high_us', ?) \
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            )
+            ))
             .bind(self.sequencer.high())
-            .execute(&mut **tx)
-            .await?;
+            .execute(&mut **t)
+            .await
+            .map(|r| r.rows_affected()))?;
         }
         let late = step.released.iter().filter(|r| r.late).count() as u64;
         Counters::add(&counters.late, late);
@@ -216,7 +221,7 @@ impl Releaser {
     /// one per release step).
     async fn note_unverified(
         &mut self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut Tx<'_>,
         from_us: i64,
         to_us: i64,
         events: u64,
@@ -242,10 +247,7 @@ impl Releaser {
     /// Closes the open `unverified` gap once the poller has verified past
     /// its end, with an `io.gapless.verified` marker after the events the
     /// poller recovered in it (they are released `late` before it).
-    pub(super) async fn close_unverified(
-        &mut self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    ) -> Result<(), StoreError> {
+    pub(super) async fn close_unverified(&mut self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
         let Some(open) = self.unverified else {
             return Ok(());
         };
@@ -263,7 +265,7 @@ impl Releaser {
     /// Writes a marker already released at the next `seq`.
     async fn emit(
         &mut self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut Tx<'_>,
         gap: &Gap,
         closes: bool,
         now: i64,
@@ -285,7 +287,7 @@ impl Writer {
         }
         // A failure is fatal to the writer (see `Writer::run`), so the
         // in-memory release state it leaves behind is never used.
-        let mut tx = self.conn.begin_with(WRITE_TX).await?;
+        let mut tx = self.conn.begin().await?;
         let released = self.rel.release(&mut tx).await?;
         if released == 0 {
             // Nothing changed but how far event time has been released.

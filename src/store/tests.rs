@@ -186,10 +186,13 @@ async fn receipts_come_back_only_after_their_commit() {
 
     // A commit that fails hands back nothing, and the writer stops (the
     // broker then redelivers what was not acked).
+    let super::backend::Db::Sqlite(pool) = &r.store.pool else {
+        unreachable!("the rig is SQLite")
+    };
     sqlx::query(
         "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'injected'); END",
     )
-    .execute(&r.store.pool)
+    .execute(pool)
     .await
     .unwrap();
     r.send(event("refused", 2), 8).await;

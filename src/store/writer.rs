@@ -7,10 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Connection;
-use sqlx::sqlite::SqliteConnection;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
+use super::backend::{Conn, on};
 use super::control::{Control, Head, SchemaOp, SinkOp, WriterHandle, write_sink_op};
 use super::ingest::{Ingest, Receipt, pending};
 use super::maintenance::Retention;
@@ -44,7 +43,7 @@ pub struct WriterPlan {
 /// The single writer task's state.
 pub struct Writer {
     pub(super) retention: Retention,
-    pub(super) conn: SqliteConnection,
+    pub(super) conn: Conn,
     pub(super) rel: Releaser,
     pub(super) batch_max: usize,
     pub(super) batch_delay: Duration,
@@ -144,12 +143,15 @@ impl Writer {
         let source = source.as_str();
         let conn = store.write_connection().await?;
         let head_seq = store.head().await?;
-        let high: Option<i64> =
-            sqlx::query_scalar("SELECT value FROM stream_state WHERE key = 'high_us'")
-                .fetch_optional(&store.pool)
-                .await?;
+        let high: Option<i64> = on!(&store.pool, |p, sql| sqlx::query_scalar(sql(
+            "SELECT value FROM stream_state WHERE key = 'high_us'"
+        ))
+        .fetch_optional(p)
+        .await)?;
         let verified = store.verified_until(source).await?;
-        let waiting: bool = sqlx::query_scalar(WAITING).fetch_one(&store.pool).await?;
+        let waiting: bool = on!(&store.pool, |p, sql| sqlx::query_scalar(sql(WAITING))
+            .fetch_one(p)
+            .await)?;
         let unverified = store.open_gap(source).await?;
         let (ingest_tx, ingest_rx) = mpsc::channel(queue);
         let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
@@ -325,7 +327,7 @@ impl Writer {
     /// rejections, schema and sink writes, the poller's watermark, then the
     /// release step.
     async fn write(&mut self, batch: &mut Batch) -> Result<Written, StoreError> {
-        let mut tx = self.conn.begin_with(WRITE_TX).await?;
+        let mut tx = self.conn.begin().await?;
         let order = self.rel.stream.order;
         if let Some(until) = batch.verified {
             self.rel.verified = self.rel.verified.max(Some(until));
@@ -379,17 +381,20 @@ impl Writer {
         }
 
         if let Some(until) = batch.verified {
-            sqlx::query(
+            on!(&mut tx, |t, sql| {
+                sqlx::query(sql(
                 "INSERT INTO watermarks (source, verified_until_us, updated_at_us) VALUES (?, ?, ?) \
                  ON CONFLICT(source) DO UPDATE SET verified_until_us = CASE WHEN excluded.verified_until_us > watermarks.verified_until_us \
                  THEN excluded.verified_until_us ELSE watermarks.verified_until_us END, \
                  updated_at_us = excluded.updated_at_us",
-            )
+            ))
             .bind(self.rel.source.as_str())
             .bind(until)
             .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut **t)
+            .await
+            .map(drop)
+            })?;
         }
 
         if order == Order::EventTime && !at_once {

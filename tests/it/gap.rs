@@ -22,11 +22,23 @@ struct World {
     auth: Arc<TokenAuth>,
     broker: Option<EmbeddedBroker>,
     config: PathBuf,
+    /// Set by [`World::on`]; `None` is SQLite.
+    store: Option<TestStore>,
 }
 
 impl World {
     async fn new(sim_config: SimConfig) -> World {
         Self::with_config(sim_config, write_config).await
+    }
+
+    /// A world whose gapless keeps its events in `store`.
+    async fn on(store: TestStore) -> World {
+        let world = Self::new(SimConfig::default()).await;
+        store.apply(&world.config);
+        World {
+            store: Some(store),
+            ..world
+        }
     }
 
     /// A world whose gapless config `write` writes (into the directory, for
@@ -51,6 +63,7 @@ impl World {
             auth,
             broker: Some(broker),
             config,
+            store: None,
         }
     }
 
@@ -238,12 +251,16 @@ fn assert_ground_truth(file: &Path, sim: &VcdSim) {
     );
 }
 
+on_both_stores!(
+    dropped_mqtt_messages_are_recovered_by_the_poller,
+    restart_resumes_from_the_persisted_watermark_without_redelivery
+);
+
 /// 20% of MQTT messages dropped (plus duplicates and reordering): after the
 /// poll every event is in the file exactly once, and the recovered counter
 /// equals what MQTT lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_mqtt_messages_are_recovered_by_the_poller() {
-    let world = World::new(SimConfig::default()).await;
+async fn dropped_mqtt_messages_are_recovered_by_the_poller(store: TestStore) {
+    let world = World::on(store).await;
     world.sim.set_faults(|f| {
         f.mqtt_drop_rate = 0.2;
         f.mqtt_dup_rate = 0.05;
@@ -352,9 +369,8 @@ fn gapless_log_has_no_token(world: &World) -> bool {
 /// gapless stopped between two runs while events keep coming (MQTT lost
 /// them: nobody was subscribed): the next start resumes from the persisted
 /// watermark and the file gets each event once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_resumes_from_the_persisted_watermark_without_redelivery() {
-    let world = World::new(SimConfig::default()).await;
+async fn restart_resumes_from_the_persisted_watermark_without_redelivery(store: TestStore) {
+    let world = World::on(store).await;
     let mut gapless = world.gapless();
     gapless.wait_subscribed(1);
     world.sim.create_events(150).await.unwrap();
@@ -362,12 +378,8 @@ async fn restart_resumes_from_the_persisted_watermark_without_redelivery() {
     gapless.wait_metric("gapless_poll_windows_verified_total", 2.0);
     gapless.stop();
 
-    let store = gapless::store::Store::open(&gapless::config::StoreConfig {
-        path: world.dir.path().join("gapless.db"),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let store = world.store.as_ref().unwrap().config(world.dir.path());
+    let store = gapless::store::Store::open(&store).await.unwrap();
     let verified = store
         .verified_until("sim")
         .await

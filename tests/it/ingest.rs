@@ -9,7 +9,7 @@ use crate::support::*;
 
 /// 10k unique events, 10% published twice, 50 noise messages (20 TASK
 /// envelopes, 20 broken JSON, 10 bodies of 2 MiB over a 1 MiB limit).
-async fn ten_thousand_with_duplicates_and_noise(test: &str, websocket: bool) {
+async fn ten_thousand_with_duplicates_and_noise(test: &str, websocket: bool, store: TestStore) {
     let Some(bin) = mosquitto_bin(test) else {
         return;
     };
@@ -21,6 +21,7 @@ async fn ten_thousand_with_duplicates_and_noise(test: &str, websocket: bool) {
         broker.tcp_url()
     };
     let config = config(dir.path(), &url, true, "gapless-it");
+    store.apply(&config);
     let mut gapless = Gapless::start(dir.path(), &config);
     gapless.wait_subscribed(1);
 
@@ -58,12 +59,9 @@ async fn ten_thousand_with_duplicates_and_noise(test: &str, websocket: bool) {
     assert_eq!(summary["head"], 10_000);
     assert_eq!(summary["rejected_in_store"], 30);
 
-    let store = gapless::store::Store::open(&gapless::config::StoreConfig {
-        path: dir.path().join("gapless.db"),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let store = gapless::store::Store::open(&store.config(dir.path()))
+        .await
+        .unwrap();
     let reasons: Vec<(String, i64)> = store
         .rejected_by_reason()
         .await
@@ -80,12 +78,13 @@ async fn ten_thousand_with_duplicates_and_noise(test: &str, websocket: bool) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_ten_thousand_events_exactly_once_in_seq_order() {
-    ten_thousand_with_duplicates_and_noise("tcp_ten_thousand", false).await;
+on_both_stores!(tcp_ten_thousand_events_exactly_once_in_seq_order);
+
+async fn tcp_ten_thousand_events_exactly_once_in_seq_order(store: TestStore) {
+    ten_thousand_with_duplicates_and_noise("tcp_ten_thousand", false, store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_ten_thousand_events_exactly_once_in_seq_order() {
-    ten_thousand_with_duplicates_and_noise("websocket_ten_thousand", true).await;
+    ten_thousand_with_duplicates_and_noise("websocket_ten_thousand", true, TestStore::Sqlite).await;
 }

@@ -12,6 +12,7 @@ fn config_with(
     dir: &std::path::Path,
     broker: &EmbeddedBroker,
     store_extra: &str,
+    store: &TestStore,
 ) -> std::path::PathBuf {
     let path = config(dir, &broker.url(), true, "gapless-ops");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -20,6 +21,7 @@ fn config_with(
         text.replace("[store]\n", &format!("[store]\n{store_extra}")),
     )
     .unwrap();
+    store.apply(&path);
     path
 }
 
@@ -31,11 +33,15 @@ async fn publish(broker: &EmbeddedBroker, messages: Vec<(String, Vec<u8>)>) {
     p.disconnect().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_reports_head_cursors_counts_and_rejections() {
+on_both_stores!(
+    status_reports_head_cursors_counts_and_rejections,
+    retention_prunes_delivered_events_and_seq_continues
+);
+
+async fn status_reports_head_cursors_counts_and_rejections(store: TestStore) {
     let dir = tempfile::tempdir().unwrap();
     let broker = EmbeddedBroker::start().await.unwrap();
-    let config = config_with(dir.path(), &broker, "");
+    let config = config_with(dir.path(), &broker, "", &store);
     let mut gapless = Gapless::start(dir.path(), &config);
     gapless.wait_subscribed(1);
     let mut messages = event_messages(0x0b_01, 0..40);
@@ -82,11 +88,10 @@ async fn status_reports_head_cursors_counts_and_rejections() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_prunes_delivered_events_and_seq_continues() {
+async fn retention_prunes_delivered_events_and_seq_continues(store: TestStore) {
     let dir = tempfile::tempdir().unwrap();
     let broker = EmbeddedBroker::start().await.unwrap();
-    let config = config_with(dir.path(), &broker, "retention = \"1s\"\n");
+    let config = config_with(dir.path(), &broker, "retention = \"1s\"\n", &store);
     let mut gapless = Gapless::start(dir.path(), &config);
     gapless.wait_subscribed(1);
     let file = dir.path().join("events.jsonl");

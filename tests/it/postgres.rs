@@ -36,7 +36,10 @@ fn leases(pa: &PgPool, pb: &PgPool, ttl: Duration, margin: Duration) -> [Lease; 
 
 /// Two processes' pools on the same database, migrated together.
 async fn pair(pg: &Postgres) -> (PgPool, PgPool) {
-    let (a, b) = tokio::join!(connect(&pg.url), connect(&pg.url));
+    let (a, b) = tokio::join!(
+        connect(pg.url.parse().unwrap()),
+        connect(pg.url.parse().unwrap())
+    );
     let a = a.unwrap();
     sqlx::query("CREATE TABLE IF NOT EXISTS writes (who TEXT, epoch BIGINT)")
         .execute(&a)

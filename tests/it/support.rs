@@ -605,6 +605,72 @@ pub fn get_blocking(addr: &str, path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The store a test runs on. The scenarios `on_both_stores!` names run
+/// once on each: SQLite (`gapless.db` in the test's directory, the default)
+/// and a Postgres server of their own.
+pub enum TestStore {
+    Sqlite,
+    Postgres(Postgres),
+}
+
+impl TestStore {
+    /// `None` only when Postgres is missing and `GAPLESS_SKIP_POSTGRES=1`.
+    pub fn postgres(test: &str) -> Option<Self> {
+        Postgres::start(test).map(TestStore::Postgres)
+    }
+
+    /// Points the config at `path` at this store: for Postgres, its
+    /// `[store]` SQLite path (as [`store_and_file_sink`] writes it) becomes
+    /// the server's URL. Every other key stays as the test wrote it.
+    pub fn apply(&self, config: &Path) {
+        let TestStore::Postgres(pg) = self else {
+            return;
+        };
+        let text = std::fs::read_to_string(config).unwrap();
+        let dir = config.parent().unwrap();
+        let sqlite = format!("path = \"{}\"", dir.join("gapless.db").display());
+        assert!(text.contains(&sqlite), "no SQLite store path in {text}");
+        let text = text.replace(&sqlite, &format!("url = \"{}\"", pg.url));
+        std::fs::write(config, text).unwrap();
+    }
+
+    /// The store's config, for a test that opens it itself.
+    pub fn config(&self, dir: &Path) -> gapless::config::StoreConfig {
+        match self {
+            TestStore::Sqlite => gapless::config::StoreConfig {
+                path: dir.join("gapless.db"),
+                ..Default::default()
+            },
+            TestStore::Postgres(pg) => gapless::config::StoreConfig {
+                url: Some(pg.url.clone()),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// Makes each named scenario `async fn(TestStore)` two tests,
+/// `<scenario>::sqlite` and `<scenario>::postgres`: one suite, both
+/// backends.
+macro_rules! on_both_stores {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$scenario($crate::support::TestStore::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(store) = $crate::support::TestStore::postgres(stringify!($scenario)) {
+                    super::$scenario(store).await;
+                }
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_stores;
+
 /// A second connection pool on the store in `dir` (`gapless.db`), for a
 /// test that reads the store directly or injects a fault into it.
 pub async fn store_pool(dir: &Path) -> sqlx::SqlitePool {

@@ -1,25 +1,54 @@
 //! The Postgres side of the store, for an active/passive pair: its
-//! connection and migrations (`migrations/postgres`), and the [`lease`]
-//! that decides which of the two leads.
+//! connection options and migrations (`migrations/postgres`), and the
+//! [`lease`] that decides which of the two leads. The queries themselves
+//! are the store's, compiled for both backends (see `store::backend`).
 
 pub mod lease;
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+
+use crate::config::{SslMode, StoreConfig};
 
 /// How long a statement waits for a pooled connection: with the database
 /// down, a lease renewal fails within this (not sqlx's default 30 s), well
 /// inside the lease's `ttl - margin`, so the leader's own clock decides.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connects to `url` and applies the Postgres migrations. Two processes
-/// starting together are safe: sqlx takes an advisory lock around them.
-pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
+/// The connection options `[store]` describes: its URL, with the password
+/// and TLS settings read at load (`verify-full` when a CA is given).
+pub fn options(config: &StoreConfig) -> Option<Result<PgConnectOptions, sqlx::Error>> {
+    let url = config.url.as_deref()?;
+    Some(url.parse::<PgConnectOptions>().map(|mut o| {
+        if let Some(p) = &config.password {
+            o = o.password(p.expose());
+        }
+        if let Some(ca) = &config.ca_file {
+            o = o.ssl_root_cert(ca);
+        }
+        match config
+            .sslmode
+            .or(config.ca_file.as_ref().map(|_| SslMode::VerifyFull))
+        {
+            Some(SslMode::Disable) => o.ssl_mode(PgSslMode::Disable),
+            Some(SslMode::Prefer) => o.ssl_mode(PgSslMode::Prefer),
+            Some(SslMode::Require) => o.ssl_mode(PgSslMode::Require),
+            Some(SslMode::VerifyCa) => o.ssl_mode(PgSslMode::VerifyCa),
+            Some(SslMode::VerifyFull) => o.ssl_mode(PgSslMode::VerifyFull),
+            None => o,
+        }
+    }))
+}
+
+/// Connects with `options` and applies the Postgres migrations. Two
+/// processes starting together are safe: sqlx takes an advisory lock
+/// around them.
+pub async fn connect(options: PgConnectOptions) -> Result<PgPool, sqlx::Error> {
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect(url)
+        .connect_with(options)
         .await?;
     sqlx::migrate!("./migrations/postgres").run(&pool).await?;
     Ok(pool)
