@@ -18,7 +18,13 @@
 # PERF_DATA=path also records a profile of gapless's drain (`perf record
 # --call-graph dwarf`; the last run's is kept) for `perf report -i path`.
 #
-# Usage: scripts/bench-drain.sh [EVENTS] [RUNS] [SYNCHRONOUS] [PROFILE] [WINDOW] [QOS]
+# Usage: scripts/bench-drain.sh [--store postgres] [EVENTS] [RUNS] [SYNCHRONOUS] [PROFILE] [WINDOW] [QOS]
+#   --store postgres  the store is a Postgres server of the bench's own
+#                (initdb + pg_ctl in the work directory, fsync on, as the
+#                `postgres` user when run as root), emptied before each run;
+#                the SQLite-only columns (WAL, commit probe) show "-", and
+#                the server's own CPU per event (utime + stime of its
+#                processes) is reported beside gapless's
 #   EVENTS       backlog size (default 200000)
 #   RUNS         repetitions (default 3)
 #   SYNCHRONOUS  gapless store.synchronous: full (default) or normal
@@ -35,6 +41,12 @@
 # when fed a large file at full speed).
 set -euo pipefail
 
+STORE=sqlite
+if [ "${1:-}" = --store ]; then
+  STORE=$2
+  shift 2
+fi
+case $STORE in sqlite | postgres) ;; *) echo "bench-drain: --store sqlite or postgres, not $STORE" >&2; exit 2 ;; esac
 EVENTS=${1:-200000}
 RUNS=${2:-3}
 SYNC=${3:-full}
@@ -60,11 +72,49 @@ COMMIT="$ROOT/target/release/examples/bench_commit"
 
 WORK=$(mktemp -d)
 BROKER_PID=
+PG_CTL=
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
   [ -n "$BROKER_PID" ] && kill "$BROKER_PID" 2>/dev/null || true
+  [ -n "$PG_CTL" ] && as_pg "$PG_CTL" -D "$WORK/pg/data" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+
+PSQL=
+if [ "$STORE" = postgres ]; then
+  PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [ -x "$PG_BIN/initdb" ] || { echo "bench-drain: Postgres is missing (apt-get install postgresql)" >&2; exit 2; }
+  PG_CTL=$PG_BIN/pg_ctl
+  PG_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$WORK/pg"
+  [ "$(id -u)" = 0 ] && chown postgres "$WORK/pg" && chmod 755 "$WORK"
+  as_pg "$PG_BIN/initdb" -D "$WORK/pg/data" -A trust -U gapless -E UTF8 >/dev/null
+  as_pg "$PG_CTL" -D "$WORK/pg/data" -l "$WORK/pg/log" -w \
+    -o "-p $PG_PORT -h 127.0.0.1 -k $WORK/pg" start >/dev/null
+  PG_URL="postgres://gapless@127.0.0.1:$PG_PORT/postgres"
+  PSQL="$PG_BIN/psql -q -h 127.0.0.1 -p $PG_PORT -U gapless postgres"
+fi
+# CPU seconds (user + system) of the Postgres server's processes so far.
+pg_cpu_s() {
+  [ -n "$PSQL" ] || { echo 0; return; }
+  python3 - "$WORK/pg/data/postmaster.pid" <<'PY'
+import os, sys
+root = int(open(sys.argv[1]).readline())
+tck = os.sysconf("SC_CLK_TCK")
+total = 0
+for pid in os.listdir("/proc"):
+    if not pid.isdigit():
+        continue
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    if int(pid) == root or int(f[1]) == root:
+        total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+print(total / tck)
+PY
+}
 
 # The backlog: one message per line (publish_lines sends one message per line).
 if [ "$PROFILE" = vcd ]; then
@@ -146,6 +196,14 @@ EOF
   "$PUBLISH" "$PORT" "$TOPIC" "$QOS" < "$WORK/envelopes.txt"
 
   rm -f "$WORK"/gapless.db* "$WORK/events.jsonl"
+  if [ "$STORE" = postgres ]; then
+    $PSQL -c "DROP SCHEMA public CASCADE; CREATE SCHEMA public;" 2>/dev/null
+    STORE_KEYS="url = \"$PG_URL\""
+  else
+    STORE_KEYS="path = \"$WORK/gapless.db\"
+synchronous = \"$SYNC\""
+  fi
+  pg_before=$(pg_cpu_s)
   cat > "$WORK/gapless.toml" <<EOF
 [source]
 $SOURCE
@@ -156,8 +214,7 @@ client_id = "bench-gapless"
 clean_session = false
 qos = $QOS
 [store]
-path = "$WORK/gapless.db"
-synchronous = "$SYNC"
+$STORE_KEYS
 [[sink]]
 name = "file"
 kind = "file"
@@ -205,6 +262,10 @@ for line in open(sys.argv[1]):
     if len(f) > 2 and f[0] and f[0][0].isdigit():
         v[f[2]] = v.get(f[2], 0) + float(f[0])
 print(v["task-clock"], int(v.get("syscalls:sys_enter_pwrite64", 0) + v.get("syscalls:sys_enter_write", 0)))' "$WORK/perf.csv")
+  pg_s=$(python3 -c "print($(pg_cpu_s) - $pg_before)")
+  if [ "$STORE" = postgres ]; then
+    page=0 row=0 c_rate=0
+  else
   read -r page row < <(python3 -c '
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
@@ -213,31 +274,35 @@ cols = [r[1] for r in db.execute("PRAGMA table_info(events)")]
 row = db.execute("SELECT avg(" + " + ".join(f"coalesce(length(CAST({c} AS BLOB)), 8)" for c in cols) + ") FROM events").fetchone()[0]
 print(page, row)' "$WORK/gapless.db")
   c_rate=$("$COMMIT" "$WORK" 50000 "$WINDOW" "$SYNC")
+  fi
 
   start=$(now_us)
   mosquitto_sub -h 127.0.0.1 -p "$PORT" -q "$QOS" -c -i bench-mosquitto-sub -t "$FILTER" -C "$EVENTS" > /dev/null
   m_s=$(python3 -c "print(($(now_us) - $start) / 1e6)")
 
   kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=
-  python3 - "$run" "$EVENTS" "$g_s" "$m_s" "$rss" "$wal" "$cpu_ms" "$frames" "$page" "$row" "$c_rate" "$batches" "$rss_file" <<'PY' | tee -a "$RESULTS"
+  python3 - "$run" "$EVENTS" "$g_s" "$m_s" "$rss" "$wal" "$cpu_ms" "$frames" "$page" "$row" "$c_rate" "$batches" "$rss_file" "$pg_s" <<'PY' | tee -a "$RESULTS"
 import sys
 a = sys.argv[1:]
 run, n, g, m, rss, wal = a[0], int(a[1]), float(a[2]), float(a[3]), int(a[4]), int(a[5])
 cpu_ms, frames, page, row, c, batches = float(a[6]), int(a[7]), int(a[8]), float(a[9]), float(a[10]), int(a[11])
-rss_file = int(a[12])
+rss_file, pg_s = int(a[12]), float(a[13])
 s = n / m
-limit = 1 / (1 / c + 1 / s)
+sqlite = c > 0
+limit = 1 / (1 / c + 1 / s) if sqlite else 0
 wal_ev = frames * (page + 24) / n
-print(f"{run}\t{g:.2f}\t{n/g:.0f}\t{cpu_ms*1000/n:.1f}\t{s:.0f}\t{(n/g)/s:.2f}\t{c:.0f}\t{limit:.0f}\t{(n/g)/limit:.2f}"
-      f"\t{wal_ev:.0f}\t{row:.0f}\t{wal_ev/row:.2f}\t{rss/1024:.1f}\t{rss_file/1024:.1f}\t{wal/2**20:.1f}\t{n/batches:.1f}")
+only = lambda text: text if sqlite else "-"
+print(f"{run}\t{g:.2f}\t{n/g:.0f}\t{cpu_ms*1000/n:.1f}\t{pg_s*1e6/n:.1f}\t{s:.0f}\t{(n/g)/s:.2f}\t{only(f'{c:.0f}')}\t{only(f'{limit:.0f}')}"
+      f"\t{only(f'{(n/g)/limit:.2f}' if sqlite else '')}\t{only(f'{wal_ev:.0f}')}\t{only(f'{row:.0f}')}\t{only(f'{wal_ev/row:.2f}' if sqlite else '')}"
+      f"\t{rss/1024:.1f}\t{rss_file/1024:.1f}\t{only(f'{wal/2**20:.1f}')}\t{n/batches:.1f}")
 PY
 done
 
 echo
-echo "| run | gapless s | gapless ev/s | CPU µs/event | mosquitto_sub ev/s | ratio | commits C rows/s | serial limit ev/s | ratio to limit | WAL B/event | stored row B | WAL/row | peak RSS MB | of which file-backed MB | peak WAL MiB | events/commit |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-awk -F'\t' '{printf "|"; for (i = 1; i <= 16; i++) printf " %s |", $i; printf "\n"}' "$RESULTS"
+echo "| run | gapless s | gapless ev/s | CPU µs/event | Postgres CPU µs/event | mosquitto_sub ev/s | ratio | commits C rows/s | serial limit ev/s | ratio to limit | WAL B/event | stored row B | WAL/row | peak RSS MB | of which file-backed MB | peak WAL MiB | events/commit |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+awk -F'\t' '{printf "|"; for (i = 1; i <= 17; i++) printf " %s |", $i; printf "\n"}' "$RESULTS"
 printf "| **median** |"
-for col in $(seq 2 16); do printf " %s |" "$(cut -f"$col" "$RESULTS" | median)"; done
+for col in $(seq 2 17); do printf " %s |" "$(cut -f"$col" "$RESULTS" | median)"; done
 echo
-echo "($EVENTS $PROFILE events, store.synchronous = $SYNC, mosquitto max_inflight_messages = $WINDOW, QoS $QOS)"
+echo "($EVENTS $PROFILE events, store $STORE, store.synchronous = $SYNC, mosquitto max_inflight_messages = $WINDOW, QoS $QOS)"

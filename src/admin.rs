@@ -55,7 +55,8 @@ pub struct SinkWatch {
 pub struct Admin {
     pub counters: Arc<Counters>,
     pub store: Store,
-    pub store_path: PathBuf,
+    /// The SQLite file whose size the gauges show; `None` on Postgres.
+    pub store_path: Option<PathBuf>,
     pub head: watch::Receiver<Head>,
     /// The MQTT subscription's state (subscribed while `since_us` is set).
     pub live: watch::Receiver<Live>,
@@ -397,9 +398,15 @@ impl Admin {
                 None => None,
             },
             head: self.head.borrow().seq,
-            store_bytes: crate::store::size_on_disk(&self.store_path),
+            store_bytes: self
+                .store_path
+                .as_deref()
+                .map_or(0, crate::store::size_on_disk),
             store_counts,
-            wal_bytes: crate::store::wal_on_disk(&self.store_path),
+            wal_bytes: self
+                .store_path
+                .as_deref()
+                .map_or(0, crate::store::wal_on_disk),
             sinks,
             source: self.source.clone(),
             gaps,

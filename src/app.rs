@@ -172,7 +172,11 @@ pub async fn run(
         let admin = Admin {
             counters: counters.clone(),
             store: store.clone(),
-            store_path: config.store.path.clone(),
+            store_path: config
+                .store
+                .url
+                .is_none()
+                .then(|| config.store.path.clone()),
             head: head.clone(),
             live: live_tx.subscribe(),
             source: config.source.uri().to_string(),

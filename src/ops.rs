@@ -354,7 +354,10 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
     let now = crate::event::now_us();
     Ok(Status {
         store: config.store.location(),
-        store_bytes: crate::store::size_on_disk(&config.store.path),
+        store_bytes: match config.store.url {
+            None => crate::store::size_on_disk(&config.store.path),
+            Some(_) => 0,
+        },
         head_seq: head,
         events,
         unreleased,

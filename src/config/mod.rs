@@ -183,7 +183,11 @@ impl Config {
     /// be creatable (no regular file in the way). Returns the directories
     /// `gapless run` will create.
     pub fn check_paths(&self) -> Result<Vec<PathBuf>, ConfigError> {
-        let mut files = vec![("store.path".to_string(), &self.store.path)];
+        // A Postgres store (`store.url`) has no file on this machine.
+        let mut files = match self.store.url {
+            None => vec![("store.path".to_string(), &self.store.path)],
+            Some(_) => vec![],
+        };
         for (i, sink) in self.sinks.iter().enumerate() {
             if let SinkKind::File(f) = &sink.kind {
                 files.push((format!("sink[{i}].path"), &f.path));

@@ -118,7 +118,7 @@ impl StoreConfig {
             return Err(ConfigError::invalid(
                 "store.url",
                 format!("the scheme is {}, not postgres", parsed.scheme()),
-                format!("{fix}; for SQLite set store.path instead"),
+                format!("{fix}; without a URL the store is the file at store.path"),
             ));
         }
         if parsed.password().is_some() {

@@ -479,3 +479,39 @@ fn schedules_are_checked() {
     assert!(parse_schedule("* * * * *").is_err());
     assert!(parse_schedule("0 * * * * nope").is_err());
 }
+
+#[test]
+fn a_postgres_store_takes_its_password_from_a_file_never_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pg-password");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    let store = |keys: &str| MINIMAL.replace("[mqtt]", &format!("[store]\n{keys}\n[mqtt]"));
+    let c = Config::parse(&store(&format!(
+        "url = \"postgres://gapless@db:5432/events\"\npassword_file = \"{}\"\nca_file = \"/etc/ca.pem\"",
+        file.display()
+    )))
+    .unwrap();
+    assert_eq!(c.store.password.as_ref().unwrap().expose(), "s3cret");
+    assert_eq!(c.store.location(), "postgres://gapless@db:5432/events");
+    assert!(!format!("{:?}", c.store).contains("s3cret"));
+    // The store keeps its connection options behind a Debug that names
+    // the backend only.
+    let options = crate::store::postgres::options(&c.store).unwrap().unwrap();
+    let kept = crate::store::backend::Db::<(), _>::Postgres(options);
+    assert_eq!(format!("{kept:?}"), "Postgres");
+
+    let e = err_of(&store("url = \"postgres://gapless:hunter2@db/events\""));
+    assert!(
+        e.contains("store.url") && e.contains("password_env") && !e.contains("hunter2"),
+        "{e}"
+    );
+    let e = err_of(&store("url = \"mysql://db/events\""));
+    assert!(e.contains("store.url") && e.contains("store.path"), "{e}");
+    let e = err_of(&store("sslmode = \"require\""));
+    assert!(
+        e.contains("store.sslmode") && e.contains("store.url"),
+        "{e}"
+    );
+    let e = err_of(&store("url = \"postgres://db/e\"\nsslmode = \"sometimes\""));
+    assert!(e.contains("sslmode") && e.contains("verify-full"), "{e}");
+}

@@ -14,18 +14,20 @@
 //! and the schema registry write through the writer), [`writer`] (the batch
 //! loop that ties them into one transaction), [`maintenance`] (checkpoints
 //! and retention), and [`read`] (the typed read API everyone else uses).
-//! [`postgres`] holds the Postgres side of an active/passive pair: so far
-//! its leader lease, and the schema (`migrations/postgres`) a test keeps
-//! in step with SQLite's.
+//! The store runs on SQLite (the default) or Postgres (`[store] url`):
+//! [`backend`] compiles every query for both. [`postgres`] holds the
+//! Postgres connection and the leader lease of an active/passive pair.
 //!
-//! The SQL is written to mean the same in SQLite and Postgres where it
-//! costs nothing: `TRUE`/`FALSE`, `IS DISTINCT FROM`, `CASE` rather than
-//! the two-argument `MAX`. What stays SQLite's own: the PRAGMAs and WAL
-//! checkpoints, `INDEXED BY` hints, `rowid`, `CAST(… AS BLOB)`, and
-//! anonymous `?` parameters (numbered ones made the batch insert's binding
-//! quadratic: see `ingest::placeholders`).
+//! The SQL is written once, in SQLite's dialect, to mean the same in
+//! Postgres where that costs nothing: `TRUE`/`FALSE`, `IS DISTINCT FROM`,
+//! `CASE` rather than the two-argument `MAX`, and an explicit `rowid`
+//! column in Postgres's tables. What Postgres spells differently
+//! `backend::postgres_sql` rewrites: anonymous `?` parameters (numbered ones
+//! made SQLite's batch insert binding quadratic: see
+//! `ingest::placeholders`), `INDEXED BY` hints, `CAST(… AS BLOB)`. What is
+//! SQLite's alone (PRAGMAs, WAL checkpoints) runs only there.
 
-mod backend;
+pub(crate) mod backend;
 mod control;
 mod gaps;
 mod ingest;

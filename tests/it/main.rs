@@ -1,5 +1,5 @@
 //! Integration tests: one binary, one module per concern, real parts only
-//! (mosquitto, the gapless binary, SQLite files on disk).
+//! (mosquitto, the gapless binary, SQLite files on disk, Postgres servers).
 
 mod admin;
 mod architecture;

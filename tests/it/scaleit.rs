@@ -142,11 +142,16 @@ struct Rig {
 /// Starts mosquitto, the schema service (`down` or not) and gapless with
 /// `extra` source keys; `None` when mosquitto is missing (test skipped).
 async fn rig(test: &str, down: bool, extra: &str) -> Option<Rig> {
+    rig_on(&TestStore::Sqlite, test, down, extra).await
+}
+
+async fn rig_on(store: &TestStore, test: &str, down: bool, extra: &str) -> Option<Rig> {
     let bin = mosquitto_bin(test)?;
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(bin, dir.path());
     let service = schema_service(down).await;
     let config = scaleit_config(dir.path(), &broker.tcp_url(), &service.url, extra);
+    store.apply(&config);
     let mut gapless = Gapless::start(dir.path(), &config);
     gapless.wait_subscribed(1);
     let file = dir.path().join("events.jsonl");
@@ -329,12 +334,13 @@ async fn validates_dedups_in_window_and_maps_to_cloudevents() {
     );
 }
 
+on_both_stores!(schema_service_down_queues_then_validates);
+
 /// The schema service is down: messages are stored and held back (not
 /// lost, not released); once it is back they are validated and released,
 /// the invalid one moved to `rejected`. After a restart the stored schema
 /// copy is revalidated with its ETag (304).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schema_service_down_queues_then_validates() {
+async fn schema_service_down_queues_then_validates(store: TestStore) {
     let Some(Rig {
         dir,
         broker,
@@ -342,7 +348,7 @@ async fn schema_service_down_queues_then_validates() {
         config,
         mut gapless,
         file,
-    }) = rig("scaleit_schema_down", true, "").await
+    }) = rig_on(&store, "scaleit_schema_down", true, "").await
     else {
         return;
     };

@@ -156,7 +156,17 @@ fn write_config(dir: &Path, broker: &EmbeddedBroker, sinks: &str) -> PathBuf {
 }
 
 async fn start(dir: &Path, broker: &EmbeddedBroker, sinks: &str) -> (Gapless, PathBuf) {
+    start_on(&TestStore::Sqlite, dir, broker, sinks).await
+}
+
+async fn start_on(
+    store: &TestStore,
+    dir: &Path,
+    broker: &EmbeddedBroker,
+    sinks: &str,
+) -> (Gapless, PathBuf) {
     let config = write_config(dir, broker, sinks);
+    store.apply(&config);
     let mut g = Gapless::start_env(dir, &config, &[(SECRET_ENV, SECRET)]);
     g.wait_subscribed(1);
     (g, config)
@@ -277,8 +287,13 @@ async fn retry_after_on_429_is_honoured() {
     assert_eq!(delivered(&rx, |i| i > 0), vec![1, 2, 3]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_event_is_dead_lettered_and_dlq_retry_delivers_it() {
+on_both_stores!(
+    a_refused_event_is_dead_lettered_and_dlq_retry_delivers_it,
+    killed_between_post_and_cursor_commit_resends_with_the_same_webhook_id,
+    replay_while_running_redelivers_and_tail_prints_the_stream
+);
+
+async fn a_refused_event_is_dead_lettered_and_dlq_retry_delivers_it(store: TestStore) {
     let dir = tempfile::tempdir().unwrap();
     let broker = EmbeddedBroker::start().await.unwrap();
     let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -294,7 +309,8 @@ async fn a_refused_event_is_dead_lettered_and_dlq_retry_delivers_it() {
         }),
     )
     .await;
-    let (mut gapless, config) = start(
+    let (mut gapless, config) = start_on(
+        &store,
         dir.path(),
         &broker,
         &webhook_sink("hook", addr, "dead-letter"),
@@ -317,6 +333,11 @@ async fn a_refused_event_is_dead_lettered_and_dlq_retry_delivers_it() {
                 .args(["--sink", "hook"]),
         )
     };
+    // The dead letter is committed beside the cursor, after the next
+    // event may already be on its way: wait for it.
+    wait_for("the dead letter recorded", &mut gapless, || {
+        sink_status(&config, "hook")["dead_letters"] == 1
+    });
     let list = cli(&["dlq", "list"]);
     assert!(
         list.contains("1 dead letter(s)") && list.contains(" 400 "),
@@ -382,15 +403,19 @@ async fn gone_disables_the_sink_and_other_sinks_carry_on() {
     assert_exactly_once(&dir.path().join("events.jsonl"), 0x3e_04, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_between_post_and_cursor_commit_resends_with_the_same_webhook_id() {
+async fn killed_between_post_and_cursor_commit_resends_with_the_same_webhook_id(store: TestStore) {
     let dir = tempfile::tempdir().unwrap();
     let broker = EmbeddedBroker::start().await.unwrap();
     let (rx, addr) = start_receiver(([127, 0, 0, 1], 0).into(), ok()).await;
     let (arrived, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     *rx.hold.lock().unwrap() = Some((2, arrived.clone(), release.clone()));
-    let (mut gapless, config) =
-        start(dir.path(), &broker, &webhook_sink("hook", addr, "block")).await;
+    let (mut gapless, config) = start_on(
+        &store,
+        dir.path(),
+        &broker,
+        &webhook_sink("hook", addr, "block"),
+    )
+    .await;
     publish(&broker, 0x3e_05, 5).await;
     arrived.notified().await;
     // Seq 3 is held at the receiver; kill once the cursor has passed 1 and
@@ -427,12 +452,17 @@ async fn killed_between_post_and_cursor_commit_resends_with_the_same_webhook_id(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_while_running_redelivers_and_tail_prints_the_stream() {
+async fn replay_while_running_redelivers_and_tail_prints_the_stream(store: TestStore) {
     let dir = tempfile::tempdir().unwrap();
     let broker = EmbeddedBroker::start().await.unwrap();
     let (rx, addr) = start_receiver(([127, 0, 0, 1], 0).into(), ok()).await;
-    let (gapless, config) = start(dir.path(), &broker, &webhook_sink("hook", addr, "block")).await;
+    let (gapless, config) = start_on(
+        &store,
+        dir.path(),
+        &broker,
+        &webhook_sink("hook", addr, "block"),
+    )
+    .await;
     publish(&broker, 0x3e_06, 5).await;
     wait_hits(&rx, |h| h.len() >= 5, "5 deliveries").await;
 
