@@ -27,6 +27,7 @@ use crate::source::profile::scaleit::history::ScaleitHistory;
 use crate::source::profile::scaleit::schema::{SchemaRegistry, Settler};
 use crate::source::profile::vcd::api::VcdClient;
 use crate::source::session;
+use crate::store::postgres::lease::{Lease, Role};
 use crate::store::{Retention, Store, StoreError, StreamSettings, Writer, WriterPlan};
 use crate::stream::{Live, Rule};
 
@@ -88,6 +89,16 @@ pub async fn run(
     // The lock first: a second gapless on this store stops here, before it
     // logs in, subscribes or writes anything.
     let (store, _lock) = Store::open_exclusive(&config.store).await?;
+    // On Postgres the lease decides instead: a standby waits here, before
+    // it logs in, subscribes or writes anything.
+    let (ttl, renew) = config.store.lease();
+    let leading = match store.lease(&holder_name(), ttl, renew) {
+        None => None,
+        Some(lease) => match lead(lease, renew, &shutdown).await {
+            Some(leading) => Some(leading),
+            None => return report(&store, &counters, 0, None).await,
+        },
+    };
     for warning in crate::net::exposure_warnings(&config)
         .into_iter()
         .chain(config.delivery_warnings())
@@ -119,6 +130,7 @@ pub async fn run(
                 .has_history()
                 .then(|| 2 * config.poll.overlap.0.as_micros() as i64),
         },
+        fence: leading.as_ref().map(|l| l.epoch),
     };
     let (writer, channels) = Writer::new(&store, &config.store, plan).await?;
     tracing::info!(store = %config.store.location(), head = channels.head.borrow().seq, "store open");
@@ -130,6 +142,24 @@ pub async fn run(
     }
 
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
+    if let Some(leading) = &leading {
+        let (mut role, shutdown) = (leading.role.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let lost = async {
+                while role.changed().await.is_ok() {
+                    if *role.borrow() == Role::Standby {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = lost => ("leader lease".into(), Err("this process no longer leads the store \
+                    (the lease was lost or not renewed in time): stopping, so that only \
+                    the new leader writes".into())),
+                _ = shutdown.cancelled() => ("leader lease".into(), Ok(())),
+            }
+        });
+    }
     tasks.spawn(async move {
         (
             "writer".into(),
@@ -209,10 +239,65 @@ pub async fn run(
         shutdown.cancel();
     }
     let failure = supervise(&mut tasks, &shutdown, config.shutdown_timeout.0, &counters).await;
+    if let Some(leading) = leading {
+        // Only now, with the last commit made: the other takes over at once.
+        leading.stop.cancel();
+        let _ = leading.task.await;
+    }
     let head = head.borrow().seq;
     let report = report(&store, &counters, head, failure).await;
     started?;
     report
+}
+
+/// This process in a pair's lease, e.g. `host-a:4242`.
+fn holder_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{}", host.trim(), std::process::id())
+}
+
+/// This process leading a Postgres store: the epoch its writes are fenced
+/// with, and the lease task that keeps (and at the end releases) it.
+struct Leading {
+    epoch: i64,
+    role: watch::Receiver<Role>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the lease and waits, as a standby, until this process leads;
+/// `None` if `shutdown` comes first.
+async fn lead(lease: Lease, renew: Duration, shutdown: &CancellationToken) -> Option<Leading> {
+    let (role_tx, mut role) = watch::channel(Role::Standby);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(lease.clone().run(renew, role_tx, stop.clone()));
+    let mut announced = false;
+    loop {
+        let now = *role.borrow_and_update();
+        if let Role::Leader(term) = now {
+            return Some(Leading {
+                epoch: term.epoch,
+                role,
+                stop,
+                task,
+            });
+        }
+        if !announced && let Ok(Some(h)) = lease.holder().await {
+            tracing::info!(leader = %h.holder, since = %crate::event::rfc3339_us(h.acquired_at_us),
+                "standing by: another gapless leads this store");
+            announced = true;
+        }
+        tokio::select! {
+            changed = role.changed() => if changed.is_err() {
+                return None;
+            },
+            _ = shutdown.cancelled() => {
+                stop.cancel();
+                let _ = task.await;
+                return None;
+            }
+        }
+    }
 }
 
 /// Logs in (VCD), then starts the pollers, the schema registry and the MQTT

@@ -45,6 +45,11 @@ pub struct StoreConfig {
     pub sslmode: Option<SslMode>,
     /// The CA that signed the Postgres server's certificate.
     pub ca_file: Option<PathBuf>,
+    /// Postgres: how long a leader's lease lasts unrenewed (default 10 s).
+    pub lease_ttl: Option<HumanDuration>,
+    /// Postgres: how often the leader renews its lease and a standby tries
+    /// to take it (default 2 s).
+    pub lease_renew: Option<HumanDuration>,
     /// Flush a batch at this many messages.
     #[serde(default = "default_batch_max")]
     pub batch_max: usize,
@@ -100,6 +105,8 @@ impl StoreConfig {
                 (self.password_file.is_some(), "store.password_file"),
                 (self.sslmode.is_some(), "store.sslmode"),
                 (self.ca_file.is_some(), "store.ca_file"),
+                (self.lease_ttl.is_some(), "store.lease_ttl"),
+                (self.lease_renew.is_some(), "store.lease_renew"),
             ] {
                 if set {
                     return Err(ConfigError::invalid(
@@ -121,6 +128,14 @@ impl StoreConfig {
                 format!("{fix}; without a URL the store is the file at store.path"),
             ));
         }
+        let (ttl, renew) = self.lease();
+        if renew.is_zero() || ttl < renew * 3 {
+            return Err(ConfigError::invalid(
+                "store.lease_ttl",
+                format!("{ttl:?} is less than three renewals ({renew:?} each)"),
+                "keep lease_ttl at least 3 × lease_renew (defaults 10s and 2s)",
+            ));
+        }
         if parsed.password().is_some() {
             return Err(ConfigError::invalid(
                 "store.url",
@@ -129,6 +144,14 @@ impl StoreConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The leader lease's term and renewal interval.
+    pub fn lease(&self) -> (Duration, Duration) {
+        (
+            self.lease_ttl.map_or(Duration::from_secs(10), |d| d.0),
+            self.lease_renew.map_or(Duration::from_secs(2), |d| d.0),
+        )
     }
 
     pub(super) fn resolve_password(&mut self) -> Result<(), ConfigError> {
@@ -152,6 +175,8 @@ impl Default for StoreConfig {
             password: None,
             sslmode: None,
             ca_file: None,
+            lease_ttl: None,
+            lease_renew: None,
             batch_max: default_batch_max(),
             batch_delay: default_batch_delay(),
             synchronous: default_synchronous(),

@@ -279,6 +279,16 @@ impl SinkTask {
         }
     }
 
+    /// Released events after `cursor`, up to this process's own head: a
+    /// deposed leader of a Postgres pair never delivers what its successor
+    /// released.
+    async fn released(&self, cursor: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let head = self.head.borrow().seq;
+        let mut events = self.store.released_after(cursor, self.config.batch).await?;
+        events.retain(|e| e.seq <= head);
+        Ok(events)
+    }
+
     /// Applies a pending `gapless replay` to `cursor`.
     async fn apply_replay(&self, cursor: &mut i64) -> Result<(), SinkError> {
         if let Some(from) = self.store.replay_request(&self.config.name).await? {
@@ -372,7 +382,7 @@ impl SinkTask {
         tracing::info!(sink = %name, cursor, "sink started");
         loop {
             self.apply_replay(&mut cursor).await?;
-            let mut events = self.store.released_after(cursor, self.config.batch).await?;
+            let mut events = self.released(cursor).await?;
             if let Some(last) = events.last().map(|e| e.seq) {
                 if !self.config.include_markers {
                     events.retain(|e| !e.is_marker());
@@ -412,7 +422,7 @@ impl SinkTask {
         tracing::info!(sink = %name, cursor, to = %target_address(&self.config), "sink started");
         loop {
             self.apply_replay(&mut cursor).await?;
-            let events = self.store.released_after(cursor, self.config.batch).await?;
+            let events = self.released(cursor).await?;
             if events.is_empty() {
                 if !self.wait_for_more(cursor).await {
                     break;
@@ -525,7 +535,7 @@ impl SinkTask {
                 }
             }
             self.retry_dead_letters(&target).await?;
-            let events = self.store.released_after(cursor, self.config.batch).await?;
+            let events = self.released(cursor).await?;
             if events.is_empty() {
                 if !self.wait_for_more(cursor).await {
                     break;

@@ -155,7 +155,7 @@ impl Writer {
         if passed <= 0 {
             return Ok(false);
         }
-        let mut tx = self.conn.begin().await?;
+        let mut tx = super::writer::begin(&mut self.conn, self.fence).await?;
         let done = on!(&mut tx, |t, sql| sqlx::query(sql(
             "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE seq IS NOT NULL \
              AND seq <= ? AND occurred_at_us < ? \

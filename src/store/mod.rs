@@ -67,6 +67,8 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("the store writer has stopped")]
     WriterGone,
+    #[error(transparent)]
+    Lease(#[from] postgres::lease::LeaseError),
     #[error(
         "store.path: the directory {dir} does not exist (gapless run creates it; create it or fix store.path)"
     )]

@@ -287,7 +287,7 @@ impl Writer {
         }
         // A failure is fatal to the writer (see `Writer::run`), so the
         // in-memory release state it leaves behind is never used.
-        let mut tx = self.conn.begin().await?;
+        let mut tx = super::writer::begin(&mut self.conn, self.fence).await?;
         let released = self.rel.release(&mut tx).await?;
         if released == 0 {
             // Nothing changed but how far event time has been released.

@@ -40,6 +40,7 @@ pub(crate) async fn running(
         acks,
         stream,
         retention,
+        fence: None,
     };
     let (writer, channels) = Writer::new(&store, &config, plan).await.unwrap();
     Running {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
-use super::backend::{Conn, on};
+use super::backend::{Conn, Db, Tx, on};
 use super::control::{Control, Head, SchemaOp, SinkOp, WriterHandle, write_sink_op};
 use super::ingest::{Ingest, Receipt, pending};
 use super::maintenance::Retention;
@@ -38,6 +38,21 @@ pub struct WriterPlan {
     pub acks: Option<mpsc::UnboundedSender<Vec<Receipt>>>,
     pub stream: StreamSettings,
     pub retention: Retention,
+    /// On Postgres: the epoch of this process's leader lease, checked in
+    /// every write transaction ([`begin`]).
+    pub fence: Option<i64>,
+}
+
+/// Begins a write transaction. On Postgres with a lease `fence`d, the
+/// transaction first checks that this process still leads (and holds the
+/// lease row until it ends): a deposed leader's write fails, so the writer
+/// stops before anything of it lands.
+pub(super) async fn begin(conn: &mut Conn, fence: Option<i64>) -> Result<Tx<'_>, StoreError> {
+    let mut tx = conn.begin().await?;
+    if let (Db::Postgres(t), Some(epoch)) = (&mut tx, fence) {
+        super::postgres::lease::fence(t, super::postgres::LEASE, epoch).await?;
+    }
+    Ok(tx)
 }
 
 /// The single writer task's state.
@@ -57,6 +72,7 @@ pub struct Writer {
     pub(super) forced_logged: (u64, std::time::Instant),
     /// The WAL file, whose size the writer bounds, and when it last looked.
     pub(super) wal: (PathBuf, std::time::Instant),
+    pub(super) fence: Option<i64>,
     /// Shared with [`Store::run_checkpointer`] (see `Store::checkpoints`).
     pub(super) checkpoints: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
@@ -133,6 +149,7 @@ impl Writer {
         plan: WriterPlan,
     ) -> Result<(Writer, WriterChannels), StoreError> {
         let WriterPlan {
+            fence,
             source,
             queue,
             counters,
@@ -182,6 +199,7 @@ impl Writer {
             forced_logged: (0, std::time::Instant::now()),
             wal: (wal_path(&config.path), std::time::Instant::now()),
             checkpoints: store.checkpoints.clone(),
+            fence,
         };
         let channels = WriterChannels {
             ingest: ingest_tx,
@@ -327,7 +345,7 @@ impl Writer {
     /// rejections, schema and sink writes, the poller's watermark, then the
     /// release step.
     async fn write(&mut self, batch: &mut Batch) -> Result<Written, StoreError> {
-        let mut tx = self.conn.begin().await?;
+        let mut tx = super::writer::begin(&mut self.conn, self.fence).await?;
         let order = self.rel.stream.order;
         if let Some(until) = batch.verified {
             self.rel.verified = self.rel.verified.max(Some(until));

@@ -57,6 +57,7 @@ async fn rig(sim: &VcdSim, poll: PollConfig) -> Rig {
             sinks: vec![],
             poll_guard_us: None,
         },
+        fence: None,
     };
     let (writer, channels) = Writer::new(&store, &config, plan).await.unwrap();
     tokio::spawn(writer.run());

@@ -9,7 +9,24 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
+use super::Store;
+use super::backend::Db;
 use crate::config::{SslMode, StoreConfig};
+
+/// The lease every gapless on one store contends for.
+pub const LEASE: &str = "gapless";
+
+impl Store {
+    /// The leader lease of a Postgres store, to be claimed as `holder`
+    /// (trusting a term `ttl - margin`); `None` for SQLite, whose file
+    /// lock keeps a second daemon out instead.
+    pub fn lease(&self, holder: &str, ttl: Duration, margin: Duration) -> Option<lease::Lease> {
+        match &self.pool {
+            Db::Postgres(pool) => Some(lease::Lease::new(pool.clone(), LEASE, holder, ttl, margin)),
+            Db::Sqlite(_) => None,
+        }
+    }
+}
 
 /// How long a statement waits for a pooled connection: with the database
 /// down, a lease renewal fails within this (not sqlx's default 30 s), well
