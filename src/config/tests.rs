@@ -512,6 +512,16 @@ fn a_postgres_store_takes_its_password_from_a_file_never_the_url() {
         e.contains("store.sslmode") && e.contains("store.url"),
         "{e}"
     );
+    let e = err_of(&store("url = \"postgres://db/e\"\nlease_ttl = \"3s\""));
+    assert!(
+        e.contains("store.lease_ttl") && e.contains("3 × lease_renew"),
+        "{e}"
+    );
+    let e = err_of(&store("lease_renew = \"1s\""));
+    assert!(
+        e.contains("store.lease_renew") && e.contains("store.url"),
+        "{e}"
+    );
     let e = err_of(&store("url = \"postgres://db/e\"\nsslmode = \"sometimes\""));
     assert!(e.contains("sslmode") && e.contains("verify-full"), "{e}");
 }
