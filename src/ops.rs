@@ -214,6 +214,20 @@ pub struct Status {
     pub daemon: String,
     /// Where that endpoint answers (with port 0 asked: the port it bound).
     pub admin: Option<AdminAddr>,
+    /// A Postgres store: which process of the pair holds the lease.
+    pub leader: Option<Leader>,
+}
+
+/// The holder of a Postgres store's leader lease, as `status` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct Leader {
+    /// `host:pid` of the leading process.
+    pub holder: String,
+    pub epoch: i64,
+    /// When its term began (RFC 3339).
+    pub since: String,
+    /// Unexpired when read: `false` means nobody leads right now.
+    pub live: bool,
 }
 
 /// A client for the daemon's own admin endpoint: short timeout, no proxy.
@@ -350,6 +364,17 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
             .to_string()
     };
     let admin = admin_addr(config, &store).await;
+    let (ttl, renew) = config.store.lease();
+    let leader = match store.lease("status", ttl, renew) {
+        Some(lease) => lease.holder().await.map_err(StoreError::from)?,
+        None => None,
+    }
+    .map(|h| Leader {
+        holder: h.holder,
+        epoch: h.epoch,
+        since: crate::event::rfc3339_us(h.acquired_at_us),
+        live: h.live,
+    });
     store.close().await;
     let now = crate::event::now_us();
     Ok(Status {
@@ -373,6 +398,7 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
         last_gaps,
         daemon: daemon_state(config, &admin).await,
         admin: admin.ok().flatten(),
+        leader,
     })
 }
 
@@ -393,6 +419,19 @@ impl Status {
             (Some(v), Some(age)) => format!("verified    up to {v} ({age:.0} s ago)\n"),
             _ => "verified    never (no poller, or it has not completed a window yet)\n".into(),
         };
+        if let Some(l) = &self.leader {
+            s += &format!(
+                "leader      {} since {} (epoch {}{})\n",
+                l.holder,
+                l.since,
+                l.epoch,
+                if l.live {
+                    ""
+                } else {
+                    ", expired: nobody leads now"
+                }
+            );
+        }
         s += &format!("source      {}\n", self.completeness);
         if self.pending_validation > 0 {
             s += &format!(

@@ -754,6 +754,14 @@ async fn a_killed_leader_is_replaced_by_its_standby_and_every_event_lands_once()
         killed.unwrap().elapsed()
     );
     wait_lines(&world.file(), 1000, Duration::from_secs(60), &mut standby);
+    // `status` names the new leader, in a later term than the first.
+    let leader = &status_json(&world.config)["leader"];
+    let holder = leader["holder"].as_str().unwrap();
+    assert!(
+        holder.ends_with(&format!(":{}", standby.pid())) && leader["live"] == true,
+        "{leader}"
+    );
+    assert!(leader["epoch"].as_i64() >= Some(2), "{leader}");
     standby.wait_one_more_window();
     standby.stop();
     assert_ground_truth(&world.file(), &world.sim);
