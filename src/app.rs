@@ -96,7 +96,10 @@ pub async fn run(
         None => None,
         Some(lease) => match lead(lease, renew, &shutdown).await {
             Some(leading) => Some(leading),
-            None => return report(&store, &counters, 0, None).await,
+            None => {
+                let head = store.head().await?;
+                return report(&store, &counters, head, None).await;
+            }
         },
     };
     for warning in crate::net::exposure_warnings(&config)
@@ -145,15 +148,9 @@ pub async fn run(
     if let Some(leading) = &leading {
         let (mut role, shutdown) = (leading.role.clone(), shutdown.clone());
         tasks.spawn(async move {
-            let lost = async {
-                while role.changed().await.is_ok() {
-                    if *role.borrow() == Role::Standby {
-                        break;
-                    }
-                }
-            };
+            // A dropped sender (the lease task gone) is as lost.
             tokio::select! {
-                _ = lost => ("leader lease".into(), Err("this process no longer leads the store \
+                _ = role.wait_for(|r| *r == Role::Standby) => ("leader lease".into(), Err("this process no longer leads the store \
                     (the lease was lost or not renewed in time): stopping, so that only \
                     the new leader writes".into())),
                 _ = shutdown.cancelled() => ("leader lease".into(), Ok(())),
