@@ -707,13 +707,25 @@ fn wait_standing_by(gapless: &mut Gapless) {
     }
 }
 
-/// Sends `signal` (`-STOP`, `-CONT`) to the process.
-fn signal(gapless: &Gapless, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &gapless.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal}");
+/// An active/passive pair on a Postgres store of its own, VCD's MQTT
+/// losing 20%: the leader subscribed, the standby waiting behind it.
+/// `None` when Postgres is missing (the test is skipped).
+async fn pair(test: &str) -> Option<(World, Gapless, Gapless)> {
+    let world = World::on(TestStore::postgres(test)?).await;
+    world.sim.set_faults(|f| f.mqtt_drop_rate = 0.2);
+    let mut leader = world.gapless();
+    leader.wait_subscribed(1);
+    let mut standby = world.gapless();
+    wait_standing_by(&mut standby);
+    Some((world, leader, standby))
+}
+
+/// 100 events every 100 ms, `rounds` times.
+async fn trickle(world: &World, rounds: usize) {
+    for _ in 0..rounds {
+        world.sim.create_events(100).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// An active/passive pair on one Postgres store, every key at its default
@@ -725,33 +737,17 @@ fn signal(gapless: &Gapless, signal: &str) {
 /// holes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_by_its_standby_and_every_event_lands_once() {
-    let Some(store) = TestStore::postgres("pair_killed_leader") else {
+    let Some((world, leader, mut standby)) = pair("pair_killed_leader").await else {
         return;
     };
-    let world = World::on(store).await;
-    world.sim.set_faults(|f| f.mqtt_drop_rate = 0.2);
-    let mut leader = world.gapless();
-    leader.wait_subscribed(1);
-    let mut standby = world.gapless();
-    wait_standing_by(&mut standby);
-    let mut killed = None;
-    for round in 0..10 {
-        world.sim.create_events(100).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if round == 4 {
-            leader.kill();
-            killed = Some(std::time::Instant::now());
-            break;
-        }
-    }
-    for _ in 5..10 {
-        world.sim.create_events(100).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    trickle(&world, 5).await;
+    leader.kill();
+    let killed = std::time::Instant::now();
+    trickle(&world, 5).await;
     standby.wait_subscribed(1);
     eprintln!(
         "the standby subscribed {:.1?} after the kill",
-        killed.unwrap().elapsed()
+        killed.elapsed()
     );
     wait_lines(&world.file(), 1000, Duration::from_secs(60), &mut standby);
     // `status` names the new leader, in a later term than the first.
@@ -774,22 +770,16 @@ async fn a_killed_leader_is_replaced_by_its_standby_and_every_event_lands_once()
 /// one seq each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_is_fenced_when_it_wakes_and_nothing_is_sequenced_twice() {
-    let Some(store) = TestStore::postgres("pair_paused_leader") else {
+    let Some((world, mut leader, mut standby)) = pair("pair_paused_leader").await else {
         return;
     };
-    let world = World::on(store).await;
-    world.sim.set_faults(|f| f.mqtt_drop_rate = 0.2);
-    let mut leader = world.gapless();
-    leader.wait_subscribed(1);
-    let mut standby = world.gapless();
-    wait_standing_by(&mut standby);
     world.sim.create_events(300).await.unwrap();
     wait_lines(&world.file(), 300, Duration::from_secs(60), &mut leader);
-    signal(&leader, "-STOP");
+    leader.signal("-STOP");
     world.sim.create_events(200).await.unwrap();
     standby.wait_subscribed(1);
     wait_lines(&world.file(), 500, Duration::from_secs(60), &mut standby);
-    signal(&leader, "-CONT");
+    leader.signal("-CONT");
     world.sim.create_events(100).await.unwrap();
     let code = leader.wait_exit(Duration::from_secs(60));
     assert_ne!(code, Some(0), "{}", leader.log_text());

@@ -355,28 +355,19 @@ impl Gapless {
         self.stop_by("-TERM")
     }
 
+    /// Sends `signal` (`-TERM`, `-STOP`, `-CONT`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Sends `signal` (`-TERM`, `-INT`), then waits for a clean exit;
     /// returns the summary JSON.
     pub fn stop_by(mut self, signal: &str) -> serde_json::Value {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args([signal, &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gapless did not stop:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(
-            status.success(),
-            "gapless exit {status}:\n{}",
-            self.log_text()
-        );
+        self.signal(signal);
+        let code = self.wait_exit(Duration::from_secs(30));
+        assert_eq!(code, Some(0), "gapless exit:\n{}", self.log_text());
         let text = std::fs::read_to_string(&self.summary).expect("summary written");
         serde_json::from_str(&text).unwrap()
     }
