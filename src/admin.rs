@@ -25,6 +25,7 @@ use crate::config::Secret;
 use crate::event::now_us;
 use crate::metrics::{Counters, EXPORTED};
 use crate::source::RejectReason;
+use crate::store::postgres::lease::{Lease, Role};
 use crate::store::{Head, Store, StoreError};
 use crate::stream::{Live, QosDowngrade};
 
@@ -66,6 +67,17 @@ pub struct Admin {
     pub sinks: Vec<SinkWatch>,
     /// `admin.token_env`: required by `/metrics` and by `/readyz`'s details.
     pub token: Option<Secret>,
+    /// In a Postgres pair: whether this process leads, for `/readyz`.
+    pub pair: Option<PairWatch>,
+}
+
+/// A pair member's role, and the lease that names who leads: a standby is
+/// alive but not ready, and says so (`standby`) rather than listing the
+/// problems of a pipeline it does not run.
+#[derive(Clone)]
+pub struct PairWatch {
+    pub role: watch::Receiver<Role>,
+    pub lease: Lease,
 }
 
 /// One sink's state at the moment of a request.
@@ -413,35 +425,38 @@ impl Admin {
         })
     }
 
-    /// Binds `addr` now (so a taken port fails start-up), records the bound
-    /// address in the store (port 0 picks any free port), then serves until
-    /// `shutdown`.
+    /// Binds `addr` now (so a taken port fails start-up; port 0 picks any
+    /// free port), then serves until `shutdown`. Returns the bound address,
+    /// which the caller records in the store ([`record`]) once this
+    /// process is the one `status` should ask.
     pub async fn serve(
         self,
         addr: SocketAddr,
         shutdown: CancellationToken,
-    ) -> Result<impl Future<Output = Result<(), AdminError>>, AdminError> {
+    ) -> Result<(SocketAddr, impl Future<Output = Result<(), AdminError>>), AdminError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| AdminError::Bind { addr, source })?;
         let bound = listener.local_addr().map_err(AdminError::Serve)?;
-        self.store
-            .record_admin(bound)
-            .await
-            .map_err(AdminError::Record)?;
         tracing::info!(addr = %bound, "admin endpoint listening (/healthz, /readyz, /metrics)");
         let app = axum::Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_page))
             .with_state(Arc::new(self));
-        Ok(async move {
+        Ok((bound, async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await
                 .map_err(AdminError::Serve)
-        })
+        }))
     }
+}
+
+/// Records `bound` as the admin endpoint `status` asks (port 0 picks any
+/// free port, so only the daemon knows it).
+pub async fn record(store: &Store, bound: SocketAddr) -> Result<(), AdminError> {
+    store.record_admin(bound).await.map_err(AdminError::Record)
 }
 
 fn store_failure(e: StoreError) -> Response {
@@ -483,6 +498,11 @@ async fn healthz(State(admin): State<Arc<Admin>>) -> Response {
 }
 
 async fn readyz(State(admin): State<Arc<Admin>>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(pair) = &admin.pair
+        && *pair.role.borrow() == Role::Standby
+    {
+        return standby(pair, authorized(&admin, &headers)).await;
+    }
     let facts = match admin.facts().await {
         Ok(f) => f,
         Err(e) => return store_failure(e),
@@ -505,6 +525,24 @@ async fn readyz(State(admin): State<Arc<Admin>>, headers: axum::http::HeaderMap)
         )
             .into_response()
     }
+}
+
+/// `/readyz` of a standby: 503 `standby`, and with the token who leads.
+async fn standby(pair: &PairWatch, authorized: bool) -> Response {
+    let mut body = "standby\n".to_string();
+    if authorized {
+        body += &match pair.lease.holder().await {
+            Ok(Some(h)) if h.live => format!(
+                "leader: {} since {} (epoch {})\n",
+                h.holder,
+                crate::event::rfc3339_us(h.acquired_at_us),
+                h.epoch
+            ),
+            Ok(_) => "leader: none (the lease is free)\n".into(),
+            Err(e) => format!("leader: unknown ({e})\n"),
+        };
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 
 async fn metrics_page(State(admin): State<Arc<Admin>>, headers: axum::http::HeaderMap) -> Response {

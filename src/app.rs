@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{Admin, SinkWatch};
+use crate::admin::{Admin, PairWatch, SinkWatch};
 use crate::config::Config;
 use crate::config::SourceKind;
 use crate::event::now_us;
@@ -28,7 +28,7 @@ use crate::source::profile::scaleit::schema::{SchemaRegistry, Settler};
 use crate::source::profile::vcd::api::VcdClient;
 use crate::source::session;
 use crate::store::postgres::lease::{Lease, Role};
-use crate::store::{Retention, Store, StoreError, StreamSettings, Writer, WriterPlan};
+use crate::store::{Head, Retention, Store, StoreError, StreamSettings, Writer, WriterPlan};
 use crate::stream::{Live, Rule};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,8 @@ pub fn peak_rss_kib() -> Option<u64> {
 type TaskResult = (String, Result<(), String>);
 
 /// Runs the pipeline until `shutdown` is cancelled (or a task fails), then
-/// drains it within `shutdown_timeout`.
+/// drains it within `shutdown_timeout`. On Postgres the pipeline runs only
+/// while this process leads the store, once per term (see [`lead_terms`]).
 pub async fn run(
     config: Config,
     options: RunOptions,
@@ -89,162 +90,293 @@ pub async fn run(
     // The lock first: a second gapless on this store stops here, before it
     // logs in, subscribes or writes anything.
     let (store, _lock) = Store::open_exclusive(&config.store).await?;
-    // On Postgres the lease decides instead: a standby waits here, before
-    // it logs in, subscribes or writes anything.
     let (ttl, renew) = config.store.lease();
-    let leading = match store.lease(&holder_name(), ttl, renew) {
-        None => None,
-        Some(lease) => match lead(lease, renew, &shutdown).await {
-            Some(leading) => Some(leading),
-            None => {
-                let head = store.head().await?;
-                return report(&store, &counters, head, None).await;
-            }
-        },
-    };
+    let lease = store.lease(&holder_name(), ttl, renew);
     for warning in crate::net::exposure_warnings(&config)
         .into_iter()
         .chain(config.delivery_warnings())
     {
         tracing::warn!("{warning}");
     }
-    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
-    let (live_tx, live_rx) = watch::channel(Live::default());
-    let stream = StreamSettings {
-        order: config.stream.order,
-        rule: Rule {
-            release: config.stream.release,
-            settle_us: config.stream.settle.0.as_micros() as i64,
-            max_hold_us: config.stream.max_hold.0.as_micros() as i64,
-            has_poller: config.has_history(),
-        },
-        live: live_rx,
-    };
-    let plan = WriterPlan {
-        source: config.source.uri().to_string(),
-        queue: config.mqtt.queue,
-        counters: counters.clone(),
-        acks: Some(acks_tx),
-        stream,
-        retention: Retention {
-            keep_us: config.store.retention.0.as_micros() as i64,
-            sinks: config.sinks.iter().map(|s| s.name.clone()).collect(),
-            poll_guard_us: config
-                .has_history()
-                .then(|| 2 * config.poll.overlap.0.as_micros() as i64),
-        },
-        fence: leading.as_ref().map(|l| l.epoch),
-    };
-    let (writer, channels) = Writer::new(&store, &config.store, plan).await?;
-    tracing::info!(store = %config.store.location(), head = channels.head.borrow().seq, "store open");
-    if config.has_history() {
-        // Until the first run verifies something, the poller counts as
-        // failing (for /readyz and the metrics), so a poller that never
-        // gets going is noticed after poll.alert_after.
-        counters.poll_started(now_us());
-    }
-
-    let mut tasks: JoinSet<TaskResult> = JoinSet::new();
-    if let Some(leading) = &leading {
-        let (mut role, shutdown) = (leading.role.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            // A dropped sender (the lease task gone) is as lost.
-            tokio::select! {
-                _ = role.wait_for(|r| *r == Role::Standby) => ("leader lease".into(), Err("this process no longer leads the store \
-                    (the lease was lost or not renewed in time): stopping, so that only \
-                    the new leader writes".into())),
-                _ = shutdown.cancelled() => ("leader lease".into(), Ok(())),
-            }
-        });
-    }
-    tasks.spawn(async move {
-        (
-            "writer".into(),
-            writer.run().await.map_err(|e| crate::error_chain(&e)),
-        )
+    // What the admin endpoint watches outlives a term: each term's writer
+    // and MQTT source publish into these.
+    let head = watch::Sender::new(Head {
+        seq: store.head().await?,
+        closed: false,
     });
-    let checkpointer = store.clone().run_checkpointer(shutdown.clone());
-    tasks.spawn(async move {
-        let r = checkpointer.await;
-        ("checkpointer".into(), r.map_err(|e| crate::error_chain(&e)))
+    let live = watch::Sender::new(Live::default());
+    let role = watch::Sender::new(Role::Standby);
+    let pair = lease.clone().map(|lease| PairWatch {
+        role: role.subscribe(),
+        lease,
     });
-    for sink in &config.sinks {
-        let task = SinkTask {
-            config: sink.clone(),
-            shutdown: shutdown.clone(),
-            store: store.clone(),
-            writer: channels.handle.clone(),
-            head: channels.head.clone(),
-            source_uri: config.source.uri().to_string(),
-            source_name: config.source.name.clone(),
-            counters: counters.clone(),
-            stats: counters.sink(&sink.name),
-            retry_after_max: config.http.retry_after_max.0,
-        };
-        let name = format!("sink {}", sink.name);
-        tasks.spawn(async move {
-            (
-                name,
-                task.run()
-                    .await
-                    .map(drop)
-                    .map_err(|e| crate::error_chain(&e)),
-            )
-        });
-    }
-    let head = channels.head.clone();
-    // The admin endpoint answers before the first login, so /healthz and
-    // /readyz work while a wrong URL or password is retried.
-    if let Some(addr) = config.admin.addr()? {
-        let admin = Admin {
-            counters: counters.clone(),
-            store: store.clone(),
-            store_path: config
-                .store
-                .url
-                .is_none()
-                .then(|| config.store.path.clone()),
-            head: head.clone(),
-            live: live_tx.subscribe(),
-            source: config.source.uri().to_string(),
-            poll_alert_after: config.has_history().then_some(config.poll.alert_after.0),
-            sinks: config
-                .sinks
-                .iter()
-                .map(|s| SinkWatch {
-                    name: s.name.clone(),
-                    alert_after: s.alert_after.0,
-                })
-                .collect(),
-            token: config.admin.token.clone(),
-        };
-        let server = admin.serve(addr, shutdown.clone()).await?;
-        tasks.spawn(async move {
-            (
-                "admin".into(),
-                server.await.map_err(|e| crate::error_chain(&e)),
-            )
-        });
-    }
-
-    let started = start_sources(
-        &config, &options, &mut tasks, &store, channels, live_tx, acks_rx, &counters, &shutdown,
-    )
-    .await;
-    if let Err(e) = &started {
-        tracing::error!(error = %crate::error_chain(e), "start-up failed; shutting down");
-        shutdown.cancel();
-    }
-    let failure = supervise(&mut tasks, &shutdown, config.shutdown_timeout.0, &counters).await;
-    if let Some(leading) = leading {
-        // Only now, with the last commit made: the other takes over at once.
-        leading.stop.cancel();
-        let _ = leading.task.await;
+    let admin_stop = shutdown.child_token();
+    let admin = serve_admin(&config, &store, &counters, &head, &live, pair, &admin_stop).await?;
+    let bound = admin.as_ref().map(|(bound, _)| *bound);
+    let pipeline = Pipeline {
+        config: &config,
+        options: &options,
+        store: &store,
+        counters: &counters,
+        head: &head,
+        live: &live,
+    };
+    let (failure, started) = match lease {
+        None => match pipeline.record_admin(bound).await {
+            Ok(()) => pipeline.term(None, &shutdown, &shutdown).await,
+            Err(e) => (None, Err(e)),
+        },
+        Some(lease) => pipeline.lead_terms(lease, &role, bound, &shutdown).await,
+    };
+    admin_stop.cancel();
+    if let Some((_, task)) = admin {
+        let _ = task.await;
     }
     let head = head.borrow().seq;
     let report = report(&store, &counters, head, failure).await;
     started?;
     report
+}
+
+/// Binds the admin endpoint (a taken port fails start-up) and serves it
+/// until `stop`, for the whole process: a standby answers too. A serving
+/// error fails the run.
+async fn serve_admin(
+    config: &Config,
+    store: &Store,
+    counters: &Arc<Counters>,
+    head: &watch::Sender<Head>,
+    live: &watch::Sender<Live>,
+    pair: Option<PairWatch>,
+    stop: &CancellationToken,
+) -> Result<Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>, AppError> {
+    let Some(addr) = config.admin.addr()? else {
+        return Ok(None);
+    };
+    let admin = Admin {
+        counters: counters.clone(),
+        store: store.clone(),
+        store_path: config
+            .store
+            .url
+            .is_none()
+            .then(|| config.store.path.clone()),
+        head: head.subscribe(),
+        live: live.subscribe(),
+        source: config.source.uri().to_string(),
+        poll_alert_after: config.has_history().then_some(config.poll.alert_after.0),
+        sinks: config
+            .sinks
+            .iter()
+            .map(|s| SinkWatch {
+                name: s.name.clone(),
+                alert_after: s.alert_after.0,
+            })
+            .collect(),
+        token: config.admin.token.clone(),
+        pair,
+    };
+    let (bound, server) = admin.serve(addr, stop.clone()).await?;
+    let (counters, stop) = (counters.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %crate::error_chain(&e), "admin endpoint failed; shutting down");
+            counters.fail(format!("admin: {e}"));
+            stop.cancel();
+        }
+    });
+    Ok(Some((bound, task)))
+}
+
+/// What every term of the pipeline runs with.
+struct Pipeline<'a> {
+    config: &'a Config,
+    options: &'a RunOptions,
+    store: &'a Store,
+    counters: &'a Arc<Counters>,
+    head: &'a watch::Sender<Head>,
+    live: &'a watch::Sender<Live>,
+}
+
+/// Why a term ended abnormally, and whether it failed to start.
+type TermEnd = (Option<String>, Result<(), AppError>);
+
+impl Pipeline<'_> {
+    /// Records the admin endpoint's address for `status`, which asks the
+    /// process that runs the pipeline (a pair's leader).
+    async fn record_admin(&self, bound: Option<std::net::SocketAddr>) -> Result<(), AppError> {
+        match bound {
+            Some(bound) => Ok(crate::admin::record(self.store, bound).await?),
+            None => Ok(()),
+        }
+    }
+
+    /// A Postgres pair member's life: stand by until this process leads,
+    /// run the pipeline for the term, and when the term ends without a
+    /// shutdown (the lease lost, the database gone) stand by again, one
+    /// lease TTL out of the race, so the other process leads first. Only
+    /// a start-up error other than the store's ends the process.
+    async fn lead_terms(
+        &self,
+        lease: Lease,
+        role: &watch::Sender<Role>,
+        admin: Option<std::net::SocketAddr>,
+        shutdown: &CancellationToken,
+    ) -> TermEnd {
+        let (ttl, renew) = self.config.store.lease();
+        let mut sit_out = Duration::ZERO;
+        loop {
+            let Some(leading) = lead(&lease, renew, role, sit_out, shutdown).await else {
+                // A standby stopped: it reports the store's head, the leader's.
+                if let Ok(seq) = self.store.head().await {
+                    self.head.send_modify(|h| h.seq = seq);
+                }
+                return (None, Ok(()));
+            };
+            let term = shutdown.child_token();
+            let (failure, started) = match self.record_admin(admin).await {
+                Ok(()) => self.term(Some(&leading), &term, shutdown).await,
+                Err(e) => (None, Err(e)),
+            };
+            // Only now, with the last commit made: the other takes over at once.
+            leading.stop.cancel();
+            let _ = leading.task.await;
+            self.live.send_replace(Live::default());
+            let why = match (failure, started) {
+                (failure, started) if shutdown.is_cancelled() => return (failure, started),
+                (_, Err(e)) if !matches!(e, AppError::Store(_) | AppError::Admin(_)) => {
+                    return (None, Err(e));
+                }
+                (_, Err(e)) => crate::error_chain(&e),
+                (failure, Ok(())) => failure.unwrap_or_else(|| "the pipeline stopped".into()),
+            };
+            tracing::warn!(reason = %why, sit_out = ?ttl,
+                "this process no longer leads; standing by (the other process may take over first)");
+            self.counters.clear_failure();
+            sit_out = ttl;
+        }
+    }
+
+    /// Runs the pipeline once: until `stop` (or a task fails, which
+    /// cancels `stop`), then drains it within `shutdown_timeout`. As a
+    /// pair's leader, every write is fenced with the term's epoch, and the
+    /// term ends as soon as the lease is lost. `--exit-idle` cancels
+    /// `shutdown`, the whole process's.
+    async fn term(
+        &self,
+        leading: Option<&Leading>,
+        stop: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> TermEnd {
+        let (config, store, counters) = (self.config, self.store, self.counters);
+        let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+        let stream = StreamSettings {
+            order: config.stream.order,
+            rule: Rule {
+                release: config.stream.release,
+                settle_us: config.stream.settle.0.as_micros() as i64,
+                max_hold_us: config.stream.max_hold.0.as_micros() as i64,
+                has_poller: config.has_history(),
+            },
+            live: self.live.subscribe(),
+        };
+        let plan = WriterPlan {
+            source: config.source.uri().to_string(),
+            queue: config.mqtt.queue,
+            counters: counters.clone(),
+            acks: Some(acks_tx),
+            stream,
+            retention: Retention {
+                keep_us: config.store.retention.0.as_micros() as i64,
+                sinks: config.sinks.iter().map(|s| s.name.clone()).collect(),
+                poll_guard_us: config
+                    .has_history()
+                    .then(|| 2 * config.poll.overlap.0.as_micros() as i64),
+            },
+            fence: leading.map(|l| l.epoch),
+            head: self.head.clone(),
+        };
+        let (writer, channels) = match Writer::new(store, &config.store, plan).await {
+            Ok(w) => w,
+            Err(e) => return (None, Err(e.into())),
+        };
+        tracing::info!(store = %config.store.location(), head = channels.head.borrow().seq, "store open");
+        if config.has_history() {
+            // Until the first run verifies something, the poller counts as
+            // failing (for /readyz and the metrics), so a poller that never
+            // gets going is noticed after poll.alert_after.
+            counters.poll_started(now_us());
+        }
+
+        let mut tasks: JoinSet<TaskResult> = JoinSet::new();
+        if let Some(leading) = leading {
+            let (mut role, stop) = (leading.role.clone(), stop.clone());
+            tasks.spawn(async move {
+                // A dropped sender (the lease task gone) is as lost.
+                tokio::select! {
+                    _ = role.wait_for(|r| *r == Role::Standby) => ("leader lease".into(), Err("this process no longer leads the store \
+                        (the lease was lost or not renewed in time): stopping, so that only \
+                        the new leader writes".into())),
+                    _ = stop.cancelled() => ("leader lease".into(), Ok(())),
+                }
+            });
+        }
+        tasks.spawn(async move {
+            (
+                "writer".into(),
+                writer.run().await.map_err(|e| crate::error_chain(&e)),
+            )
+        });
+        let checkpointer = store.clone().run_checkpointer(stop.clone());
+        tasks.spawn(async move {
+            let r = checkpointer.await;
+            ("checkpointer".into(), r.map_err(|e| crate::error_chain(&e)))
+        });
+        for sink in &config.sinks {
+            let task = SinkTask {
+                config: sink.clone(),
+                shutdown: stop.clone(),
+                store: store.clone(),
+                writer: channels.handle.clone(),
+                head: channels.head.clone(),
+                source_uri: config.source.uri().to_string(),
+                source_name: config.source.name.clone(),
+                counters: counters.clone(),
+                stats: counters.sink(&sink.name),
+                retry_after_max: config.http.retry_after_max.0,
+            };
+            let name = format!("sink {}", sink.name);
+            tasks.spawn(async move {
+                (
+                    name,
+                    task.run()
+                        .await
+                        .map(drop)
+                        .map_err(|e| crate::error_chain(&e)),
+                )
+            });
+        }
+        let started = start_sources(
+            config,
+            &mut tasks,
+            store,
+            channels,
+            self.live.clone(),
+            acks_rx,
+            counters,
+            stop,
+        )
+        .await;
+        if let Err(e) = &started {
+            tracing::error!(error = %crate::error_chain(e), "start-up failed; shutting down");
+            stop.cancel();
+        }
+        if let Some(idle) = self.options.exit_idle {
+            spawn_idle_watch(&mut tasks, idle, config, counters, stop, shutdown);
+        }
+        let failure = supervise(&mut tasks, stop, config.shutdown_timeout.0, counters).await;
+        (failure, started)
+    }
 }
 
 /// This process in a pair's lease, e.g. `host-a:4242`.
@@ -262,32 +394,43 @@ struct Leading {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Runs the lease and waits, as a standby, until this process leads;
-/// `None` if `shutdown` comes first.
-async fn lead(lease: Lease, renew: Duration, shutdown: &CancellationToken) -> Option<Leading> {
-    let (role_tx, mut role) = watch::channel(Role::Standby);
+/// After `sit_out`, runs the lease (publishing this process's role on
+/// `role`) and waits, as a standby, until this process leads; `None` if
+/// `shutdown` comes first.
+async fn lead(
+    lease: &Lease,
+    renew: Duration,
+    role: &watch::Sender<Role>,
+    sit_out: Duration,
+    shutdown: &CancellationToken,
+) -> Option<Leading> {
+    tokio::select! {
+        _ = tokio::time::sleep(sit_out) => {}
+        _ = shutdown.cancelled() => return None,
+    }
+    let mut watch = role.subscribe();
     let stop = CancellationToken::new();
-    let task = tokio::spawn(lease.clone().run(renew, role_tx, stop.clone()));
+    let task = tokio::spawn(lease.clone().run(renew, role.clone(), stop.clone()));
     let mut announced = false;
     loop {
-        let now = *role.borrow_and_update();
+        let now = *watch.borrow_and_update();
         if let Role::Leader(term) = now {
             return Some(Leading {
                 epoch: term.epoch,
-                role,
+                role: watch,
                 stop,
                 task,
             });
         }
         if !announced && let Ok(Some(h)) = lease.holder().await {
-            tracing::info!(leader = %h.holder, since = %crate::event::rfc3339_us(h.acquired_at_us),
-                "standing by: another gapless leads this store");
+            if h.live {
+                tracing::info!(leader = %h.holder, since = %crate::event::rfc3339_us(h.acquired_at_us),
+                    "standing by: another gapless leads this store");
+            }
             announced = true;
         }
         tokio::select! {
-            changed = role.changed() => if changed.is_err() {
-                return None;
-            },
+            _ = watch.changed() => {}
             _ = shutdown.cancelled() => {
                 stop.cancel();
                 let _ = task.await;
@@ -302,7 +445,6 @@ async fn lead(lease: Lease, renew: Duration, shutdown: &CancellationToken) -> Op
 #[allow(clippy::too_many_arguments)]
 async fn start_sources(
     config: &Config,
-    options: &RunOptions,
     tasks: &mut JoinSet<TaskResult>,
     store: &Store,
     channels: crate::store::WriterChannels,
@@ -411,26 +553,35 @@ async fn start_sources(
         let r = source.run(acks_rx, source_shutdown).await;
         ("mqtt source".into(), r.map_err(|e| crate::error_chain(&e)))
     });
-    if let Some(idle) = options.exit_idle {
-        let counters = counters.clone();
-        let shutdown = shutdown.clone();
-        let settle_us = config.stream.settle.0.as_micros() as i64;
-        tasks.spawn(async move {
-            let idle_us = idle.as_micros() as i64;
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    _ = shutdown.cancelled() => return ("idle watch".into(), Ok(())),
-                }
-                if is_idle(&counters.snapshot(), now_us(), idle_us, settle_us) {
-                    tracing::info!(idle = ?idle, "no message and no delivery for the idle period; stopping");
-                    shutdown.cancel();
-                    return ("idle watch".into(), Ok(()));
-                }
-            }
-        });
-    }
     Ok(())
+}
+
+/// `--exit-idle`: stops the whole process (`shutdown`) once it is idle
+/// ([`is_idle`]); ends with the term (`stop`).
+fn spawn_idle_watch(
+    tasks: &mut JoinSet<TaskResult>,
+    idle: Duration,
+    config: &Config,
+    counters: &Arc<Counters>,
+    stop: &CancellationToken,
+    shutdown: &CancellationToken,
+) {
+    let (counters, stop, shutdown) = (counters.clone(), stop.clone(), shutdown.clone());
+    let settle_us = config.stream.settle.0.as_micros() as i64;
+    tasks.spawn(async move {
+        let idle_us = idle.as_micros() as i64;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = stop.cancelled() => return ("idle watch".into(), Ok(())),
+            }
+            if is_idle(&counters.snapshot(), now_us(), idle_us, settle_us) {
+                tracing::info!(idle = ?idle, "no message and no delivery for the idle period; stopping");
+                shutdown.cancel();
+                return ("idle watch".into(), Ok(()));
+            }
+        }
+    });
 }
 
 /// `--exit-idle`: a message has arrived, and for `idle_us` nothing has
@@ -541,7 +692,7 @@ async fn supervise(
                 failed(format!("{name} stopped unexpectedly"));
             }
             Err(e) => {
-                tracing::error!(task = %name, error = %e, "task failed; shutting down");
+                tracing::error!(task = %name, error = %e, "task failed; stopping the pipeline");
                 failed(format!("{name}: {e}"));
             }
         }

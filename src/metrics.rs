@@ -163,6 +163,12 @@ impl Counters {
             .get_or_insert(what);
     }
 
+    /// Forgets the failure: a pair's process that stopped leading after
+    /// one goes on, as a healthy standby.
+    pub fn clear_failure(&self) {
+        *self.failed_task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// The first recorded failure, if any.
     pub fn failure(&self) -> Option<String> {
         self.failed_task

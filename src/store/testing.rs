@@ -41,6 +41,7 @@ pub(crate) async fn running(
         stream,
         retention,
         fence: None,
+        head: Default::default(),
     };
     let (writer, channels) = Writer::new(&store, &config, plan).await.unwrap();
     Running {

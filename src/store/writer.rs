@@ -41,6 +41,10 @@ pub struct WriterPlan {
     /// On Postgres: the epoch of this process's leader lease, checked in
     /// every write transaction ([`begin`]).
     pub fence: Option<i64>,
+    /// Where the released head is published: the caller's channel, so that
+    /// a reader outliving this writer (the admin endpoint across a pair's
+    /// terms) keeps one receiver.
+    pub head: watch::Sender<Head>,
 }
 
 /// Begins a write transaction. On Postgres with a lease `fence`d, the
@@ -75,6 +79,15 @@ pub struct Writer {
     pub(super) fence: Option<i64>,
     /// Shared with [`Store::run_checkpointer`] (see `Store::checkpoints`).
     pub(super) checkpoints: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A writer gone (stopped, failed, or its task aborted) releases nothing
+/// more: the head says so, and the sinks stop at it instead of waiting on
+/// a channel that outlives the writer (the caller's, [`WriterPlan::head`]).
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.head.send_modify(|h| h.closed = true);
+    }
 }
 
 /// How the writer opens its transactions: with the write lock taken at
@@ -150,6 +163,7 @@ impl Writer {
     ) -> Result<(Writer, WriterChannels), StoreError> {
         let WriterPlan {
             fence,
+            head,
             source,
             queue,
             counters,
@@ -172,10 +186,11 @@ impl Writer {
         let unverified = store.open_gap(source).await?;
         let (ingest_tx, ingest_rx) = mpsc::channel(queue);
         let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
-        let (head_tx, head_rx) = watch::channel(Head {
+        head.send_replace(Head {
             seq: head_seq,
             closed: false,
         });
+        let head_rx = head.subscribe();
         let writer = Writer {
             conn,
             retention,
@@ -192,7 +207,7 @@ impl Writer {
             batch_delay: config.batch_delay.0,
             rejected_max: i64::from(config.rejected_max),
             counters,
-            head: head_tx,
+            head,
             acks,
             ingest_rx,
             ctrl_rx,

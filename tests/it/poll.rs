@@ -58,6 +58,7 @@ async fn rig(sim: &VcdSim, poll: PollConfig) -> Rig {
             poll_guard_us: None,
         },
         fence: None,
+        head: Default::default(),
     };
     let (writer, channels) = Writer::new(&store, &config, plan).await.unwrap();
     tokio::spawn(writer.run());

@@ -292,15 +292,25 @@ impl Gapless {
         }
     }
 
-    /// The admin endpoint's `host:port`, from `status --json`: for the test
-    /// configs' port 0, the one this process recorded when it bound it.
+    /// The admin endpoint's `host:port` for the test configs' port 0: the
+    /// one its log line names, else (a JSON log) the one `status --json`
+    /// shows this process recorded. A pair's standby records none.
     pub fn admin(&mut self) -> String {
         if let Some(a) = &self.admin {
             return a.clone();
         }
-        let (config, pid) = (self.config.clone(), i64::from(self.pid()));
+        let (config, pid, log) = (self.config.clone(), i64::from(self.pid()), self.log.clone());
         let mut found = None;
         wait_for("the admin endpoint's address", self, || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            found = text
+                .lines()
+                .filter(|l| l.contains("admin endpoint listening"))
+                .find_map(|l| l.split(" addr=").nth(1))
+                .map(|a| a.trim().to_string());
+            if found.is_some() {
+                return true;
+            }
             // Before the daemon creates the store, status has nothing to read.
             let out = status_cmd(&config).output().unwrap();
             let Ok(status) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
@@ -340,6 +350,11 @@ impl Gapless {
     /// Waits until the broker has granted the `n`-th subscription.
     pub fn wait_subscribed(&mut self, n: usize) {
         self.wait_metric("gapless_mqtt_subscriptions_total", n as f64);
+    }
+
+    /// Whether the process has not exited.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     pub fn pid(&self) -> u32 {
