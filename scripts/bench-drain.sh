@@ -72,28 +72,18 @@ COMMIT="$ROOT/target/release/examples/bench_commit"
 
 WORK=$(mktemp -d)
 BROKER_PID=
-PG_CTL=
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# shellcheck source=scripts/postgres.sh
+. "$ROOT/scripts/postgres.sh"
 cleanup() {
   [ -n "$BROKER_PID" ] && kill "$BROKER_PID" 2>/dev/null || true
-  [ -n "$PG_CTL" ] && as_pg "$PG_CTL" -D "$WORK/pg/data" -m immediate stop >/dev/null 2>&1 || true
+  pg_stop "$WORK"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 PSQL=
 if [ "$STORE" = postgres ]; then
-  PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-  [ -x "$PG_BIN/initdb" ] || { echo "bench-drain: Postgres is missing (apt-get install postgresql)" >&2; exit 2; }
-  PG_CTL=$PG_BIN/pg_ctl
-  PG_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  mkdir -p "$WORK/pg"
-  [ "$(id -u)" = 0 ] && chown postgres "$WORK/pg" && chmod 755 "$WORK"
-  as_pg "$PG_BIN/initdb" -D "$WORK/pg/data" -A trust -U gapless -E UTF8 >/dev/null
-  as_pg "$PG_CTL" -D "$WORK/pg/data" -l "$WORK/pg/log" -w \
-    -o "-p $PG_PORT -h 127.0.0.1 -k $WORK/pg" start >/dev/null
-  PG_URL="postgres://gapless@127.0.0.1:$PG_PORT/postgres"
-  PSQL="$PG_BIN/psql -q -h 127.0.0.1 -p $PG_PORT -U gapless postgres"
+  pg_start "$WORK"
 fi
 # CPU seconds (user + system) of the Postgres server's processes so far.
 pg_cpu_s() {
@@ -197,7 +187,7 @@ EOF
 
   rm -f "$WORK"/gapless.db* "$WORK/events.jsonl"
   if [ "$STORE" = postgres ]; then
-    $PSQL -c "DROP SCHEMA public CASCADE; CREATE SCHEMA public;" 2>/dev/null
+    pg_empty
     STORE_KEYS="url = \"$PG_URL\""
   else
     STORE_KEYS="path = \"$WORK/gapless.db\"
