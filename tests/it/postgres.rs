@@ -8,6 +8,7 @@ use std::time::Duration;
 use gapless::store::postgres::{
     connect,
     lease::{Lease, LeaseError, Role, Term, fence},
+    options,
 };
 use sqlx::postgres::PgPool;
 
@@ -412,4 +413,49 @@ async fn a_leader_out_of_reach_steps_down_and_one_leads_again_never_two() {
         "both processes led at once"
     );
     pair.stops.iter().for_each(|s| s.cancel());
+}
+
+/// A leader cut off (or paused) in the middle of a fenced transaction
+/// holds the lease row, its socket still open on the server's side. With
+/// the store's connection options (`store::postgres::options`), the server
+/// ends that transaction once it has idled for a lease TTL: its write rolls
+/// back, and the successor leads instead of waiting on the row for as long
+/// as TCP takes to notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stuck_in_a_fenced_transaction_gives_way_after_one_ttl() {
+    let Some(pg) = Postgres::start("a_leader_stuck_in_a_fenced_transaction") else {
+        return;
+    };
+    let config = gapless::config::StoreConfig {
+        url: Some(pg.url.clone()),
+        lease_ttl: Some(gapless::config::HumanDuration(TTL)),
+        ..Default::default()
+    };
+    let stuck = connect(options(&config).unwrap().unwrap()).await.unwrap();
+    let (_, pb) = pair(&pg).await;
+    let [a, b] = leases(&stuck, &pb, TTL, MARGIN);
+    let term_a = a.try_acquire().await.unwrap().unwrap();
+    let mut tx = stuck.begin().await.unwrap();
+    fence(&mut tx, "vcd", term_a.epoch).await.unwrap();
+    sqlx::query("INSERT INTO writes VALUES ('a', $1)")
+        .bind(term_a.epoch)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // a goes silent with its transaction open; b leads once the server
+    // has ended it (a's lease expired TTL after a took it).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let term_b = loop {
+        let tried = tokio::time::timeout_at(deadline, b.try_acquire()).await;
+        if let Some(term) = tried.expect("b leads within a minute").unwrap() {
+            break term;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(term_b.epoch, 2);
+    assert!(
+        tx.commit().await.is_err(),
+        "a's stale transaction committed"
+    );
+    assert_eq!(writes(&pb).await, []);
 }

@@ -35,9 +35,19 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The connection options `[store]` describes: its URL, with the password
 /// and TLS settings read at load (`verify-full` when a CA is given).
+///
+/// Every session also ends a transaction left idle for a lease TTL
+/// (`idle_in_transaction_session_timeout`). A fenced transaction holds the
+/// lease row until it ends; a leader paused or cut off from the database
+/// in the middle of one (its socket still open on the server's side)
+/// would otherwise hold its successor off until TCP gave up, hours later.
+/// Its writes roll back instead, and the successor leads.
 pub fn options(config: &StoreConfig) -> Option<Result<PgConnectOptions, sqlx::Error>> {
     let url = config.url.as_deref()?;
+    let (ttl, _) = config.lease();
+    let idle = format!("{}ms", ttl.as_millis());
     Some(url.parse::<PgConnectOptions>().map(|mut o| {
+        o = o.options([("idle_in_transaction_session_timeout", idle.as_str())]);
         if let Some(p) = &config.password {
             o = o.password(p.expose());
         }
