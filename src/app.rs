@@ -110,9 +110,8 @@ pub async fn run(
         role: role.subscribe(),
         lease,
     });
-    let admin_stop = shutdown.child_token();
-    let admin = serve_admin(&config, &store, &counters, &head, &live, pair, &admin_stop).await?;
-    let bound = admin.as_ref().map(|(bound, _)| *bound);
+    let admin = serve_admin(&config, &store, &counters, &head, &live, pair, &shutdown).await?;
+    let bound = admin.as_ref().map(|a| a.bound);
     let pipeline = Pipeline {
         config: &config,
         options: &options,
@@ -128,9 +127,9 @@ pub async fn run(
         },
         Some(lease) => pipeline.lead_terms(lease, &role, bound, &shutdown).await,
     };
-    admin_stop.cancel();
-    if let Some((_, task)) = admin {
-        let _ = task.await;
+    if let Some(admin) = admin {
+        admin.stop.cancel();
+        let _ = admin.task.await;
     }
     let head = head.borrow().seq;
     let report = report(&store, &counters, head, failure).await;
@@ -138,9 +137,17 @@ pub async fn run(
     report
 }
 
+/// The admin endpoint serving for the whole process.
+struct AdminTask {
+    bound: std::net::SocketAddr,
+    /// Stops it at the end of the run (and with `shutdown`).
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
 /// Binds the admin endpoint (a taken port fails start-up) and serves it
-/// until `stop`, for the whole process: a standby answers too. A serving
-/// error fails the run.
+/// for the whole process: a standby answers too. A serving error fails
+/// the run (cancels `shutdown`).
 async fn serve_admin(
     config: &Config,
     store: &Store,
@@ -148,8 +155,8 @@ async fn serve_admin(
     head: &watch::Sender<Head>,
     live: &watch::Sender<Live>,
     pair: Option<PairWatch>,
-    stop: &CancellationToken,
-) -> Result<Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>, AppError> {
+    shutdown: &CancellationToken,
+) -> Result<Option<AdminTask>, AppError> {
     let Some(addr) = config.admin.addr()? else {
         return Ok(None);
     };
@@ -176,16 +183,17 @@ async fn serve_admin(
         token: config.admin.token.clone(),
         pair,
     };
+    let stop = shutdown.child_token();
     let (bound, server) = admin.serve(addr, stop.clone()).await?;
-    let (counters, stop) = (counters.clone(), stop.clone());
+    let (counters, shutdown) = (counters.clone(), shutdown.clone());
     let task = tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %crate::error_chain(&e), "admin endpoint failed; shutting down");
             counters.fail(format!("admin: {e}"));
-            stop.cancel();
+            shutdown.cancel();
         }
     });
-    Ok(Some((bound, task)))
+    Ok(Some(AdminTask { bound, stop, task }))
 }
 
 /// What every term of the pipeline runs with.
