@@ -3,22 +3,26 @@
 # Postgres store of the bench's own (scripts/postgres.sh), every key at its
 # default but the store URL and the admin port (two processes on one host).
 # VCD envelopes stream into mosquitto at RATE/s; once the file sink has
-# written 200 events, the leader is SIGKILLed. Reported per run, from the
-# kill: when the standby took the lease, when it was subscribed, and when
+# written 200 events, the leader is SIGKILLed (or, with SIGNAL = TERM,
+# stopped cleanly). Reported per run, from the signal: when the standby took the lease, when it was subscribed, and when
 # the file sink got its first line from the new leader (the dead one writes
 # nothing more). The median of the runs is the figure; with the default
 # store.lease_ttl = 10 s and store.lease_renew = 2 s a takeover waits for
 # the dead leader's lease to expire, 8 to 10 s after its last renewal, plus
-# up to one renewal interval.
+# up to one renewal interval. A clean stop releases the lease after its
+# last commit, and the standby takes it at its next try.
 #
-# Usage: scripts/bench-failover.sh [RUNS] [RATE]
-#   RUNS  repetitions (default 3)
-#   RATE  events per second published during the run (default 100)
+# Usage: scripts/bench-failover.sh [RUNS] [RATE] [SIGNAL]
+#   RUNS    repetitions (default 3)
+#   RATE    events per second published during the run (default 100)
+#   SIGNAL  KILL (default) or TERM, sent to the leader
 # Needs: mosquitto, mosquitto-clients, postgresql, python3.
 set -euo pipefail
 
 RUNS=${1:-3}
 RATE=${2:-100}
+SIGNAL=${3:-KILL}
+case $SIGNAL in KILL | TERM) ;; *) echo "bench-failover: SIGNAL is KILL or TERM, not $SIGNAL" >&2; exit 2 ;; esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 for tool in mosquitto mosquitto_pub python3; do
@@ -100,9 +104,9 @@ while True:
 PY
   PUBLISHER=$!
   PIDS+=("$PUBLISHER")
-  python3 - "$LEADER" "$WORK/events.jsonl" "$WORK/standby.log" "$run" <<'PY' | tee -a "$RESULTS"
+  python3 - "$LEADER" "$WORK/events.jsonl" "$WORK/standby.log" "$run" "$SIGNAL" <<'PY' | tee -a "$RESULTS"
 import os, signal, sys, time
-leader, events, log, run = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+leader, events, log, run, sig = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 lines = lambda: sum(1 for _ in open(events)) if os.path.exists(events) else 0
 deadline = time.monotonic() + 60
 while lines() < 200:
@@ -110,7 +114,7 @@ while lines() < 200:
         sys.exit("bench-failover: the leader wrote fewer than 200 events in 60 s")
     time.sleep(0.05)
 before = lines()
-os.kill(leader, signal.SIGKILL)
+os.kill(leader, getattr(signal, "SIG" + sig))
 killed = time.monotonic()
 seen = {}
 while "delivered" not in seen:
@@ -121,8 +125,12 @@ while "delivered" not in seen:
     for key, line in (("leading", "leading lease"), ("subscribed", "subscribed")):
         if key not in seen and line in text:
             seen[key] = now
-    if lines() > before:
+    # A clean stop delivers what it released before it goes: count from
+    # the new leader's lease on.
+    if lines() > before and ("leading" in seen or sig == "KILL"):
         seen["delivered"] = now
+    elif "leading" not in seen:
+        before = lines()
     time.sleep(0.01)
 print(f"{run}\t{seen.get('leading', 0):.2f}\t{seen.get('subscribed', 0):.2f}\t{seen['delivered']:.2f}")
 PY
@@ -139,4 +147,4 @@ awk -F'\t' '{printf "| %s | %s | %s | %s |\n", $1, $2, $3, $4}' "$RESULTS"
 printf "| **median** |"
 for col in 2 3 4; do printf " %s |" "$(cut -f"$col" "$RESULTS" | median)"; done
 echo
-echo "(seconds after SIGKILL of the leader; $RATE events/s; store.lease_ttl and store.lease_renew at their defaults)"
+echo "(seconds after SIG$SIGNAL to the leader; $RATE events/s; store.lease_ttl and store.lease_renew at their defaults)"
