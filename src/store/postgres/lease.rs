@@ -186,20 +186,31 @@ impl Lease {
         role: tokio::sync::watch::Sender<Role>,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
+        // A standby that cannot reach the database says so once per
+        // outage, not at every try.
+        let mut unreachable = false;
         loop {
             let current = *role.borrow();
             let next = match current {
-                Role::Standby => match self.try_acquire().await {
-                    Ok(Some(term)) => {
-                        tracing::info!(lease = %self.name, epoch = term.epoch, "leading");
-                        Role::Leader(term)
+                Role::Standby => {
+                    let tried = self.try_acquire().await;
+                    match (&tried, unreachable) {
+                        (Err(e), false) => tracing::warn!(lease = %self.name, error = %e,
+                            "cannot reach the lease; standing by, trying every {interval:?}"),
+                        (Ok(_), true) => {
+                            tracing::info!(lease = %self.name, "the lease is reachable again")
+                        }
+                        _ => {}
                     }
-                    Ok(None) => Role::Standby,
-                    Err(e) => {
-                        tracing::warn!(lease = %self.name, error = %e, "cannot reach the lease; standing by");
-                        Role::Standby
+                    unreachable = tried.is_err();
+                    match tried {
+                        Ok(Some(term)) => {
+                            tracing::info!(lease = %self.name, epoch = term.epoch, "leading");
+                            Role::Leader(term)
+                        }
+                        Ok(None) | Err(_) => Role::Standby,
                     }
-                },
+                }
                 Role::Leader(mut term) => {
                     // A term past its trusted time sends no renewal at all.
                     let renewed = if term.expired(Instant::now()) {
