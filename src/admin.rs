@@ -110,6 +110,9 @@ pub struct Facts {
     pub poll: Option<(i64, i64)>,
     pub verified_until_us: Option<i64>,
     pub head: i64,
+    /// This process runs the pipeline: always on SQLite; on Postgres,
+    /// while it leads the pair.
+    pub leading: bool,
     pub store_bytes: u64,
     pub sinks: Vec<SinkFacts>,
     /// The source's CloudEvent name, the gap metrics' `source` label.
@@ -198,6 +201,11 @@ const DERIVED: &[(&str, Kind, &str)] = &[
         "gapless_stream_head_seq",
         Kind::Gauge,
         "The last released seq.",
+    ),
+    (
+        "gapless_leader",
+        Kind::Gauge,
+        "1 while this process runs the pipeline (a lone process always does), 0 while it stands by behind the leader of a Postgres pair: across a pair, the sum is 1.",
     ),
     (
         "gapless_sink_delivered_total",
@@ -323,6 +331,7 @@ pub fn render(f: &Facts) -> String {
             gauge!("gapless_poll_window_lag_seconds").set((f.now_us - v) as f64 / 1e6);
         }
         gauge!("gapless_mqtt_subscribed").set(f64::from(f.mqtt_ready));
+        gauge!("gapless_leader").set(f64::from(f.leading));
         for (reason, n, seconds) in &f.gaps {
             let labels = [("source", f.source.clone()), ("reason", reason.to_string())];
             counter!("gapless_gaps_total", &labels).absolute(*n as u64);
@@ -369,6 +378,15 @@ impl Admin {
                 disabled: self.store.sink_disabled(&w.name).await?,
             });
         }
+        let leading = self
+            .pair
+            .as_ref()
+            .is_none_or(|p| *p.role.borrow() != Role::Standby);
+        // A standby's own head is its last term's: the store's is current.
+        let head = match leading {
+            true => self.head.borrow().seq,
+            false => self.store.head().await?,
+        };
         let store_counts = self.store.counts().await?;
         let totals = self.store.gap_totals().await?;
         let gaps = crate::gap::Reason::ALL
@@ -409,7 +427,8 @@ impl Admin {
                 Some(_) => self.store.verified_until(&self.source).await?,
                 None => None,
             },
-            head: self.head.borrow().seq,
+            head,
+            leading,
             store_bytes: self
                 .store_path
                 .as_deref()

@@ -722,6 +722,8 @@ async fn pair(test: &str) -> Option<(World, Gapless, Gapless)> {
     leader.wait_subscribed(1);
     let mut standby = world.gapless();
     wait_standing_by(&mut standby, &leader);
+    assert_eq!(leader.metric("gapless_leader"), 1.0);
+    assert_eq!(standby.metric("gapless_leader"), 0.0);
     Some((world, leader, standby))
 }
 
@@ -762,6 +764,7 @@ async fn a_killed_leader_is_replaced_by_its_standby_and_every_event_lands_once()
         "{leader}"
     );
     assert!(leader["epoch"].as_i64() >= Some(2), "{leader}");
+    assert_eq!(standby.metric("gapless_leader"), 1.0);
     standby.wait_one_more_window();
     standby.stop();
     assert_ground_truth(&world.file(), &world.sim);
