@@ -378,10 +378,7 @@ impl Admin {
                 disabled: self.store.sink_disabled(&w.name).await?,
             });
         }
-        let leading = self
-            .pair
-            .as_ref()
-            .is_none_or(|p| *p.role.borrow() != Role::Standby);
+        let leading = self.standing_by().is_none();
         // A standby's own head is its last term's: the store's is current.
         let head = match leading {
             true => self.head.borrow().seq,
@@ -444,10 +441,17 @@ impl Admin {
         })
     }
 
+    /// The pair's watch while this process stands by behind another.
+    fn standing_by(&self) -> Option<&PairWatch> {
+        self.pair
+            .as_ref()
+            .filter(|p| *p.role.borrow() == Role::Standby)
+    }
+
     /// Binds `addr` now (so a taken port fails start-up; port 0 picks any
     /// free port), then serves until `shutdown`. Returns the bound address,
-    /// which the caller records in the store ([`record`]) once this
-    /// process is the one `status` should ask.
+    /// which the caller records in the store (`Store::record_admin`) once
+    /// this process is the one `status` should ask.
     pub async fn serve(
         self,
         addr: SocketAddr,
@@ -470,12 +474,6 @@ impl Admin {
                 .map_err(AdminError::Serve)
         }))
     }
-}
-
-/// Records `bound` as the admin endpoint `status` asks (port 0 picks any
-/// free port, so only the daemon knows it).
-pub async fn record(store: &Store, bound: SocketAddr) -> Result<(), AdminError> {
-    store.record_admin(bound).await.map_err(AdminError::Record)
 }
 
 fn store_failure(e: StoreError) -> Response {
@@ -517,9 +515,7 @@ async fn healthz(State(admin): State<Arc<Admin>>) -> Response {
 }
 
 async fn readyz(State(admin): State<Arc<Admin>>, headers: axum::http::HeaderMap) -> Response {
-    if let Some(pair) = &admin.pair
-        && *pair.role.borrow() == Role::Standby
-    {
+    if let Some(pair) = admin.standing_by() {
         return standby(pair, authorized(&admin, &headers)).await;
     }
     let facts = match admin.facts().await {

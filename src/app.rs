@@ -6,6 +6,7 @@
 //! sinks deliver up to the final head, and the writer exits once the last
 //! sink's cursor is committed. Any task failing cancels the rest.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -163,11 +164,7 @@ async fn serve_admin(
     let admin = Admin {
         counters: counters.clone(),
         store: store.clone(),
-        store_path: config
-            .store
-            .url
-            .is_none()
-            .then(|| config.store.path.clone()),
+        store_path: config.store.file().map(Path::to_path_buf),
         head: head.subscribe(),
         live: live.subscribe(),
         source: config.source.uri().to_string(),
@@ -213,10 +210,11 @@ impl Pipeline<'_> {
     /// Records the admin endpoint's address for `status`, which asks the
     /// process that runs the pipeline (a pair's leader).
     async fn record_admin(&self, bound: Option<std::net::SocketAddr>) -> Result<(), AppError> {
-        match bound {
-            Some(bound) => Ok(crate::admin::record(self.store, bound).await?),
-            None => Ok(()),
+        if let Some(bound) = bound {
+            let recorded = self.store.record_admin(bound).await;
+            recorded.map_err(crate::admin::AdminError::Record)?;
         }
+        Ok(())
     }
 
     /// A Postgres pair member's life: stand by until this process leads,

@@ -364,12 +364,7 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
             .to_string()
     };
     let admin = admin_addr(config, &store).await;
-    let (ttl, renew) = config.store.lease();
-    let leader = match store.lease("status", ttl, renew) {
-        Some(lease) => lease.holder().await.map_err(StoreError::from)?,
-        None => None,
-    }
-    .map(|h| Leader {
+    let leader = store.leader().await?.map(|h| Leader {
         holder: h.holder,
         epoch: h.epoch,
         since: crate::event::rfc3339_us(h.acquired_at_us),
@@ -379,10 +374,7 @@ pub async fn status(config: &Config) -> Result<Status, OpsError> {
     let now = crate::event::now_us();
     Ok(Status {
         store: config.store.location(),
-        store_bytes: match config.store.url {
-            None => crate::store::size_on_disk(&config.store.path),
-            Some(_) => 0,
-        },
+        store_bytes: config.store.file().map_or(0, crate::store::size_on_disk),
         head_seq: head,
         events,
         unreleased,

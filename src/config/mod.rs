@@ -183,11 +183,12 @@ impl Config {
     /// be creatable (no regular file in the way). Returns the directories
     /// `gapless run` will create.
     pub fn check_paths(&self) -> Result<Vec<PathBuf>, ConfigError> {
-        // A Postgres store (`store.url`) has no file on this machine.
-        let mut files = match self.store.url {
-            None => vec![("store.path".to_string(), &self.store.path)],
-            Some(_) => vec![],
-        };
+        let mut files: Vec<(String, &Path)> = self
+            .store
+            .file()
+            .map(|f| ("store.path".to_string(), f))
+            .into_iter()
+            .collect();
         for (i, sink) in self.sinks.iter().enumerate() {
             if let SinkKind::File(f) = &sink.kind {
                 files.push((format!("sink[{i}].path"), &f.path));

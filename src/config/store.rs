@@ -1,5 +1,5 @@
 //! `[store]`: where and how the events are kept.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -94,6 +94,12 @@ impl StoreConfig {
             Some(url) => url.clone(),
             None => self.path.display().to_string(),
         }
+    }
+
+    /// The SQLite file, when the store is one: a Postgres store (`url`)
+    /// has no file on this machine to check, size or watch.
+    pub fn file(&self) -> Option<&Path> {
+        self.url.is_none().then_some(self.path.as_path())
     }
 
     /// Checks the Postgres keys: a URL Postgres accepts, with no password

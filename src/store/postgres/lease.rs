@@ -148,21 +148,27 @@ impl Lease {
 
     /// Who holds the lease now, if anyone ever did.
     pub async fn holder(&self) -> Result<Option<Holder>, LeaseError> {
-        Ok(sqlx::query_as(
-            "SELECT holder, epoch, \
-               (extract(epoch FROM acquired_at) * 1e6)::bigint AS acquired_at_us, \
-               (extract(epoch FROM expires_at) * 1e6)::bigint AS expires_at_us, \
-               expires_at >= now() AS live \
-             FROM leader WHERE name = $1",
-        )
-        .bind(&self.name)
-        .fetch_optional(&self.pool)
-        .await?)
+        holder(&self.pool, &self.name).await
     }
 
     fn ttl_us(&self) -> i64 {
         self.ttl.as_micros() as i64
     }
+}
+
+/// Who holds lease `name` now, if anyone ever did: for a reader that
+/// claims nothing (`status`).
+pub async fn holder(pool: &PgPool, name: &str) -> Result<Option<Holder>, LeaseError> {
+    Ok(sqlx::query_as(
+        "SELECT holder, epoch, \
+           (extract(epoch FROM acquired_at) * 1e6)::bigint AS acquired_at_us, \
+           (extract(epoch FROM expires_at) * 1e6)::bigint AS expires_at_us, \
+           expires_at >= now() AS live \
+         FROM leader WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// What this process is in the pair.

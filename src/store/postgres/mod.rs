@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
-use super::Store;
 use super::backend::Db;
+use super::{Store, StoreError};
 use crate::config::{SslMode, StoreConfig};
 
 /// The lease every gapless on one store contends for.
@@ -24,6 +24,15 @@ impl Store {
         match &self.pool {
             Db::Postgres(pool) => Some(lease::Lease::new(pool.clone(), LEASE, holder, ttl, margin)),
             Db::Sqlite(_) => None,
+        }
+    }
+
+    /// Who leads a Postgres store (`None` for SQLite, or before anyone
+    /// ever led).
+    pub async fn leader(&self) -> Result<Option<lease::Holder>, StoreError> {
+        match &self.pool {
+            Db::Postgres(pool) => Ok(lease::holder(pool, LEASE).await?),
+            Db::Sqlite(_) => Ok(None),
         }
     }
 }
