@@ -764,6 +764,13 @@ async fn a_killed_leader_is_replaced_by_its_standby_and_every_event_lands_once()
         "{leader}"
     );
     assert!(leader["epoch"].as_i64() >= Some(2), "{leader}");
+    // ...and asks the new leader's admin endpoint, which it recorded.
+    let admin = &status_json(&world.config)["admin"];
+    assert_eq!(
+        admin["pid"].as_i64(),
+        Some(i64::from(standby.pid())),
+        "{admin}"
+    );
     assert_eq!(standby.metric("gapless_leader"), 1.0);
     standby.wait_one_more_window();
     standby.stop();

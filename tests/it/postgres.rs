@@ -62,6 +62,21 @@ async fn fenced_write(pool: &PgPool, who: &str, term: Term) -> Result<(), LeaseE
     Ok(())
 }
 
+/// `a`'s fenced write of `term`, not committed yet.
+async fn open_fenced_write(
+    pool: &PgPool,
+    term: Term,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    fence(&mut tx, "vcd", term.epoch).await.unwrap();
+    sqlx::query("INSERT INTO writes VALUES ('a', $1)")
+        .bind(term.epoch)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
 async fn writes(pool: &PgPool) -> Vec<(String, i64)> {
     sqlx::query_as("SELECT who, epoch FROM writes ORDER BY epoch, who")
         .fetch_all(pool)
@@ -166,13 +181,7 @@ async fn an_open_fenced_transaction_holds_the_successor_off_until_it_commits() {
 
     // a checks its epoch and writes, but has not committed when its
     // lease runs out.
-    let mut tx = pa.begin().await.unwrap();
-    fence(&mut tx, "vcd", term_a.epoch).await.unwrap();
-    sqlx::query("INSERT INTO writes VALUES ('a', $1)")
-        .bind(term_a.epoch)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let tx = open_fenced_write(&pa, term_a).await;
     until_expired(&a).await;
 
     // b's acquisition waits on the row a's transaction holds...
@@ -435,13 +444,7 @@ async fn a_leader_stuck_in_a_fenced_transaction_gives_way_after_one_ttl() {
     let (_, pb) = pair(&pg).await;
     let [a, b] = leases(&stuck, &pb, TTL, MARGIN);
     let term_a = a.try_acquire().await.unwrap().unwrap();
-    let mut tx = stuck.begin().await.unwrap();
-    fence(&mut tx, "vcd", term_a.epoch).await.unwrap();
-    sqlx::query("INSERT INTO writes VALUES ('a', $1)")
-        .bind(term_a.epoch)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let tx = open_fenced_write(&stuck, term_a).await;
     // a goes silent with its transaction open; b leads once the server
     // has ended it (a's lease expired TTL after a took it).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
