@@ -56,13 +56,9 @@ QOS=${6:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-for tool in mosquitto mosquitto_sub python3 perf; do
-  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || {
-    echo "bench-drain: $tool is missing (apt-get install mosquitto mosquitto-clients python3 linux-perf)" >&2
-    exit 2
-  }
-done
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
+need bench-drain "mosquitto mosquitto-clients python3 linux-perf" mosquitto mosquitto_sub python3 perf
 
 echo "building the release binary..." >&2
 cargo build --release -q --bin gapless --example publish_lines --example bench_commit
@@ -72,8 +68,6 @@ COMMIT="$ROOT/target/release/examples/bench_commit"
 
 WORK=$(mktemp -d)
 BROKER_PID=
-# shellcheck source=scripts/postgres.sh
-. "$ROOT/scripts/postgres.sh"
 cleanup() {
   [ -n "$BROKER_PID" ] && kill "$BROKER_PID" 2>/dev/null || true
   pg_stop "$WORK"
@@ -163,11 +157,10 @@ fi
 echo "backlog: $EVENTS $PROFILE messages, $(( $(stat -c %s "$WORK/envelopes.txt") / EVENTS )) bytes each on average" >&2
 
 now_us() { date +%s%6N; }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 RESULTS="$WORK/results.tsv"
 for run in $(seq 1 "$RUNS"); do
-  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  PORT=$(free_port)
   cat > "$WORK/mosquitto.conf" <<EOF
 listener $PORT 127.0.0.1
 allow_anonymous true

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Failover benchmark: an active/passive pair of release gapless binaries on a
-# Postgres store of the bench's own (scripts/postgres.sh), every key at its
+# Postgres store of the bench's own (scripts/bench-lib.sh), every key at its
 # default but the store URL and the admin port (two processes on one host).
 # VCD envelopes stream into mosquitto at RATE/s; once the file sink has
 # written 200 events, the leader is SIGKILLed (or, with SIGNAL = TERM,
@@ -25,21 +25,15 @@ SIGNAL=${3:-KILL}
 case $SIGNAL in KILL | TERM) ;; *) echo "bench-failover: SIGNAL is KILL or TERM, not $SIGNAL" >&2; exit 2 ;; esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-for tool in mosquitto mosquitto_pub python3; do
-  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || {
-    echo "bench-failover: $tool is missing (apt-get install mosquitto mosquitto-clients python3)" >&2
-    exit 2
-  }
-done
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
+need bench-failover "mosquitto mosquitto-clients python3" mosquitto mosquitto_pub python3
 echo "building the release binary..." >&2
 cargo build --release -q --bin gapless
 GAPLESS="$ROOT/target/release/gapless"
 
 WORK=$(mktemp -d)
 PIDS=()
-# shellcheck source=scripts/postgres.sh
-. "$ROOT/scripts/postgres.sh"
 cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   pg_stop "$WORK"
@@ -48,7 +42,7 @@ cleanup() {
 trap cleanup EXIT
 pg_start "$WORK"
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$PORT" > "$WORK/mosquitto.conf"
 "$MOSQUITTO" -c "$WORK/mosquitto.conf" >/dev/null 2>&1 &
 PIDS+=($!)
@@ -75,7 +69,6 @@ wait_log() {
   for _ in $(seq 1 1200); do grep -q "$2" "$1" 2>/dev/null && return; sleep 0.05; done
   echo "bench-failover: no \"$2\" in $1:" >&2; cat "$1" >&2; exit 1
 }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 RESULTS="$WORK/results.tsv"
 for run in $(seq 1 "$RUNS"); do
